@@ -1,0 +1,1 @@
+"""GPU telemetry: the GpuBackend protocol, the NVML backend and energy metering."""

@@ -1,0 +1,302 @@
+"""Core value types that flow through the agent, one direction: readings -> ledger -> Snapshot.
+
+Pure module: frozen, slotted dataclasses only. No I/O, no clock reads, no threads.
+Units are SI base units and are part of every field name (watts, joules, bytes, seconds).
+``None`` means "not supported" or "not known": never NaN and never 0 as a stand-in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+EnergySource = Literal["counter", "integrated"]
+"""Where a GPU's energy comes from: the NVML energy counter, or power integrated over time."""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDevice:
+    """Identity and capabilities of one GPU, probed once at start.
+
+    Attributes:
+        index: NVML device index (as ``nvidia-smi -i``).
+        uuid: NVML UUID, e.g. ``GPU-8f6c...``; the stable key for every series.
+        name: Marketing name from NVML, e.g. ``NVIDIA H100 80GB HBM3``.
+        energy_source: ``counter`` when the NVML energy counter works, else ``integrated``.
+        mig_enabled: True when MIG mode is on; the device is still read as a whole GPU.
+    """
+
+    index: int
+    uuid: str
+    name: str
+    energy_source: EnergySource
+    mig_enabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    """A compute process on a GPU.
+
+    Attributes:
+        pid: Host PID as NVML reports it (host PID namespace).
+        used_memory_bytes: GPU memory used by the process, bytes, when known.
+        utilization_ratio: The process's share of SM utilization, 0..1, when NVML reports it.
+    """
+
+    pid: int
+    used_memory_bytes: int | None = None
+    utilization_ratio: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    """One read of one GPU, converted to SI units at the NVML boundary.
+
+    Attributes:
+        index: NVML device index.
+        uuid: NVML UUID.
+        power_watts: Board power draw, W.
+        energy_joules: Raw NVML energy counter, J since driver load; None when unsupported.
+            This raw value resets on a driver reload; the agent-owned monotonic counter is
+            ``GpuStatus.energy_joules_total``.
+        utilization_ratio: GPU (SM) utilization, 0..1.
+        memory_used_bytes: Device memory in use, bytes.
+        memory_total_bytes: Device memory size, bytes.
+        power_limit_watts: Enforced power limit, W.
+        processes: Compute processes with their host PIDs.
+    """
+
+    index: int
+    uuid: str
+    power_watts: float | None
+    energy_joules: float | None
+    utilization_ratio: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    power_limit_watts: float | None
+    processes: tuple[GpuProcess, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStatus:
+    """What the agent knows of one GPU after a poll.
+
+    Attributes:
+        device: Identity and capabilities.
+        up: True when the last read succeeded within its deadline.
+        reading: The latest successful reading (may be stale when ``up`` is False).
+        energy_joules_total: Agent-owned energy counter, J; never decreases, survives
+            driver reloads; grows by NVML counter deltas or by integrated power.
+        error: Short class of the last error (e.g. ``gpu_lost``, ``timeout``), or None.
+    """
+
+    device: GpuDevice
+    up: bool
+    reading: GpuReading | None
+    energy_joules_total: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenReading:
+    """Normalized token counters and load gauges of one model on one server.
+
+    Counters are the server's own cumulative values (they reset when the server restarts);
+    the ledger turns them into monotonic agent counters. None = not exposed by this engine.
+
+    Attributes:
+        model: Served model name; "" for servers without a model label (llama.cpp).
+        input_tokens: Prompt (prefill) tokens processed, cumulative.
+        output_tokens: Generated tokens, cumulative.
+        cached_input_tokens: Prompt tokens served from a prefix/prompt cache, cumulative.
+        requests_running: Requests currently running (gauge).
+        requests_waiting: Requests currently queued (gauge).
+        kv_cache_usage_ratio: KV-cache usage, 0..1 (gauge).
+    """
+
+    model: str
+    input_tokens: float | None
+    output_tokens: float | None
+    cached_input_tokens: float | None = None
+    requests_running: float | None = None
+    requests_waiting: float | None = None
+    kv_cache_usage_ratio: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerReading:
+    """Everything read from one scrape of one inference server.
+
+    Attributes:
+        engine: Engine profile name that interpreted the exposition (``vllm``, ``sglang``...).
+        models: One reading per served model.
+        start_time_seconds: Server process start time, Unix seconds, where exposed; a change
+            means the server restarted even if no counter went down.
+    """
+
+    engine: str
+    models: tuple[TokenReading, ...]
+    start_time_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatus:
+    """What the agent knows of one configured server after a cycle.
+
+    Attributes:
+        name: Configured server name (the ``server`` label).
+        up: True when the last scrape succeeded and parsed.
+        reading: The last successful reading, or None when the last scrape failed.
+        error_reason: One of ``timeout``, ``refused``, ``http_status``, ``too_large``,
+            ``parse`` (or ``error``), when the last scrape failed.
+    """
+
+    name: str
+    up: bool
+    reading: ServerReading | None
+    error_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTotals:
+    """Agent-owned counters and windowed ratios of one (server, model).
+
+    Counters never decrease within one agent process. Ratios are over the ratio window and
+    are None (no series) when the window has no output tokens; they are never NaN or Inf.
+
+    Attributes:
+        server: Server name.
+        model: Model name ("" when the server has no model label).
+        input_tokens_total: Prompt tokens, monotonic.
+        output_tokens_total: Generated tokens, monotonic.
+        cached_input_tokens_total: Prompt tokens served from cache, monotonic.
+        energy_joules_total: Energy attributed to this (server, model), J.
+        idle_energy_joules_total: Part of the above spent over intervals with no tokens, J.
+        energy_cost_total: Energy cost, configured currency.
+        hardware_cost_total: GPU-hour cost by share, configured currency.
+        carbon_grams_total: g CO2e, or None when no carbon intensity is configured.
+        tokens_per_joule: Output tokens per joule over the window (= tokens/s per W).
+        joules_per_token: Joules per output token over the window.
+        cost_per_million_tokens: All cost per million output tokens over the window.
+        input_tokens_per_second: Prompt token rate over the window, tokens/s.
+        output_tokens_per_second: Output token rate over the window, tokens/s.
+        power_watts: Mean attributed power over the window, W.
+    """
+
+    server: str
+    model: str
+    input_tokens_total: float = 0.0
+    output_tokens_total: float = 0.0
+    cached_input_tokens_total: float = 0.0
+    energy_joules_total: float = 0.0
+    idle_energy_joules_total: float = 0.0
+    energy_cost_total: float = 0.0
+    hardware_cost_total: float = 0.0
+    carbon_grams_total: float | None = None
+    tokens_per_joule: float | None = None
+    joules_per_token: float | None = None
+    cost_per_million_tokens: float | None = None
+    input_tokens_per_second: float | None = None
+    output_tokens_per_second: float | None = None
+    power_watts: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuShare:
+    """The share of one GPU attributed to one server (the attribution map in force).
+
+    Attributes:
+        server: Server name.
+        gpu_index: NVML device index.
+        uuid: GPU UUID.
+        share: Fraction of the GPU's energy given to the server, 0..1.
+    """
+
+    server: str
+    gpu_index: int
+    uuid: str
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotals:
+    """The ledger's output after one advance.
+
+    Attributes:
+        models: Per (server, model) counters and ratios.
+        shares: The GPU-to-server attribution in force.
+        unattributed_energy_joules_total: Energy of GPUs (or GPU shares) serving no server, J.
+        unattributed_energy_cost_total: Energy cost of that energy, configured currency.
+        unattributed_hardware_cost_total: GPU-hour cost of GPUs serving no server.
+        unattributed_carbon_grams_total: g CO2e of that energy, or None when carbon is off.
+    """
+
+    models: tuple[ModelTotals, ...] = ()
+    shares: tuple[GpuShare, ...] = ()
+    unattributed_energy_joules_total: float = 0.0
+    unattributed_energy_cost_total: float = 0.0
+    unattributed_hardware_cost_total: float = 0.0
+    unattributed_carbon_grams_total: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorHealth:
+    """Health of one source in the last cycle (node_exporter's scrape_collector_* pattern).
+
+    Attributes:
+        name: ``nvml`` or ``server/<name>``.
+        success: True when the source answered within its deadline.
+        duration_seconds: Time the source took, s.
+    """
+
+    name: str
+    success: bool
+    duration_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class PricingInfo:
+    """The cost settings in force, exported as ``tokenergy_pricing_info``.
+
+    Attributes:
+        currency: ISO 4217 code, e.g. ``USD``.
+        electricity_per_kwh: Price of one kWh at the meter, currency/kWh.
+        pue: Power usage effectiveness, >= 1.
+        carbon_g_per_kwh: Grid carbon intensity, g CO2e/kWh, or None when off.
+    """
+
+    currency: str
+    electricity_per_kwh: float
+    pue: float
+    carbon_g_per_kwh: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Immutable result of one sampling cycle; the only thing /metrics renders.
+
+    Attributes:
+        taken_at_seconds: Monotonic clock reading when the cycle completed, s.
+        gpus: Status of every GPU.
+        servers: Status of every configured server.
+        ledger: Accounting totals and ratios.
+        collectors: Per-source health of the last cycle.
+        scrape_errors: ``(server, reason) -> count`` since start.
+        nvml_errors: ``(gpu index, error class) -> count`` since start.
+        pricing: Cost settings in force.
+        window_seconds: Window of the ratio gauges, s.
+        driver_version: NVIDIA driver version, when known.
+        degraded: Human-readable names of degraded parts, for /healthz.
+    """
+
+    taken_at_seconds: float
+    gpus: tuple[GpuStatus, ...]
+    servers: tuple[ServerStatus, ...]
+    ledger: LedgerTotals
+    collectors: tuple[CollectorHealth, ...]
+    pricing: PricingInfo
+    window_seconds: float
+    scrape_errors: tuple[tuple[str, str, int], ...] = ()
+    nvml_errors: tuple[tuple[str, str, int], ...] = ()
+    driver_version: str | None = None
+    degraded: tuple[str, ...] = field(default=())

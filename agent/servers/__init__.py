@@ -1,0 +1,1 @@
+"""Inference servers: exposition parser, engine profiles and the HTTP scraper."""

@@ -1,0 +1,1 @@
+"""Simulation: workload, simulated NVML devices and simulated inference servers (demo and tests)."""

@@ -1,0 +1,1 @@
+"""Exporters: turn an agent Snapshot into the outside world (Prometheus exposition, HTTP)."""
