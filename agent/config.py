@@ -1,4 +1,4 @@
-"""Configuration: one pydantic-settings root, env prefix ``TOKENERGY_``, nested sections behind ``__``.
+"""Configuration: one pydantic-settings root, env prefix ``TOKENERGY_``, sections behind ``__``.
 
 Sources, highest priority first: command-line flags (passed as init values), environment
 variables (``TOKENERGY_SAMPLING__INTERVAL_SECONDS=5``), an optional TOML or YAML file, defaults.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -30,7 +30,7 @@ from pydantic_settings import (
 )
 
 Engine = Literal["auto", "vllm", "sglang", "tgi", "llamacpp", "triton", "lmdeploy", "dynamo", "nim"]
-ENGINES: tuple[str, ...] = Engine.__args__
+ENGINES: tuple[str, ...] = get_args(Engine)
 
 DEFAULT_PORT = 10110
 """Default HTTP port. The 9100-9999 exporter range is exhausted (see reference), so 10000+."""
@@ -90,7 +90,9 @@ class ServerSettings(_Section):
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://, e.g. http://127.0.0.1:8000/metrics")
+            raise ValueError(
+                "must start with http:// or https://, e.g. http://127.0.0.1:8000/metrics"
+            )
         return value
 
 
@@ -147,7 +149,13 @@ class PricingSettings(_Section):
     )
     pue: float = Field(1.3, ge=1.0, le=3.0, description="Power usage effectiveness.")
     gpu_hourly: dict[str, Annotated[float, Field(ge=0)]] = Field(
-        default_factory=lambda: {"default": 2.00, "H100": 2.50, "H200": 3.50, "A100": 1.50, "L4": 0.70},
+        default_factory=lambda: {
+            "default": 2.00,
+            "H100": 2.50,
+            "H200": 3.50,
+            "A100": 1.50,
+            "L4": 0.70,
+        },
         description=(
             "Hourly rate per GPU model, currency per GPU-hour, matched as a substring of the NVML "
             "name (longest key wins); `default` for the rest."

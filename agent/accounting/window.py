@@ -1,0 +1,169 @@
+"""Windowed ratios from the ledger's own per-interval deltas. Pure: no I/O, no clock.
+
+The window keeps a bounded deque of intervals; each holds the agent's own non-negative deltas
+per (server, model). Because the deltas already absorb server restarts, driver reloads and
+lost GPUs, the ratios are correct across all of them. Sums are recomputed from the kept
+intervals at each read (no running sums that subtract), so a window that empties gives exact
+zeros and never a tiny leftover that would blow a ratio up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+Key = tuple[str, str]
+"""(server, model)."""
+
+DEFAULT_MAX_INTERVALS = 65_536
+"""Hard bound on kept intervals, whatever the window and the advance rate."""
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalDelta:
+    """The agent's deltas for one (server, model) in one interval; every field is >= 0.
+
+    Attributes:
+        input_tokens: Prompt tokens.
+        output_tokens: Generated tokens.
+        energy_joules: Attributed energy, J.
+        cost: Energy plus hardware cost, configured currency.
+        gpu_seconds: GPU time attributed (by share), s; > 0 means a GPU was attributed.
+    """
+
+    input_tokens: float = 0.0
+    output_tokens: float = 0.0
+    energy_joules: float = 0.0
+    cost: float = 0.0
+    gpu_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRatios:
+    """Ratios of one (server, model) over the window; None where undefined, never NaN/Inf.
+
+    Attributes:
+        tokens_per_joule: Output tokens per J; None without output tokens or energy.
+        joules_per_token: J per output token; None without output tokens or energy.
+        cost_per_million_tokens: All cost per 1e6 output tokens; None without output tokens
+            or without any GPU attributed in the window.
+        input_tokens_per_second: Prompt tokens/s; None when the window spans no time.
+        output_tokens_per_second: Generated tokens/s; None when the window spans no time.
+        power_watts: Mean attributed power, W; None when no time or no GPU attributed.
+    """
+
+    tokens_per_joule: float | None = None
+    joules_per_token: float | None = None
+    cost_per_million_tokens: float | None = None
+    input_tokens_per_second: float | None = None
+    output_tokens_per_second: float | None = None
+    power_watts: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Interval:
+    end_seconds: float
+    duration_seconds: float
+    deltas: Mapping[Key, IntervalDelta]
+
+
+class RatioWindow:
+    """A sliding window of per-interval deltas.
+
+    Args:
+        window_seconds: Length of the window, s (> 0). An interval is kept while its end is
+            within the window of the latest time.
+        max_intervals: Most intervals kept, a memory bound.
+
+    Raises:
+        ValueError: When ``window_seconds`` is not > 0 or ``max_intervals`` < 1.
+    """
+
+    def __init__(self, window_seconds: float, max_intervals: int = DEFAULT_MAX_INTERVALS) -> None:
+        if not (math.isfinite(window_seconds) and window_seconds > 0):
+            raise ValueError(f"window_seconds must be a finite number > 0, got {window_seconds}")
+        if max_intervals < 1:
+            raise ValueError(f"max_intervals must be >= 1, got {max_intervals}")
+        self.window_seconds = float(window_seconds)
+        self._intervals: deque[_Interval] = deque(maxlen=max_intervals)
+
+    def __len__(self) -> int:
+        return len(self._intervals)
+
+    def add(self, end_seconds: float, duration_seconds: float, deltas: Mapping[Key, IntervalDelta]) -> None:
+        """Append one interval and drop those that left the window.
+
+        Args:
+            end_seconds: Monotonic time at the end of the interval, s.
+            duration_seconds: Length of the interval, s (>= 0).
+            deltas: The interval's deltas per key; a key present with zeros counts its time.
+        """
+        if duration_seconds > 0:
+            self._intervals.append(_Interval(end_seconds, duration_seconds, dict(deltas)))
+        start = end_seconds - self.window_seconds
+        while self._intervals and self._intervals[0].end_seconds <= start:
+            self._intervals.popleft()
+
+    def ratios(self) -> dict[Key, WindowRatios]:
+        """Ratios of every key present in the window.
+
+        Returns:
+            ``(server, model) -> WindowRatios``.
+        """
+        sums: dict[Key, list[float]] = {}
+        for interval in self._intervals:
+            for key, d in interval.deltas.items():
+                acc = sums.get(key)
+                if acc is None:
+                    acc = sums[key] = [0.0] * 6
+                acc[0] += interval.duration_seconds
+                acc[1] += d.input_tokens
+                acc[2] += d.output_tokens
+                acc[3] += d.energy_joules
+                acc[4] += d.cost
+                acc[5] += d.gpu_seconds
+        return {key: _ratios(*acc) for key, acc in sums.items()}
+
+
+def _ratios(
+    seconds: float,
+    input_tokens: float,
+    output_tokens: float,
+    joules: float,
+    cost: float,
+    gpu_seconds: float,
+) -> WindowRatios:
+    has_output = output_tokens > 0
+    has_energy = joules > 0
+    attributed = gpu_seconds > 0
+    has_time = seconds > 0
+    return _finite(
+        WindowRatios(
+            tokens_per_joule=output_tokens / joules if has_output and has_energy else None,
+            joules_per_token=joules / output_tokens if has_output and has_energy else None,
+            cost_per_million_tokens=(
+                cost / output_tokens * 1e6 if has_output and attributed else None
+            ),
+            input_tokens_per_second=input_tokens / seconds if has_time else None,
+            output_tokens_per_second=output_tokens / seconds if has_time else None,
+            power_watts=joules / seconds if has_time and attributed else None,
+        )
+    )
+
+
+def _finite(r: WindowRatios) -> WindowRatios:
+    """Drop any value that overflowed (denormal denominators): None, never Inf or NaN."""
+
+    def ok(v: float | None) -> float | None:
+        return v if v is not None and math.isfinite(v) else None
+
+    return WindowRatios(
+        ok(r.tokens_per_joule),
+        ok(r.joules_per_token),
+        ok(r.cost_per_million_tokens),
+        ok(r.input_tokens_per_second),
+        ok(r.output_tokens_per_second),
+        ok(r.power_watts),
+    )

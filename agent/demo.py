@@ -1,0 +1,280 @@
+"""``tokenergy demo``: the real agent scraping simulated servers over HTTP, on simulated GPUs.
+
+Impure edge (threads, HTTP, terminal). The order of start-up matters for the ground truth:
+the simulated servers start with zero counters and the GPUs idle, the agent takes its first
+(baseline) sample, and only then does the workload start. The agent baselines what it sees at
+first sight, so the truth is taken at that same instant and subtracted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.clock import Clock
+from agent.config import Settings, load_settings
+from agent.readings import ModelTotals, Snapshot
+
+STEP_SECONDS = 0.05
+"""Simulation step, s: short enough for sub-second power swings in the bursty scenario."""
+
+
+def table_rows(snapshot: Snapshot) -> list[dict[str, str]]:
+    """Rows of the live table, one per (server, model), formatted with units.
+
+    Args:
+        snapshot: The agent's latest Snapshot.
+
+    Returns:
+        Rows with columns server, model, in tok/s, out tok/s, W, tok/J, cost/Mtok, idle.
+    """
+    up = {s.name: s.up for s in snapshot.servers}
+    currency = snapshot.pricing.currency
+    rows = []
+    for m in snapshot.ledger.models:
+        rows.append(
+            {
+                "server": m.server + ("" if up.get(m.server, False) else " (down)"),
+                "model": m.model or "-",
+                "in tok/s": _num(m.input_tokens_per_second, "{:,.0f}"),
+                "out tok/s": _num(m.output_tokens_per_second, "{:,.0f}"),
+                "W": _num(m.power_watts, "{:,.0f}"),
+                "tok/J": _num(m.tokens_per_joule, "{:.2f}"),
+                f"{currency}/Mtok": _num(m.cost_per_million_tokens, "{:.3f}"),
+                "idle": _idle(m),
+            }
+        )
+    return rows
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _idle(m: ModelTotals) -> str:
+    if m.energy_joules_total <= 0:
+        return "-"
+    return f"{100 * m.idle_energy_joules_total / m.energy_joules_total:.0f}%"
+
+
+def _unattributed_line(snapshot: Snapshot) -> str:
+    spare_w = sum(
+        (g.reading.power_watts or 0.0)
+        for g in snapshot.gpus
+        if g.reading is not None
+        and not any(s.uuid == g.device.uuid for s in snapshot.ledger.shares)
+    )
+    return (
+        f"unattributed GPUs: {spare_w:,.0f} W now, "
+        f"{snapshot.ledger.unattributed_energy_joules_total / 1000:,.1f} kJ so far"
+    )
+
+
+class LiveView:
+    """The terminal view: a rich live table on a terminal, plain lines otherwise.
+
+    Args:
+        out: Where to write.
+        scenario: Shown in the title.
+    """
+
+    def __init__(self, out: TextIO, scenario: str) -> None:
+        self._out = out
+        self._scenario = scenario
+        self._live: Any = None
+        if out.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(console=Console(file=out), auto_refresh=False, transient=False)
+            self._live.start()
+
+    def show(self, snapshot: Snapshot | None, elapsed_seconds: float) -> None:
+        """Render one update.
+
+        Args:
+            snapshot: Latest Snapshot (None before the first cycle).
+            elapsed_seconds: Time since the workload started, s.
+        """
+        if snapshot is None:
+            return
+        rows = table_rows(snapshot)
+        if self._live is not None:
+            from rich.table import Table
+
+            table = Table(
+                title=f"tokenergy demo · {self._scenario} · {elapsed_seconds:,.0f} s",
+                caption=_unattributed_line(snapshot),
+            )
+            for column in rows[0] if rows else ["server"]:
+                table.add_column(
+                    column, justify="left" if column in ("server", "model") else "right"
+                )
+            for row in rows:
+                table.add_row(*row.values())
+            self._live.update(table, refresh=True)
+            return
+        for row in rows:
+            self._out.write(
+                f"t={elapsed_seconds:.0f}s "
+                + " ".join(f"{k.replace(' ', '_')}={v}" for k, v in row.items())
+                + "\n"
+            )
+        self._out.flush()
+
+    def close(self) -> None:
+        """Stop the live display."""
+        if self._live is not None:
+            self._live.stop()
+
+
+def _subtract_truth(end: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Truth since the agent's baseline sample: per-server tokens and energy, unattributed."""
+    servers: dict[str, Any] = {}
+    for name, srv in end["servers"].items():
+        before = base["servers"].get(name, {"energy_joules": 0.0, "models": {}})
+        models = {}
+        for model, counts in srv["models"].items():
+            prior = before["models"].get(model, {"input_tokens": 0, "output_tokens": 0})
+            models[model] = {
+                "input_tokens": counts["input_tokens"] - prior["input_tokens"],
+                "output_tokens": counts["output_tokens"] - prior["output_tokens"],
+            }
+        servers[name] = {
+            **srv,
+            "energy_joules": srv["energy_joules"] - before["energy_joules"],
+            "models": models,
+        }
+    return {
+        **end,
+        "servers": servers,
+        "unattributed_energy_joules": end["unattributed_energy_joules"]
+        - base["unattributed_energy_joules"],
+    }
+
+
+def run_demo(
+    *,
+    scenario: str,
+    seed: int,
+    duration_seconds: float,
+    listen: str,
+    interval_seconds: float,
+    truth_file: Path | None,
+    config_file: Path | None,
+    clock: Clock,
+    log: logging.Logger,
+    out: TextIO,
+    build: Callable[[Settings, Any, Clock, logging.Logger], Any],
+    install_stop: Callable[[threading.Event], None],
+) -> int:
+    """Run the demo until ``duration_seconds`` pass or a stop signal arrives.
+
+    Args:
+        scenario: Workload scenario name.
+        seed: Workload seed.
+        duration_seconds: How long to run, s; 0 runs until stopped.
+        listen: ADDR:PORT for the agent's /metrics.
+        interval_seconds: Agent sampling interval, s.
+        truth_file: Where to write the ground truth at exit, or None.
+        config_file: Optional config file for pricing and sampling settings.
+        clock: The clock shared by the simulation and the agent.
+        log: Logger.
+        out: Where the live table goes.
+        build: The composition root's agent builder.
+        install_stop: Installs SIGTERM/SIGINT handlers that set the event.
+
+    Returns:
+        0 on a clean stop.
+    """
+    from agent.simulation.world import DemoWorld, demo_servers_config
+
+    world = DemoWorld(scenario, seed, clock)
+    world.start()
+    overrides: dict[str, Any] = {
+        "servers": demo_servers_config(world),
+        "http": {"listen": listen},
+        "sampling": {
+            "interval_seconds": interval_seconds,
+            "window_seconds": max(60.0, interval_seconds),
+        },
+        "gpu": {"interval_seconds": min(1.0, interval_seconds)},
+    }
+    settings = load_settings(config_file, overrides)
+    agent = build(settings, world.nvml, clock, log)
+    stop = threading.Event()
+    install_stop(stop)
+    view: LiveView | None = None
+    driver: threading.Thread | None = None
+    driver_stop = threading.Event()
+    try:
+        agent.server.start()
+        agent.monitor.start()
+        world.step(clock.monotonic())
+        agent.sampler.run_cycle()  # baseline: servers at zero, workload not started
+        truth_base = world.truth()
+        started = clock.monotonic()
+        world.begin(started)
+
+        def drive() -> None:
+            while not driver_stop.is_set():
+                world.step(clock.monotonic())
+                driver_stop.wait(STEP_SECONDS)
+
+        driver = threading.Thread(target=drive, name="simulation", daemon=True)
+        driver.start()
+        agent.sampler.start()
+        log.info(
+            "demo running",
+            extra={
+                "scenario": scenario,
+                "metrics": f"http://{listen.rsplit(':', 1)[0]}:{agent.port}/metrics",
+                "servers": " ".join(f"{s['name']}={s['url']}" for s in overrides["servers"]),
+            },
+        )
+        view = LiveView(out, scenario)
+        while not stop.is_set():
+            elapsed = clock.monotonic() - started
+            if duration_seconds and elapsed >= duration_seconds:
+                break
+            view.show(agent.sampler.snapshot(), elapsed)
+            wait = interval_seconds
+            if duration_seconds:
+                wait = min(wait, duration_seconds - elapsed)
+            stop.wait(max(0.01, wait))
+    finally:
+        driver_stop.set()
+        if driver is not None:
+            driver.join(5)
+        agent.sampler.stop()
+        if view is not None:
+            view.close()
+        if truth_file is not None:
+            _write_truth(truth_file, agent, world, truth_base, clock)
+        agent.stop()
+        world.stop()
+    return 0
+
+
+def _write_truth(
+    path: Path, agent: Any, world: Any, truth_base: dict[str, Any], clock: Clock
+) -> None:
+    """One last agent sample, then the truth and the agent's exposition of that instant."""
+    from prometheus_client import generate_latest
+
+    world.step(clock.monotonic())
+    agent.sampler.run_cycle()
+    truth = _subtract_truth(world.truth(), truth_base)
+    truth["exposition"] = generate_latest(agent.registry).decode()
+    truth["notes"] = (
+        "servers and unattributed_energy_joules count from the agent's first (baseline) sample; "
+        "gpus[].energy_joules is energy since the simulated driver load, like the NVML counter."
+    )
+    path.write_text(json.dumps(truth, indent=2, sort_keys=True))
+
+
+__all__: Sequence[str] = ("LiveView", "run_demo", "table_rows")

@@ -1,0 +1,236 @@
+"""The sampling loop, with hand-written fakes for the GPU monitor, scrapers and ledger."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from agent.clock import ManualClock, SystemClock
+from agent.readings import (
+    GpuDevice,
+    GpuStatus,
+    LedgerTotals,
+    ModelTotals,
+    PricingInfo,
+    ServerReading,
+    ServerStatus,
+    TokenReading,
+)
+from agent.sampler import FixedAttribution, Sampler, describe_assignment
+
+LOG = logging.getLogger("test")
+DEVICE = GpuDevice(index=0, uuid="GPU-0", name="H100", energy_source="counter")
+
+
+class FakeGpus:
+    def __init__(self, up: bool = True) -> None:
+        self.up = up
+        self.polls = 0
+
+    def poll(self) -> tuple[GpuStatus, ...]:
+        self.polls += 1
+        return (
+            GpuStatus(DEVICE, self.up, None, 10.0 * self.polls, None if self.up else "gpu_lost"),
+        )
+
+    def devices(self) -> tuple[GpuDevice, ...]:
+        return (DEVICE,)
+
+    def driver_version(self) -> str | None:
+        return "550.54"
+
+    def nvml_up(self) -> bool:
+        return True
+
+    def error_counts(self) -> dict[tuple[str, str], int]:
+        return {} if self.up else {("0", "gpu_lost"): self.polls}
+
+
+class ScrapeFailedError(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"failed: {reason}")
+        self.reason = reason
+
+
+class FakeScraper:
+    def __init__(self, fail: str | None = None, block: threading.Event | None = None) -> None:
+        self.fail = fail
+        self.block = block
+        self.calls = 0
+
+    def scrape(self) -> ServerReading:
+        self.calls += 1
+        if self.block is not None:
+            self.block.wait(10)
+        if self.fail:
+            raise ScrapeFailedError(self.fail)
+        return ServerReading("vllm", (TokenReading("m", 1.0 * self.calls, 2.0 * self.calls),))
+
+
+@dataclass
+class RecordingLedger:
+    calls: list[tuple[float, tuple[ServerStatus, ...], dict[str, tuple[str, ...]]]] = field(
+        default_factory=list
+    )
+
+    def advance(
+        self,
+        t: float,
+        gpus: Sequence[GpuStatus],
+        servers: Sequence[ServerStatus],
+        assignment: Mapping[str, Sequence[str]],
+        process_owners: Mapping[int, str] | None = None,
+    ) -> LedgerTotals:
+        self.calls.append((t, tuple(servers), {k: tuple(v) for k, v in assignment.items()}))
+        return LedgerTotals(models=(ModelTotals("a", "m"),))
+
+
+def make(
+    servers: dict[str, FakeScraper],
+    *,
+    clock: ManualClock | SystemClock | None = None,
+    gpus: FakeGpus | None = None,
+    deadline: float = 0.3,
+    warnings: Sequence[str] = (),
+    interval: float = 5,
+    gpu_interval: float = 1,
+) -> tuple[Sampler, RecordingLedger, list[int]]:
+    ledger = RecordingLedger()
+    discoveries: list[int] = []
+
+    def discover(g: Sequence[GpuStatus]) -> FixedAttribution:
+        discoveries.append(len(g))
+        return FixedAttribution({"a": ["GPU-0"]}, warnings=warnings)
+
+    sampler = Sampler(
+        gpus=gpus or FakeGpus(),
+        servers=servers,
+        ledger=ledger,
+        discover=discover,
+        clock=clock or ManualClock(),
+        pricing=PricingInfo("USD", 0.1, 1.3),
+        interval_seconds=interval,
+        gpu_interval_seconds=gpu_interval,
+        window_seconds=60,
+        scrape_deadline_seconds=deadline,
+        discovery_interval_seconds=30,
+        log=LOG,
+    )
+    return sampler, ledger, discoveries
+
+
+def test_cycle_publishes_snapshot_with_every_server() -> None:
+    sampler, ledger, _ = make({"a": FakeScraper(), "b": FakeScraper(fail="refused")})
+    assert sampler.snapshot() is None
+    snap = sampler.run_cycle()
+    assert sampler.snapshot() is snap
+    assert [s.name for s in snap.servers] == ["a", "b"]
+    assert snap.servers[0].up and snap.servers[0].reading is not None
+    assert not snap.servers[1].up and snap.servers[1].error_reason == "refused"
+    assert snap.scrape_errors == (("b", "refused", 1),)
+    assert ("server b: refused") in snap.degraded
+    assert {c.name: c.success for c in snap.collectors} == {
+        "nvml": True,
+        "server/a": True,
+        "server/b": False,
+    }
+    assert ledger.calls[0][2] == {"a": ("GPU-0",)}
+    sampler.close()
+
+
+def test_scrape_errors_accumulate_by_reason() -> None:
+    bad = FakeScraper(fail="timeout")
+    sampler, _, _ = make({"a": bad})
+    sampler.run_cycle()
+    sampler.run_cycle()
+    bad.fail = "parse"
+    snap = sampler.run_cycle()
+    assert snap.scrape_errors == (("a", "parse", 1), ("a", "timeout", 2))
+    sampler.close()
+
+
+def test_hung_scrape_times_out_and_never_piles_up() -> None:
+    release = threading.Event()
+    stuck = FakeScraper(block=release)
+    healthy = FakeScraper()
+    sampler, _, _ = make({"stuck": stuck, "ok": healthy}, clock=SystemClock(), deadline=0.2)
+    for _ in range(3):
+        snap = sampler.run_cycle()
+        by_name = {s.name: s for s in snap.servers}
+        assert by_name["stuck"].error_reason == "timeout"
+        assert by_name["ok"].up  # one stuck server never touches another
+    assert stuck.calls == 1  # no second call while the first hangs
+    assert healthy.calls == 3
+    release.set()
+    snap = sampler.run_cycle()
+    assert {s.name: s.up for s in snap.servers}["stuck"]
+    sampler.close()
+
+
+def test_gpu_down_is_degraded_and_counted() -> None:
+    sampler, _, _ = make({}, gpus=FakeGpus(up=False))
+    snap = sampler.run_cycle()
+    assert snap.degraded == ("gpu 0 (GPU-0): gpu_lost",)
+    assert snap.nvml_errors == (("0", "gpu_lost", 1),)
+    sampler.close()
+
+
+def test_discovery_runs_at_start_then_at_its_interval() -> None:
+    clock = ManualClock()
+    sampler, _, discoveries = make({}, clock=clock, warnings=["no GPU processes found"])
+    sampler.run_cycle()
+    clock.advance(5)
+    sampler.run_cycle()
+    assert len(discoveries) == 1
+    clock.advance(30)
+    sampler.run_cycle()
+    assert len(discoveries) == 2
+    sampler.close()
+
+
+def test_health_turns_unhealthy_when_cycles_stop() -> None:
+    clock = ManualClock()
+    sampler, _, _ = make({"b": FakeScraper(fail="refused")}, clock=clock)
+    ok, lines = sampler.health(3)
+    assert not ok and "no sampling cycle" in lines[0]
+    sampler.run_cycle()
+    ok, lines = sampler.health(3)
+    assert ok and lines == ["server b: refused"]
+    clock.advance(16)
+    ok, lines = sampler.health(3)
+    assert not ok and lines[0].startswith("last sampling cycle 16.0 s ago (limit 15.0 s)")
+    sampler.close()
+
+
+def test_loop_thread_runs_cycles_and_stops() -> None:
+    sampler, ledger, _ = make(
+        {"a": FakeScraper()}, clock=SystemClock(), interval=0.05, gpu_interval=0.01
+    )
+    sampler.start()
+    deadline = SystemClock().monotonic() + 5
+    while len(ledger.calls) < 3 and SystemClock().monotonic() < deadline:
+        SystemClock().sleep(0.01)
+    sampler.stop()
+    sampler.close()
+    assert len(ledger.calls) >= 3
+    count = len(ledger.calls)
+    SystemClock().sleep(0.15)
+    assert len(ledger.calls) == count  # stopped means stopped
+
+
+def test_describe_assignment_names_spare_gpus() -> None:
+    gpus = [
+        GpuStatus(GpuDevice(i, f"GPU-{i}", "H100", "counter"), True, None, 0.0) for i in range(3)
+    ]
+    assert describe_assignment({"vllm": ["GPU-0", "GPU-1"]}, gpus) == "vllm=[0,1] unattributed=[2]"
+
+
+@pytest.mark.parametrize("reason", ["timeout", "refused", "http_status", "too_large", "parse"])
+def test_reason_is_taken_from_the_error(reason: str) -> None:
+    sampler, _, _ = make({"a": FakeScraper(fail=reason)})
+    assert sampler.run_cycle().servers[0].error_reason == reason
+    sampler.close()
