@@ -22,16 +22,6 @@ from agent.clock import Clock, SystemClock
 from agent.config import ENGINES, ConfigError, Settings, load_settings, split_listen
 from agent.readings import PricingInfo
 
-DEMO_SCENARIOS = (
-    "steady",
-    "bursty",
-    "diurnal",
-    "gpu-lost",
-    "driver-reload",
-    "server-restart",
-    "server-down",
-    "nvml-hang",
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--duration", type=float, default=0.0, help="seconds to run; 0 = until Ctrl-C (default)"
     )
-    demo.add_argument("--scenario", default="steady", choices=DEMO_SCENARIOS)
+    from agent.simulation.workload import SCENARIOS
+
+    demo.add_argument("--scenario", default="steady", choices=SCENARIOS)
     demo.add_argument("--listen", default="127.0.0.1:10110", help="ADDR:PORT for /metrics")
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--interval", type=float, default=1.0, help="sampling interval, s")

@@ -92,7 +92,9 @@ class RatioWindow:
     def __len__(self) -> int:
         return len(self._intervals)
 
-    def add(self, end_seconds: float, duration_seconds: float, deltas: Mapping[Key, IntervalDelta]) -> None:
+    def add(
+        self, end_seconds: float, duration_seconds: float, deltas: Mapping[Key, IntervalDelta]
+    ) -> None:
         """Append one interval and drop those that left the window.
 
         Args:

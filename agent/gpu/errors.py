@@ -24,19 +24,19 @@ class GpuError(Exception):
     kind: ClassVar[str] = "error"
 
 
-class GpuUnavailable(GpuError):
+class GpuUnavailable(GpuError):  # noqa: N818 (names fixed by the interface)
     """NVML cannot be used at all: library missing, driver not loaded, or init failed."""
 
     kind: ClassVar[str] = "unavailable"
 
 
-class GpuLost(GpuError):
+class GpuLost(GpuError):  # noqa: N818
     """One GPU stopped answering (NVML ``GPU_IS_LOST`` or ``UNKNOWN``); others are unaffected."""
 
     kind: ClassVar[str] = "gpu_lost"
 
 
-class GpuTimeout(GpuError):
+class GpuTimeout(GpuError):  # noqa: N818
     """A read did not finish within its deadline, or NVML itself returned ``TIMEOUT``."""
 
     kind: ClassVar[str] = "timeout"

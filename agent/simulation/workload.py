@@ -22,7 +22,12 @@ Scenarios:
     server-restart: steady; at the fault time the vLLM server restarts (its counters reset).
     server-down: steady; SGLang is down (connection refused, no tokens, GPU idle) from the
         fault time to the recovery time, then comes back with its counters where they were.
-    nvml-hang: steady; NVML calls on GPU 0 hang from the fault time to the recovery time.
+    nvml-hang: steady; NVML calls on GPU 0 hang from the fault time to the recovery time
+        (the simulated NVML's hangs last real seconds).
+    faults: steady; all of the above in turn, one recovery time apart: driver reload at the
+        fault time F, vLLM restart at F + R, SGLang down from F + 2R to F + 3R, NVML hang on
+        GPU 0 from F + 4R to F + 5R, GPU 3 lost at F + 5R (R = recovery time). With the
+        defaults (F = 20 s, R = 15 s) a two-minute demo shows every fault.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ FAULT_SCENARIOS: tuple[str, ...] = (
     "server-restart",
     "server-down",
     "nvml-hang",
+    "faults",
 )
 SCENARIOS: tuple[str, ...] = BASE_SCENARIOS + FAULT_SCENARIOS
 """Every scenario name :class:`Workload` accepts."""
@@ -182,12 +188,17 @@ class Scenario:
     Attributes:
         name: One of :data:`SCENARIOS`.
         base: ``steady``, ``bursty`` or ``diurnal``.
-        events: Fault events in time order.
+        events: Fault events in time order (sorted on construction).
     """
 
     name: str
     base: str
     events: tuple[FaultEvent, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        # Stable sort: events at the same time keep their given order.
+        ordered = tuple(sorted(self.events, key=lambda e: e.at_seconds))
+        object.__setattr__(self, "events", ordered)
 
 
 def make_scenario(
@@ -236,8 +247,18 @@ def make_scenario(
             FaultEvent(at, "server_down", server="sglang"),
             FaultEvent(back, "server_up", server="sglang"),
         )
-    else:  # nvml-hang
+    elif name == "nvml-hang":
         events = (FaultEvent(at, "nvml_hang", gpu=0, duration_seconds=recover_after_seconds),)
+    else:  # faults: every fault in turn, one recovery time apart
+        gap = recover_after_seconds
+        events = (
+            FaultEvent(at, "reload_driver"),
+            FaultEvent(at + gap, "restart_server", server="vllm"),
+            FaultEvent(at + 2 * gap, "server_down", server="sglang"),
+            FaultEvent(at + 3 * gap, "server_up", server="sglang"),
+            FaultEvent(at + 4 * gap, "nvml_hang", gpu=0, duration_seconds=gap),
+            FaultEvent(at + 5 * gap, "lose_gpu", gpu=3),
+        )
     return Scenario(name=name, base="steady", events=events)
 
 

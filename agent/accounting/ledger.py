@@ -1,0 +1,334 @@
+"""The ledger: every joule to a server (or ``unattributed``), every token priced. Pure.
+
+No I/O, no clock reads, no threads. :meth:`Ledger.advance` takes the readings at monotonic
+time ``t`` and returns new cumulative counters and windowed ratios as ``LedgerTotals``.
+
+Rules (DESIGN.md, "Accounting rules"):
+
+- **Tokens.** Per (server, model): input, output and cached input tokens, monotonic across
+  server restarts; policy in :mod:`agent.accounting.counters` (first sight is a baseline and
+  is not counted; a restart rebases to zero; a down server contributes nothing).
+- **GPU energy.** The delta of ``GpuStatus.energy_joules_total`` (agent-owned, monotonic)
+  between advances. The first sight of a GPU is its baseline. A value that is not finite is
+  not used (the base is kept); a value lower than the base (which the monitor should never
+  produce) becomes the new base and counts nothing, so a bug upstream can never book an
+  earlier lifetime's energy twice.
+- **Attribution.** Each GPU's delta goes to the servers whose assignment lists its UUID,
+  split by per-process utilization where known, else evenly (:func:`shares.gpu_split`); with
+  no server it goes to ``unattributed``. A server's part is split among its models by input
+  plus output tokens in the interval, evenly when none (:func:`shares.model_split`).
+- **Down servers.** A server that is down still holds its GPUs: its part goes evenly to its
+  last known models. A server never seen (no successful reading yet), or one that never
+  reported a model, has no (server, model) series to book to: its part goes to
+  ``unattributed`` until it is seen. Its share is then not listed in ``shares``.
+- **Idle energy.** Energy booked to a server in an interval whose reading is known (up, not
+  the baseline) and shows no input and no output tokens is also counted as idle energy.
+  Intervals in which the server is down are not called idle: their tokens are not known yet.
+- **Conservation.** Every piece is the GPU delta times fractions that are >= 0 and sum to 1,
+  so attributed + unattributed equals the sum of GPU deltas to float rounding (~1e-15
+  relative), and no counter ever takes a negative piece.
+- **Cost.** Energy cost, hardware cost and carbon per :mod:`agent.accounting.cost`.
+  GPU-hours accrue over the wall interval between advances for every GPU listed at both
+  ends, up or down (a down GPU is still paid for), and follow the same split as energy;
+  GPUs that serve no server book their cost as unattributed cost, so all cost adds up to the
+  cost of every GPU.
+- **Ratios.** Windowed over ``window_seconds`` from the ledger's own deltas
+  (:mod:`agent.accounting.window`); None when undefined, never NaN or Inf.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from agent.accounting.cost import CostModel
+from agent.accounting.counters import ServerObservation, TokenCounters
+from agent.accounting.shares import even_split, gpu_split, model_split
+from agent.accounting.window import (
+    DEFAULT_MAX_INTERVALS,
+    IntervalDelta,
+    Key,
+    RatioWindow,
+    WindowRatios,
+)
+from agent.config import PricingSettings
+from agent.readings import GpuShare, GpuStatus, LedgerTotals, ModelTotals, ServerStatus
+
+
+@dataclass(slots=True)
+class _Account:
+    """Mutable running totals of one (server, model) or of ``unattributed``."""
+
+    input_tokens: float = 0.0
+    output_tokens: float = 0.0
+    cached_input_tokens: float = 0.0
+    energy_joules: float = 0.0
+    idle_energy_joules: float = 0.0
+    energy_cost: float = 0.0
+    hardware_cost: float = 0.0
+    carbon_grams: float = 0.0
+
+
+@dataclass(slots=True)
+class _ServerPart:
+    """One server's part of all GPUs in one interval."""
+
+    energy_joules: float = 0.0
+    hardware_cost: float = 0.0
+    gpu_seconds: float = 0.0
+
+
+class Ledger:
+    """Cumulative, restart-proof accounting of tokens, energy and cost.
+
+    Args:
+        pricing: Cost settings (price per kWh, PUE, hourly rates, carbon intensity).
+        window_seconds: Window of the ratio gauges, s (> 0).
+        max_intervals: Most intervals the ratio window keeps (memory bound).
+
+    Raises:
+        ValueError: When ``window_seconds`` is not a finite number > 0.
+    """
+
+    def __init__(
+        self,
+        pricing: PricingSettings,
+        window_seconds: float,
+        *,
+        max_intervals: int = DEFAULT_MAX_INTERVALS,
+    ) -> None:
+        self._cost = CostModel(pricing)
+        self._window = RatioWindow(window_seconds, max_intervals)
+        self._tokens = TokenCounters()
+        self._gpu_base: dict[str, float] = {}
+        self._gpus_listed: frozenset[str] = frozenset()
+        self._accounts: dict[Key, _Account] = {}
+        self._unattributed = _Account()
+        self._gpu_energy_booked = 0.0
+        self._last_t: float | None = None
+
+    @property
+    def window_seconds(self) -> float:
+        """Window of the ratio gauges, s."""
+        return self._window.window_seconds
+
+    @property
+    def gpu_energy_booked_joules(self) -> float:
+        """Sum of every GPU energy delta booked so far, J (= attributed + unattributed)."""
+        return self._gpu_energy_booked
+
+    def advance(
+        self,
+        t: float,
+        gpus: Sequence[GpuStatus],
+        servers: Sequence[ServerStatus],
+        assignment: Mapping[str, Sequence[str]],
+        process_owners: Mapping[int, str] | None = None,
+    ) -> LedgerTotals:
+        """Account the interval that ends at ``t``.
+
+        Args:
+            t: Monotonic time of the readings, s; never lower than the previous call's.
+            gpus: Status of every GPU the agent knows.
+            servers: Status of every configured server.
+            assignment: Server name -> UUIDs of the GPUs it uses.
+            process_owners: Host PID -> server name, for per-process utilization shares.
+
+        Returns:
+            Cumulative counters, windowed ratios and the GPU shares in force.
+
+        Raises:
+            ValueError: When ``t`` is not finite or goes back, or a GPU UUID or a server
+                name is listed twice.
+        """
+        if not math.isfinite(t):
+            raise ValueError(f"advance: t must be a finite monotonic time, got {t}")
+        if self._last_t is not None and t < self._last_t:
+            raise ValueError(
+                f"advance: t went back from {self._last_t} s to {t} s; it must be monotonic"
+            )
+        _check_unique("GPU uuid", (g.device.uuid for g in gpus))
+        _check_unique("server name", (s.name for s in servers))
+        dt = 0.0 if self._last_t is None else t - self._last_t
+        self._last_t = t
+        keys_before = frozenset(self._accounts)
+        interval: dict[Key, IntervalDelta] = {}
+
+        observations = self._observe_servers(servers, assignment, interval)
+        parts = self._split_gpus(dt, gpus, assignment, process_owners, observations)
+        self._book_parts(parts, observations, interval)
+
+        for key in keys_before:
+            interval.setdefault(key, IntervalDelta())
+        self._window.add(t, dt, interval)
+        return self._totals(parts)
+
+    # -- tokens -------------------------------------------------------------------------
+
+    def _observe_servers(
+        self,
+        servers: Sequence[ServerStatus],
+        assignment: Mapping[str, Sequence[str]],
+        interval: dict[Key, IntervalDelta],
+    ) -> dict[str, ServerObservation]:
+        by_name = {s.name: s for s in servers}
+        observations: dict[str, ServerObservation] = {}
+        for name in sorted(by_name.keys() | assignment.keys()):
+            obs = self._tokens.observe(name, by_name.get(name))
+            observations[name] = obs
+            for model in obs.models:
+                self._accounts.setdefault((name, model), _Account())
+            for model, delta in obs.deltas.items():
+                account = self._accounts.setdefault((name, model), _Account())
+                account.input_tokens += delta.input_tokens
+                account.output_tokens += delta.output_tokens
+                account.cached_input_tokens += delta.cached_input_tokens
+                if delta.input_tokens or delta.output_tokens:
+                    interval[(name, model)] = IntervalDelta(
+                        input_tokens=delta.input_tokens, output_tokens=delta.output_tokens
+                    )
+        return observations
+
+    # -- energy and GPU time ------------------------------------------------------------
+
+    def _gpu_energy_delta(self, gpu: GpuStatus) -> float:
+        uuid = gpu.device.uuid
+        value = gpu.energy_joules_total
+        if not math.isfinite(value) or value < 0:
+            return 0.0
+        base = self._gpu_base.get(uuid)
+        self._gpu_base[uuid] = value
+        if base is None or value < base:
+            return 0.0
+        return value - base
+
+    def _split_gpus(
+        self,
+        dt: float,
+        gpus: Sequence[GpuStatus],
+        assignment: Mapping[str, Sequence[str]],
+        process_owners: Mapping[int, str] | None,
+        observations: Mapping[str, ServerObservation],
+    ) -> dict[str, tuple[_ServerPart, list[GpuShare]]]:
+        users: dict[str, list[str]] = {}
+        for server in sorted(assignment):
+            for uuid in dict.fromkeys(assignment[server]):
+                users.setdefault(uuid, []).append(server)
+
+        parts: dict[str, tuple[_ServerPart, list[GpuShare]]] = {}
+        listed_before = self._gpus_listed
+        for gpu in sorted(gpus, key=lambda g: (g.device.index, g.device.uuid)):
+            uuid = gpu.device.uuid
+            joules = self._gpu_energy_delta(gpu)
+            self._gpu_energy_booked += joules
+            gpu_seconds = dt if uuid in listed_before else 0.0
+            hardware = self._cost.hardware_cost(gpu_seconds, gpu.device.name)
+            split = gpu_split(users.get(uuid, []), gpu.reading, gpu.up, process_owners)
+            if not split:
+                self._book_unattributed(joules, hardware)
+                continue
+            for server, fraction in split.items():
+                obs = observations.get(server)
+                if obs is None or not obs.models:
+                    self._book_unattributed(joules * fraction, hardware * fraction)
+                    continue
+                part, shares = parts.setdefault(server, (_ServerPart(), []))
+                part.energy_joules += joules * fraction
+                part.hardware_cost += hardware * fraction
+                part.gpu_seconds += gpu_seconds * fraction
+                shares.append(GpuShare(server, gpu.device.index, uuid, fraction))
+        self._gpus_listed = frozenset(g.device.uuid for g in gpus)
+        return parts
+
+    def _book_unattributed(self, joules: float, hardware_cost: float) -> None:
+        account = self._unattributed
+        account.energy_joules += joules
+        account.energy_cost += self._cost.energy_cost(joules)
+        account.hardware_cost += hardware_cost
+        account.carbon_grams += self._cost.carbon_grams(joules) or 0.0
+
+    def _book_parts(
+        self,
+        parts: Mapping[str, tuple[_ServerPart, list[GpuShare]]],
+        observations: Mapping[str, ServerObservation],
+        interval: dict[Key, IntervalDelta],
+    ) -> None:
+        for server, (part, _) in parts.items():
+            obs = observations[server]
+            if obs.tokens_known:
+                fractions = model_split(obs.models, obs.deltas)
+            else:
+                fractions = even_split(obs.models)
+            idle = obs.tokens_known and obs.total_tokens() == 0
+            for model, fraction in fractions.items():
+                key = (server, model)
+                account = self._accounts[key]
+                joules = part.energy_joules * fraction
+                energy_cost = self._cost.energy_cost(joules)
+                hardware_cost = part.hardware_cost * fraction
+                account.energy_joules += joules
+                account.energy_cost += energy_cost
+                account.hardware_cost += hardware_cost
+                account.carbon_grams += self._cost.carbon_grams(joules) or 0.0
+                if idle:
+                    account.idle_energy_joules += joules
+                tokens = interval.get(key, IntervalDelta())
+                interval[key] = IntervalDelta(
+                    input_tokens=tokens.input_tokens,
+                    output_tokens=tokens.output_tokens,
+                    energy_joules=joules,
+                    cost=energy_cost + hardware_cost,
+                    gpu_seconds=part.gpu_seconds * fraction,
+                )
+
+    # -- output -------------------------------------------------------------------------
+
+    def _totals(self, parts: Mapping[str, tuple[_ServerPart, list[GpuShare]]]) -> LedgerTotals:
+        carbon = self._cost.carbon_enabled
+        ratios = self._window.ratios()
+        models = []
+        for key in sorted(self._accounts):
+            a = self._accounts[key]
+            r = ratios.get(key, WindowRatios())
+            models.append(
+                ModelTotals(
+                    server=key[0],
+                    model=key[1],
+                    input_tokens_total=a.input_tokens,
+                    output_tokens_total=a.output_tokens,
+                    cached_input_tokens_total=a.cached_input_tokens,
+                    energy_joules_total=a.energy_joules,
+                    idle_energy_joules_total=a.idle_energy_joules,
+                    energy_cost_total=a.energy_cost,
+                    hardware_cost_total=a.hardware_cost,
+                    carbon_grams_total=a.carbon_grams if carbon else None,
+                    tokens_per_joule=r.tokens_per_joule,
+                    joules_per_token=r.joules_per_token,
+                    cost_per_million_tokens=r.cost_per_million_tokens,
+                    input_tokens_per_second=r.input_tokens_per_second,
+                    output_tokens_per_second=r.output_tokens_per_second,
+                    power_watts=r.power_watts,
+                )
+            )
+        shares = sorted(
+            (share for _, server_shares in parts.values() for share in server_shares),
+            key=lambda s: (s.gpu_index, s.uuid, s.server),
+        )
+        u = self._unattributed
+        return LedgerTotals(
+            models=tuple(models),
+            shares=tuple(shares),
+            unattributed_energy_joules_total=u.energy_joules,
+            unattributed_energy_cost_total=u.energy_cost,
+            unattributed_hardware_cost_total=u.hardware_cost,
+            unattributed_carbon_grams_total=u.carbon_grams if carbon else None,
+        )
+
+
+def _check_unique(what: str, values: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"advance: {what} {value!r} is listed twice")
+        seen.add(value)

@@ -1,0 +1,595 @@
+"""The agent's HTTP endpoint: /metrics, /healthz and a landing page, hardened for hostile clients.
+
+Why asyncio from the standard library, and not prometheus_client's server or a WSGI server:
+
+- prometheus_client's ``start_http_server`` starts one thread per connection with no bound and
+  no timeouts, and has no basic auth (reliability-security.md §1.1, §7.D.31).
+- waitress buffers requests well but has no TLS; cheroot does TLS but its built-in adapter
+  performs the handshake on the accept thread and a worker sits in a blocking read while a
+  slow client trickles in its request; gunicorn is a process manager, not an embeddable
+  server, and its multiprocess model breaks custom collectors.
+- asyncio (stdlib, maintained with CPython) gives non-blocking accept, reads and TLS
+  handshakes (``loop.start_tls``) on one event-loop thread. A connection costs a small object,
+  not a thread, until its request head has fully arrived, so clients that send one byte a
+  second cannot tie up the workers that render /metrics.
+
+How a connection is served:
+
+1. Accept (event loop). Over ``max_open_connections`` open connections, a plain-HTTP client
+   gets an immediate ``503`` and a TLS client is closed: the count is the only unbounded-
+   looking resource and it is bounded here.
+2. TLS handshake, if configured, and reading the request head (event loop, non-blocking).
+   One deadline, ``client_timeout_seconds``, covers both from accept; a client that has not
+   sent a complete head by then is dropped. Heads over ``max_head_bytes`` get ``431``.
+3. Handling (a ``ThreadPoolExecutor`` of ``max_connections`` threads): basic auth (bcrypt,
+   serialized), routing, rendering. Requests beyond ``max_connections`` queue in the pool; the
+   queue is bounded by the open-connection limit, and a request that waited longer than
+   ``client_timeout_seconds`` gets ``503`` (its scraper has given up by then).
+4. Writing (event loop): the response is written, the connection closed (``Connection:
+   close``, no keep-alive, so an idle client never holds anything). A client that does not
+   read it within ``client_timeout_seconds`` is aborted.
+
+Threads: one event-loop thread and at most ``max_connections`` workers, whatever the load.
+
+Requests: ``GET`` and ``HEAD`` only (405 otherwise); query strings are ignored, so there is
+no way to make the agent fetch anything (no SSRF surface) and no ``name[]`` filtering work.
+Basic auth, when configured, applies to every path except ``auth_excluded_paths``.
+
+The web config file is re-read when it, or a certificate, key or CA file it names, changes:
+each new connection compares their size, inode and mtime (a few ``stat`` calls). A change
+that does not load (bad YAML, unreadable key) is logged and the previous config stays in
+force, so a botched rotation never turns TLS or auth off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import http.client
+import io
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
+
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.registry import Collector
+
+from agent.config import HttpSettings, split_listen
+from exporters.webconfig import (
+    BasicAuth,
+    WebConfig,
+    WebConfigError,
+    file_signature,
+    load_web_config,
+    peer_has_allowed_san,
+)
+
+Health = Callable[[], tuple[bool, list[str]]]
+"""Returns (healthy, lines naming degraded parts) for /healthz."""
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+_LANDING = b"""<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>tokenergy</title></head>
+<body>
+<h1>tokenergy</h1>
+<p>Tokens per joule, joules per token and cost per token of LLM inference, per GPU and server.</p>
+<ul>
+<li><a href="metrics">metrics</a>: Prometheus exposition (text or OpenMetrics)</li>
+<li><a href="healthz">healthz</a>: 200 while sampling runs, 503 when it has stalled</li>
+</ul>
+</body>
+</html>
+"""
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "text/plain; charset=utf-8"
+
+    def encode(self, head_only: bool, extra: tuple[tuple[str, str], ...]) -> bytes:
+        lines = [
+            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Unknown')}",
+            f"Content-Type: {self.content_type}",
+            f"Content-Length: {len(self.body)}",
+            "Connection: close",
+            "X-Content-Type-Options: nosniff",
+        ]
+        own = {name.lower() for name, _ in self.headers}
+        lines += [f"{name}: {value}" for name, value in self.headers]
+        lines += [f"{name}: {value}" for name, value in extra if name.lower() not in own]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return head if head_only else head + self.body
+
+
+def _text(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> _Response:
+    return _Response(status, (message + "\n").encode("utf-8"), headers)
+
+
+_OVERLOADED = _text(503, "too many connections; retry later", (("Retry-After", "1"),)).encode(
+    False, ()
+)
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    headers: http.client.HTTPMessage
+
+
+def _parse_head(head: bytes) -> _Request | _Response:
+    """Parse a request line and headers (the bytes before the blank line)."""
+    line, _, rest = head.partition(b"\r\n")
+    parts = line.decode("latin-1").split(" ")
+    if len(parts) != 3 or not _TOKEN.match(parts[0]):
+        return _text(400, "malformed request line")
+    method, target, version = parts
+    if not version.startswith("HTTP/1."):
+        return _text(505, "only HTTP/1.0 and HTTP/1.1 are served")
+    if target.startswith("/"):
+        path = target.split("?", 1)[0].split("#", 1)[0]
+    elif target.startswith(("http://", "https://")):
+        path = urlsplit(target).path or "/"
+    else:
+        return _text(400, "malformed request target")
+    try:
+        headers = http.client.parse_headers(io.BytesIO(rest + b"\r\n\r\n"))
+    except http.client.HTTPException:
+        return _text(431, "too many or too long header lines")
+    return _Request(method, path, headers)
+
+
+class _App:
+    """Routing, auth and rendering; runs on the worker threads."""
+
+    def __init__(self, registry: Collector, health: Health, log: logging.Logger) -> None:
+        self._registry = registry
+        self._health = health
+        self._log = log
+        self.auth = BasicAuth()
+
+    def respond(self, request: _Request, config: WebConfig | None) -> _Response:
+        if self._needs_auth(request, config) and not self.auth.check(
+            config.users if config is not None else {}, request.headers.get("Authorization")
+        ):
+            self._log.debug("authentication failed for %s %s", request.method, request.path)
+            return _text(401, "unauthorized", (("WWW-Authenticate", 'Basic realm="tokenergy"'),))
+        if request.method not in ("GET", "HEAD"):
+            return _text(405, "only GET and HEAD are allowed", (("Allow", "GET, HEAD"),))
+        if request.path == "/metrics":
+            return self._metrics(request)
+        if request.path == "/healthz":
+            return self._healthz()
+        if request.path == "/":
+            return _Response(200, _LANDING, content_type="text/html; charset=utf-8")
+        return _text(404, "not found; see / for the endpoints")
+
+    @staticmethod
+    def _needs_auth(request: _Request, config: WebConfig | None) -> bool:
+        return (
+            config is not None
+            and bool(config.users)
+            and request.path not in config.auth_excluded_paths
+        )
+
+    def _metrics(self, request: _Request) -> _Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        try:
+            body = encoder(self._registry)
+        except Exception:  # a bug in rendering must not take the server down
+            self._log.exception("rendering /metrics failed")
+            return _text(500, "rendering metrics failed; see the agent's log")
+        headers: tuple[tuple[str, str], ...] = (("Vary", "Accept, Accept-Encoding"),)
+        if gzip_accepted(request.headers.get("Accept-Encoding", "")):
+            body = gzip.compress(body, compresslevel=6)
+            headers += (("Content-Encoding", "gzip"),)
+        return _Response(200, body, headers, content_type)
+
+    def _healthz(self) -> _Response:
+        try:
+            ok, lines = self._health()
+        except Exception as exc:
+            self._log.exception("health check failed")
+            return _text(503, f"unhealthy\nhealth check failed: {type(exc).__name__}")
+        body = "\n".join(["ok" if ok else "unhealthy", *lines])
+        return _text(200 if ok else 503, body)
+
+
+class _Conn(asyncio.Protocol):
+    """One client connection, driven by the event loop."""
+
+    def __init__(self, server: MetricsServer) -> None:
+        self.server = server
+        self.transport: asyncio.BaseTransport | None = None
+        self.buffer = bytearray()
+        self.state = "head"  # head -> working -> writing -> closed
+        self.accepted_at = 0.0
+        self.config: WebConfig | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.server._admit(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != "head":
+            return
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > self.server._max_head_bytes:
+                self.reply(_text(431, "request head too large"), head_only=False)
+            return
+        head = bytes(self.buffer[:end])
+        self.buffer.clear()
+        self.state = "working"
+        self.server._dispatch(self, head)
+
+    def eof_received(self) -> bool | None:
+        if self.state == "head":
+            self.close(abort=True)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.finish()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def reply(self, response: _Response, head_only: bool) -> None:
+        """Write the response and close; abort if the client does not take it in time."""
+        if self.state == "closed" or self.transport is None:
+            return
+        self.state = "writing"
+        extra = self.config.headers if self.config is not None else ()
+        transport = self.transport
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(response.encode(head_only, extra))
+        transport.close()
+        self.arm(self.server._timeout)
+
+    def arm(self, seconds: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self.expire)
+
+    def expire(self) -> None:
+        if self.state in ("head", "writing"):
+            self.server._log.debug("client too slow (state %s); dropped", self.state)
+            self.close(abort=True)
+
+    def close(self, abort: bool) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if abort:
+                self.transport.abort()  # type: ignore[attr-defined]
+            else:
+                self.transport.close()
+        if abort:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        if self.timer is not None:
+            self.timer.cancel()
+        self.server._forget(self)
+
+
+class MetricsServer:
+    """HTTP(S) server for /metrics, /healthz and /, with bounded threads and client timeouts.
+
+    Args:
+        registry: What /metrics renders (a ``CollectorRegistry``).
+        health: Returns ``(ok, lines)``; /healthz answers 200 when ok, else 503, with the
+            lines (degraded parts) in the body.
+        settings: Listen address, worker count (``max_connections``) and client timeout.
+        log: Logger; passwords and Authorization headers are never logged.
+        web_config: TLS and basic auth (see :mod:`exporters.webconfig`); None = plain HTTP.
+            When None, ``settings.web_config_file`` is loaded if set.
+        max_open_connections: Most connections open at once (reading, queued, being
+            served or written); default ``max(64, 32 * max_connections)``.
+        max_head_bytes: Largest request line plus headers accepted, bytes.
+
+    Raises:
+        WebConfigError: When ``settings.web_config_file`` is set and cannot be used.
+    """
+
+    def __init__(
+        self,
+        registry: Collector,
+        health: Health,
+        settings: HttpSettings,
+        log: logging.Logger,
+        web_config: WebConfig | None = None,
+        *,
+        max_open_connections: int | None = None,
+        max_head_bytes: int = 32 * 1024,
+    ) -> None:
+        if web_config is None and settings.web_config_file is not None:
+            web_config = load_web_config(settings.web_config_file)
+        self._settings = settings
+        self._log = log
+        self._app = _App(registry, health, log)
+        self._config = web_config
+        self._timeout = settings.client_timeout_seconds
+        self._workers = settings.max_connections
+        self._max_open = max_open_connections or max(64, 32 * settings.max_connections)
+        self._max_head_bytes = max_head_bytes
+        self._conns: set[_Conn] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._aserver: asyncio.Server | None = None
+        self._busy_logged_at = -1e9
+        self._pending_work = 0
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); the port is the real one when 0 was asked for."""
+        if self._sock is None:
+            raise RuntimeError("the server is not started")
+        name = self._sock.getsockname()
+        return str(name[0]), int(name[1])
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        return self.address[1]
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when TLS is configured, else ``http``."""
+        return "https" if self._config is not None and self._config.tls is not None else "http"
+
+    def start(self) -> None:
+        """Bind the listener and start serving in the background.
+
+        Raises:
+            OSError: When the address cannot be bound (in use, not local, no permission);
+                the message names the address.
+        """
+        if self._thread is not None:
+            raise RuntimeError("the server is already started")
+        self._sock = _bind(self._settings.listen)
+        if self._config is not None:
+            self._app.auth.prepare(self._config.users)
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="http")
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="http-loop", daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+        future = asyncio.run_coroutine_threadsafe(self._open(), self._loop)
+        future.result()
+        host, port = self.address
+        self._log.info("serving %s on %s port %d", self.scheme, host, port)
+
+    def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stop listening, let in-flight requests finish within ``grace_seconds``, then close.
+
+        Connections still sending their request are closed at once; requests being handled
+        get up to ``grace_seconds`` to be answered; anything left is aborted.
+
+        Args:
+            grace_seconds: Longest wait for in-flight requests, s.
+        """
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._close(grace_seconds), loop).result(
+                grace_seconds + 5.0
+            )
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5.0)
+            if not thread.is_alive():
+                loop.close()
+            if self._pool is not None:
+                # Workers still busy past the grace period are left to finish on their own.
+                self._pool.shutdown(wait=self._pending_work == 0, cancel_futures=True)
+            if self._sock is not None:
+                self._sock.close()
+            self._loop = self._thread = self._pool = self._aserver = None
+
+    def __enter__(self) -> MetricsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- event loop side -----------------------------------------------------------------------
+
+    def _run(self, ready: threading.Event) -> None:
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        self._loop.call_soon(ready.set)
+        self._loop.run_forever()
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._sock is not None
+        self._aserver = await loop.create_server(
+            lambda: _Conn(self), sock=self._sock, backlog=min(socket.SOMAXCONN, 4096)
+        )
+
+    async def _close(self, grace_seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self._aserver is not None:
+            self._aserver.close()
+        for conn in list(self._conns):
+            if conn.state == "head":
+                conn.close(abort=True)
+        deadline = loop.time() + grace_seconds
+        while self._conns and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self._conns):
+            conn.close(abort=True)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.sleep(0)
+
+    def _current_config(self) -> WebConfig | None:
+        """The web config in force, reloaded when its files changed."""
+        config = self._config
+        if config is None:
+            return None
+        if file_signature(config.files()) == config.signature:
+            return config
+        try:
+            fresh = load_web_config(config.path)
+        except WebConfigError as exc:
+            self._log.error(
+                "web config changed but cannot be used; keeping the previous one: %s", exc
+            )
+            # Remember the broken state so the error is logged once per change, not per request.
+            self._config = replace(config, signature=file_signature(config.files()))
+            return self._config
+        self._log.info("web config %s reloaded", config.path)
+        self._config = fresh
+        return fresh
+
+    def _admit(self, conn: _Conn) -> None:
+        loop = asyncio.get_running_loop()
+        transport = conn.transport
+        assert transport is not None
+        if len(self._conns) >= self._max_open:
+            now = loop.time()
+            if now - self._busy_logged_at > 10.0:
+                self._busy_logged_at = now
+                self._log.warning("connection limit %d reached; refusing clients", self._max_open)
+            config = self._config
+            if config is None or config.tls is None:
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(_OVERLOADED)
+                transport.close()
+            else:
+                transport.abort()  # type: ignore[attr-defined]
+            conn.state = "closed"
+            return
+        self._conns.add(conn)
+        conn.accepted_at = time.monotonic()
+        conn.config = self._current_config()
+        conn.arm(self._timeout)
+        if conn.config is not None and conn.config.tls is not None:
+            assert isinstance(transport, asyncio.ReadTransport)
+            transport.pause_reading()
+            task = loop.create_task(self._handshake(conn, conn.config))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handshake(self, conn: _Conn, config: WebConfig) -> None:
+        assert config.tls is not None and conn.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.start_tls(
+                conn.transport,
+                conn,
+                config.tls.context,
+                server_side=True,
+                ssl_handshake_timeout=self._timeout,
+            )
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            self._log.debug("TLS handshake failed: %s", exc)
+            conn.close(abort=True)
+            return
+        if new is None:
+            conn.close(abort=True)
+            return
+        conn.transport = new
+        allowed = config.tls.client_allowed_sans
+        if allowed and not peer_has_allowed_san(new.get_extra_info("peercert"), allowed):
+            self._log.debug("client certificate has none of the allowed SANs; refused")
+            conn.close(abort=True)
+
+    def _dispatch(self, conn: _Conn, head: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        transport = conn.transport
+        if isinstance(transport, asyncio.ReadTransport):
+            transport.pause_reading()
+        assert self._pool is not None
+        self._pending_work += 1
+        work = loop.run_in_executor(self._pool, self._work, head, conn.config, conn.accepted_at)
+
+        def done(fut: asyncio.Future[tuple[_Response, bool]]) -> None:
+            self._pending_work -= 1
+            if fut.cancelled():
+                conn.close(abort=True)
+                return
+            exc = fut.exception()
+            if exc is not None:
+                self._log.error("request handling failed: %r", exc)
+                conn.reply(_text(500, "internal error"), head_only=False)
+                return
+            response, head_only = fut.result()
+            conn.reply(response, head_only)
+
+        work.add_done_callback(done)
+
+    # -- worker side -------------------------------------------------------------------------
+
+    def _work(
+        self, head: bytes, config: WebConfig | None, accepted_at: float
+    ) -> tuple[_Response, bool]:
+        waited = time.monotonic() - accepted_at
+        if waited > self._timeout:
+            return _text(503, "server busy; retry later", (("Retry-After", "1"),)), False
+        parsed = _parse_head(head)
+        if isinstance(parsed, _Response):
+            return parsed, False
+        response = self._app.respond(parsed, config)
+        self._log.debug("%s %s -> %d", parsed.method, parsed.path, response.status)
+        return response, parsed.method == "HEAD"
+
+    def _forget(self, conn: _Conn) -> None:
+        self._conns.discard(conn)
+
+
+def _bind(listen: str) -> socket.socket:
+    """Open the listening socket for ``ADDR:PORT`` (``[::]:PORT`` is dual-stack IPv6+IPv4)."""
+    host, port = split_listen(listen)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {listen}: cannot resolve {host!r}: {exc}") from None
+    family, _, _, _, sockaddr = infos[0]
+    dual = family == socket.AF_INET6 and host == "::" and socket.has_dualstack_ipv6()
+    try:
+        return socket.create_server(
+            sockaddr[:2], family=family, backlog=min(socket.SOMAXCONN, 4096), dualstack_ipv6=dual
+        )
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror or exc}") from None

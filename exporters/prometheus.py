@@ -1,0 +1,233 @@
+"""Prometheus collector: turns the latest Snapshot into metric families on every scrape.
+
+One custom collector builds fresh families from the Snapshot it is handed on each
+``collect()`` (the "const metrics" pattern of the writing-exporters guide): no instrumented
+gauges are set in loops, so concurrent scrapes cannot race and a vanished label value can
+never linger. It never calls NVML or a server; it reads an immutable Snapshot, so a scrape
+costs the same however many run at once.
+
+Rules enforced here, for every family:
+
+- Only metrics listed in :mod:`exporters.catalogue` can be emitted, with its help and labels.
+- ``None`` means "not known": no sample, never a made-up 0. NaN and +/-Inf are dropped too
+  (an exported NaN is stored by Prometheus as data, not as "absent"), and so is a negative
+  counter value.
+- A family with no samples is not emitted; a repeated label set keeps its first value only.
+- Label values are escaped by prometheus_client on output, so a hostile model name cannot
+  inject lines.
+
+The collector is registered in its own ``CollectorRegistry`` (:func:`build_registry`), never
+in the global ``REGISTRY`` (which would also add the python_* and process_* collectors and
+call ``collect()`` at registration).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from agent.clock import Clock
+from agent.readings import Snapshot
+from exporters.catalogue import BY_NAME, METRICS
+
+
+class _Families:
+    """Collects samples per catalogue entry and builds the families at the end."""
+
+    def __init__(self, window_seconds: float) -> None:
+        self._window = window_seconds
+        self._samples: dict[str, dict[tuple[str, ...], float]] = {}
+
+    def add(self, name: str, labels: Sequence[str], value: float | None) -> None:
+        """Add one sample; unknown (None), non-finite or negative-counter values are dropped.
+
+        Args:
+            name: Catalogue name of the metric.
+            labels: Label values, in the catalogue's label order.
+            value: The value, in the metric's unit.
+
+        Raises:
+            KeyError: When ``name`` is not in the catalogue (a programming error).
+            ValueError: When the number of label values does not match the catalogue.
+        """
+        spec = BY_NAME[name]
+        if len(labels) != len(spec.labels):
+            raise ValueError(f"{name} takes labels {spec.labels}, got {len(labels)} values")
+        if value is None:
+            return
+        number = float(value)
+        if not math.isfinite(number) or (spec.type == "counter" and number < 0):
+            return
+        clean = tuple(v if v.isascii() else _utf8(v) for v in labels)
+        self._samples.setdefault(name, {}).setdefault(clean, number)
+
+    def families(self) -> Iterator[Metric]:
+        """The non-empty families, in catalogue order."""
+        for spec in METRICS:
+            samples = self._samples.get(spec.name)
+            if not samples:
+                continue
+            family: GaugeMetricFamily | CounterMetricFamily
+            doc = spec.help_text(self._window)
+            if spec.type == "counter":
+                family = CounterMetricFamily(spec.name, doc, labels=spec.labels, unit=spec.unit)
+            else:
+                family = GaugeMetricFamily(spec.name, doc, labels=spec.labels, unit=spec.unit)
+            for label_values, value in samples.items():
+                family.add_metric(list(label_values), value)
+            yield family
+
+
+def _utf8(text: str) -> str:
+    """``text`` made encodable as UTF-8 (a lone surrogate becomes ``?``), so no label value
+    can make the exposition fail to encode."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _number(value: float) -> str:
+    """A label-friendly rendering of a setting (``0.1``, ``1.3``, ``2``)."""
+    return f"{value:g}"
+
+
+def snapshot_families(
+    snapshot: Snapshot | None, now_seconds: float, version: str
+) -> Iterator[Metric]:
+    """Build every metric family for one Snapshot.
+
+    Args:
+        snapshot: The Snapshot to render, or None before the first cycle completed.
+        now_seconds: Current monotonic time, s, for ``sample_age_seconds``.
+        version: Agent version for ``build_info``.
+
+    Yields:
+        Metric families in catalogue order; before the first Snapshot only ``build_info``.
+    """
+    out = _Families(snapshot.window_seconds if snapshot is not None else 60.0)
+    out.add("tokenergy_build_info", [version], 1)
+    if snapshot is None:
+        yield from out.families()
+        return
+
+    out.add("tokenergy_sample_age_seconds", [], max(0.0, now_seconds - snapshot.taken_at_seconds))
+    nvml = [c for c in snapshot.collectors if c.name == "nvml"]
+    if nvml:
+        out.add("tokenergy_nvml_up", [], 1 if nvml[0].success else 0)
+
+    for gpu in snapshot.gpus:
+        dev = gpu.device
+        ids = [str(dev.index), dev.uuid]
+        out.add("tokenergy_gpu_info", [*ids, dev.name, dev.energy_source], 1)
+        out.add("tokenergy_gpu_up", ids, 1 if gpu.up else 0)
+        out.add("tokenergy_gpu_energy_joules_total", ids, gpu.energy_joules_total)
+        reading = gpu.reading
+        # A stale reading of a GPU that is down would pass for live data: show none.
+        if gpu.up and reading is not None:
+            out.add("tokenergy_gpu_power_watts", ids, reading.power_watts)
+            out.add("tokenergy_gpu_utilization_ratio", ids, reading.utilization_ratio)
+            out.add("tokenergy_gpu_memory_used_bytes", ids, reading.memory_used_bytes)
+            out.add("tokenergy_gpu_memory_total_bytes", ids, reading.memory_total_bytes)
+            out.add("tokenergy_gpu_power_limit_watts", ids, reading.power_limit_watts)
+
+    for server in snapshot.servers:
+        out.add("tokenergy_server_up", [server.name], 1 if server.up else 0)
+        if server.reading is None:
+            continue
+        for tokens in server.reading.models:
+            key = [server.name, tokens.model]
+            out.add("tokenergy_server_info", [server.name, server.reading.engine, tokens.model], 1)
+            out.add("tokenergy_server_requests", [*key, "running"], tokens.requests_running)
+            out.add("tokenergy_server_requests", [*key, "waiting"], tokens.requests_waiting)
+            out.add("tokenergy_server_kv_cache_usage_ratio", key, tokens.kv_cache_usage_ratio)
+
+    ledger = snapshot.ledger
+    for share in ledger.shares:
+        out.add(
+            "tokenergy_server_gpu_share",
+            [share.server, str(share.gpu_index), share.uuid],
+            share.share,
+        )
+    for m in ledger.models:
+        key = [m.server, m.model]
+        out.add("tokenergy_tokens_total", [*key, "input"], m.input_tokens_total)
+        out.add("tokenergy_tokens_total", [*key, "output"], m.output_tokens_total)
+        out.add("tokenergy_cached_input_tokens_total", key, m.cached_input_tokens_total)
+        out.add("tokenergy_energy_joules_total", key, m.energy_joules_total)
+        out.add("tokenergy_idle_energy_joules_total", key, m.idle_energy_joules_total)
+        out.add("tokenergy_cost_total", [*key, "energy"], m.energy_cost_total)
+        out.add("tokenergy_cost_total", [*key, "hardware"], m.hardware_cost_total)
+        out.add("tokenergy_carbon_grams_total", key, m.carbon_grams_total)
+        out.add("tokenergy_tokens_per_joule", key, m.tokens_per_joule)
+        out.add("tokenergy_joules_per_token", key, m.joules_per_token)
+        out.add("tokenergy_cost_per_million_tokens", key, m.cost_per_million_tokens)
+    out.add(
+        "tokenergy_unattributed_energy_joules_total", [], ledger.unattributed_energy_joules_total
+    )
+    out.add("tokenergy_unattributed_cost_total", ["energy"], ledger.unattributed_energy_cost_total)
+    out.add(
+        "tokenergy_unattributed_cost_total", ["hardware"], ledger.unattributed_hardware_cost_total
+    )
+    out.add("tokenergy_unattributed_carbon_grams_total", [], ledger.unattributed_carbon_grams_total)
+
+    pricing = snapshot.pricing
+    out.add(
+        "tokenergy_pricing_info",
+        [
+            pricing.currency,
+            _number(pricing.electricity_per_kwh),
+            _number(pricing.pue),
+            _number(pricing.carbon_g_per_kwh or 0.0),
+        ],
+        1,
+    )
+
+    for health in snapshot.collectors:
+        out.add("tokenergy_collector_success", [health.name], 1 if health.success else 0)
+        out.add("tokenergy_collector_duration_seconds", [health.name], health.duration_seconds)
+    for server_name, reason, count in snapshot.scrape_errors:
+        out.add("tokenergy_scrape_errors_total", [server_name, reason], count)
+    for gpu_index, error, count in snapshot.nvml_errors:
+        out.add("tokenergy_nvml_errors_total", [gpu_index, error], count)
+
+    yield from out.families()
+
+
+class SnapshotCollector(Collector):
+    """Custom collector rendering the latest Snapshot on every ``collect()``.
+
+    Args:
+        snapshot: Returns the latest Snapshot, or None before the first cycle completed.
+            Called once per scrape; must be cheap and must not block (the sampler's getter).
+        clock: Monotonic clock for ``tokenergy_sample_age_seconds``.
+        version: Agent version for ``tokenergy_build_info``.
+    """
+
+    def __init__(self, snapshot: Callable[[], Snapshot | None], clock: Clock, version: str) -> None:
+        self._snapshot = snapshot
+        self._clock = clock
+        self._version = version
+
+    def collect(self) -> Iterator[Metric]:
+        """Fresh families for the Snapshot in force now."""
+        snap = self._snapshot()
+        yield from snapshot_families(snap, self._clock.monotonic(), self._version)
+
+    def describe(self) -> Iterator[Metric]:
+        """Nothing: the family set depends on the Snapshot, so no clash check at register."""
+        return iter(())
+
+
+def build_registry(collector: Collector) -> CollectorRegistry:
+    """A private registry holding only ``collector``.
+
+    Args:
+        collector: Usually a :class:`SnapshotCollector`.
+
+    Returns:
+        A new ``CollectorRegistry`` (never the process-global ``REGISTRY``).
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry

@@ -1,0 +1,153 @@
+"""The pure energy meter: counter deltas, resets, glitches, trapezoid integration, gaps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.gpu.energy import EnergyMeter
+
+Reading = tuple[float, float | None, float | None]  # (t s, raw energy J or None, power W or None)
+
+METER_CASES: list[tuple[str, list[Reading], float, int]] = [
+    # (case, readings, expected total J, expected resets)
+    ("first reading is the baseline", [(0, 5000.0, 100.0)], 0.0, 0),
+    ("counter deltas add up", [(0, 1000.0, 1), (1, 1100.0, 1), (2, 1350.0, 1)], 350.0, 0),
+    ("counter wins over power", [(0, 0.0, 900.0), (10, 50.0, 900.0)], 50.0, 0),
+    ("equal counter adds nothing", [(0, 10.0, 5), (1, 10.0, 5)], 0.0, 0),
+    (
+        "reload: new value is energy since reload",
+        [(0, 1_000_000.0, 300), (1, 1_000_300.0, 300), (2, 120.0, 300), (3, 420.0, 300)],
+        300.0 + 120.0 + 300.0,
+        1,
+    ),
+    (
+        "two reloads",
+        [(0, 5000.0, 0), (1, 6000.0, 0), (2, 10.0, 0), (3, 2000.0, 0), (4, 5.0, 0)],
+        1000.0 + 10.0 + 1990.0 + 5.0,
+        2,
+    ),
+    (
+        "glitch below tolerance is ignored and not double counted",
+        [(0, 100_000.0, 0), (1, 100_200.0, 0), (2, 100_199.99, 0), (3, 100_300.0, 0)],
+        300.0,
+        0,
+    ),
+    ("trapezoid, steady", [(0, None, 100.0), (10, None, 100.0)], 1000.0, 0),
+    ("trapezoid, ramp", [(0, None, 100.0), (2, None, 300.0), (3, None, 300.0)], 700.0, 0),
+    ("trapezoid, uneven steps", [(0, None, 0.0), (0.5, None, 10.0), (2.5, None, 10.0)], 22.5, 0),
+    ("no power and no counter: unmeasured", [(0, None, None), (5, None, None)], 0.0, 0),
+    (
+        "counter gap is bridged by power, then a new baseline",
+        [(0, 1000.0, 100.0), (1, None, 100.0), (2, 1e9, 100.0), (3, 1e9 + 150.0, 100.0)],
+        100.0 + 100.0 + 150.0,
+        0,
+    ),
+    ("switch from integrated to counter", [(0, None, 50.0), (2, 7.0, 50.0), (3, 17.0, 0)], 110.0, 0),
+    ("power missing at one end: unmeasured", [(0, None, 50.0), (1, None, None), (2, None, 50.0)], 0.0, 0),
+    ("readings at the same instant", [(0, None, 50.0), (0, None, 70.0), (1, None, 70.0)], 70.0, 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("readings", "expected", "resets"),
+    [c[1:] for c in METER_CASES],
+    ids=[c[0] for c in METER_CASES],
+)
+def test_meter_total(readings: list[Reading], expected: float, resets: int) -> None:
+    meter = EnergyMeter()
+    for t, energy, power in readings:
+        meter.update(t, energy, power)
+    assert meter.total_joules == pytest.approx(expected, rel=1e-12, abs=1e-9)
+    assert meter.resets == resets
+
+
+SOURCE_CASES: list[tuple[list[Reading], str | None]] = [
+    ([(0, 1.0, 1.0)], None),
+    ([(0, 1.0, 1.0), (1, 2.0, 1.0)], "counter"),
+    ([(0, None, 1.0), (1, None, 1.0)], "integrated"),
+    ([(0, 1.0, 1.0), (1, None, 1.0)], "integrated"),
+]
+
+
+@pytest.mark.parametrize(("readings", "source"), SOURCE_CASES)
+def test_meter_reports_how_the_last_interval_was_counted(
+    readings: list[Reading], source: str | None
+) -> None:
+    meter = EnergyMeter()
+    for reading in readings:
+        meter.update(*reading)
+    assert meter.last_source == source
+
+
+def test_meter_records_unmeasured_time() -> None:
+    meter = EnergyMeter()
+    meter.update(0, None, None)
+    meter.update(4, None, 10.0)
+    meter.update(5, None, 10.0)
+    assert meter.unmeasured_seconds == 4
+    assert meter.total_joules == 10.0
+
+
+def test_step_flags_the_reset() -> None:
+    meter = EnergyMeter()
+    meter.update(0, 5000.0, 1.0)
+    step = meter.step(1, 3.0, 1.0)
+    assert step.reset
+    assert step.added_joules == 3.0
+    assert step.source == "counter"
+
+
+BAD_INPUTS: list[tuple[Reading, str]] = [
+    ((float("nan"), 1.0, 1.0), "t_seconds"),
+    ((1.0, -1.0, 1.0), "energy_joules"),
+    ((1.0, 1.0, -0.5), "power_watts"),
+    ((1.0, float("inf"), 1.0), "energy_joules"),
+    ((1.0, 1.0, float("nan")), "power_watts"),
+]
+
+
+@pytest.mark.parametrize(("reading", "named"), BAD_INPUTS)
+def test_bad_reading_is_refused_with_its_name(reading: Reading, named: str) -> None:
+    meter = EnergyMeter()
+    with pytest.raises(ValueError, match=named):
+        meter.update(*reading)
+    assert meter.total_joules == 0.0
+
+
+def test_time_going_back_is_refused() -> None:
+    meter = EnergyMeter()
+    meter.update(10, 1.0, 1.0)
+    with pytest.raises(ValueError, match="went back"):
+        meter.update(9, 2.0, 1.0)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, float("nan"), float("inf")])
+def test_bad_glitch_tolerance_is_refused(ratio: float) -> None:
+    with pytest.raises(ValueError, match="glitch_tolerance_ratio"):
+        EnergyMeter(glitch_tolerance_ratio=ratio)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 100, allow_nan=False),
+            st.one_of(st.none(), st.floats(0, 1e12, allow_nan=False)),
+            st.one_of(st.none(), st.floats(0, 2000, allow_nan=False)),
+        ),
+        max_size=60,
+    )
+)
+def test_meter_never_decreases(steps: list[tuple[float, float | None, float | None]]) -> None:
+    meter = EnergyMeter()
+    t = 0.0
+    previous = 0.0
+    for dt, energy, power in steps:
+        t += dt
+        total = meter.update(t, energy, power)
+        assert total >= previous
+        assert math.isfinite(total)
+        previous = total
