@@ -6,7 +6,8 @@
 Sources and outputs (paths relative to the repository root):
 
 - ``dashboards/prometheus/rules.yml`` (a Prometheus rule file) becomes the ``spec`` of a
-  prometheus-operator ``PrometheusRule`` in ``deploy/kubernetes/base/monitoring/prometheusrule.yaml``.
+  prometheus-operator ``PrometheusRule`` in
+  ``deploy/kubernetes/base/monitoring/prometheusrule.yaml``.
 - every ``dashboards/grafana/*.json`` becomes one ``ConfigMap`` labelled ``grafana_dashboard: "1"``
   (the label the Grafana chart's dashboard sidecar watches) in
   ``deploy/kubernetes/base/monitoring/grafana-dashboards.yaml``.
@@ -116,8 +117,21 @@ def render_prometheus_rule(rules_text: str, source: str = str(RULES_SOURCE)) -> 
 
 
 def _spec(text: str) -> Any:
-    loaded = yaml.safe_load(text)
+    loaded = _load(text)
     return loaded.get("spec") if isinstance(loaded, dict) else None
+
+
+def _load(text: str) -> Any:
+    """Parse, or None: a literal block cannot hold characters YAML forbids (e.g. U+007F)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+
+
+def _data(text: str, key: str) -> Any:
+    loaded = _load(text)
+    return loaded.get("data", {}).get(key) if isinstance(loaded, dict) else None
 
 
 def _literal_block(key: str, value: str, indent: int) -> str:
@@ -170,10 +184,10 @@ def render_dashboard_configmaps(dashboards: Sequence[tuple[str, str]]) -> str:
             + "data:\n"
         )
         block = doc + _literal_block(file_name, text, 2)
-        loaded = yaml.safe_load(block)
-        if loaded["data"][file_name] != text:
+        if _data(block, file_name) != text:
+            # Escaped double-quoted form for what a literal block cannot carry.
             block = doc + _indent(yaml.safe_dump({file_name: text}, width=10_000), 2)
-        if yaml.safe_load(block)["data"][file_name] != text:
+        if _data(block, file_name) != text:
             raise GenerateError(f"{file_name}: the ConfigMap does not round-trip to the source")
         documents.append(block)
     sources = [str(DASHBOARD_DIR / name) for name, _ in dashboards]

@@ -127,9 +127,7 @@ def _text(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) 
     return _Response(status, (message + "\n").encode("utf-8"), headers)
 
 
-_OVERLOADED = _text(503, "too many connections; retry later", (("Retry-After", "1"),)).encode(
-    False, ()
-)
+_OVERLOADED = _text(503, "too many connections; retry later", (("Retry-After", "1"),))
 
 
 @dataclass
@@ -240,9 +238,12 @@ class _Conn(asyncio.Protocol):
             return
         self.buffer += data
         end = self.buffer.find(b"\r\n\r\n")
+        if (end < 0 and len(self.buffer) > self.server._max_head_bytes) or (
+            end > self.server._max_head_bytes
+        ):
+            self.reply(_text(431, "request head too large"), head_only=False)
+            return
         if end < 0:
-            if len(self.buffer) > self.server._max_head_bytes:
-                self.reply(_text(431, "request head too large"), head_only=False)
             return
         head = bytes(self.buffer[:end])
         self.buffer.clear()
@@ -250,6 +251,8 @@ class _Conn(asyncio.Protocol):
         self.server._dispatch(self, head)
 
     def eof_received(self) -> bool | None:
+        # Returning None lets asyncio close the transport: after a reply that is the normal
+        # end; before a complete request head the client has given up.
         if self.state == "head":
             self.close(abort=True)
         return None
@@ -259,17 +262,29 @@ class _Conn(asyncio.Protocol):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def reply(self, response: _Response, head_only: bool) -> None:
-        """Write the response and close; abort if the client does not take it in time."""
-        if self.state == "closed" or self.transport is None:
+    def reply(self, response: _Response, head_only: bool, linger: float | None = None) -> None:
+        """Write the response and end the connection.
+
+        Plain TCP: half-close (FIN) and keep draining until the client closes, so request
+        bytes we never read cannot turn the close into a reset that destroys the response.
+        TLS: close (close_notify). Either way, a client that does not finish within
+        ``linger`` (default: the client timeout) s is aborted.
+        """
+        if self.state in ("writing", "closed") or self.transport is None:
             return
         self.state = "writing"
         extra = self.config.headers if self.config is not None else ()
         transport = self.transport
         assert isinstance(transport, asyncio.WriteTransport)
         transport.write(response.encode(head_only, extra))
-        transport.close()
-        self.arm(self.server._timeout)
+        # Read (and drop) again: a paused reader would also stall asyncio's TLS shutdown.
+        if isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
+            transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+        self.arm(self.server._timeout if linger is None else linger)
 
     def arm(self, seconds: float) -> None:
         if self.timer is not None:
@@ -340,6 +355,7 @@ class MetricsServer:
         self._max_open = max_open_connections or max(64, 32 * settings.max_connections)
         self._max_head_bytes = max_head_bytes
         self._conns: set[_Conn] = set()
+        self._rejected: set[_Conn] = set()  # answered 503 at the limit, draining before close
         self._tasks: set[asyncio.Task[None]] = set()
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -454,7 +470,7 @@ class MetricsServer:
         deadline = loop.time() + grace_seconds
         while self._conns and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        for conn in list(self._conns):
+        for conn in [*self._conns, *self._rejected]:
             conn.close(abort=True)
         for task in list(self._tasks):
             task.cancel()
@@ -492,13 +508,12 @@ class MetricsServer:
                 self._busy_logged_at = now
                 self._log.warning("connection limit %d reached; refusing clients", self._max_open)
             config = self._config
-            if config is None or config.tls is None:
-                assert isinstance(transport, asyncio.WriteTransport)
-                transport.write(_OVERLOADED)
-                transport.close()
+            if (config is None or config.tls is None) and len(self._rejected) < self._max_open:
+                self._rejected.add(conn)
+                conn.reply(_OVERLOADED, head_only=False, linger=1.0)
             else:
                 transport.abort()  # type: ignore[attr-defined]
-            conn.state = "closed"
+                conn.state = "closed"
             return
         self._conns.add(conn)
         conn.accepted_at = time.monotonic()
@@ -576,6 +591,7 @@ class MetricsServer:
 
     def _forget(self, conn: _Conn) -> None:
         self._conns.discard(conn)
+        self._rejected.discard(conn)
 
 
 def _bind(listen: str) -> socket.socket:

@@ -82,8 +82,10 @@ class _Families:
 
 
 def _utf8(text: str) -> str:
-    """``text`` made encodable as UTF-8 (a lone surrogate becomes ``?``), so no label value
-    can make the exposition fail to encode."""
+    """``text`` made encodable as UTF-8: a lone surrogate becomes ``?``.
+
+    No label value can then make the exposition fail to encode.
+    """
     return text.encode("utf-8", "replace").decode("utf-8")
 
 

@@ -205,7 +205,7 @@ def render_table(reading: ServerReading, warnings: tuple[str, ...] = ()) -> str:
 
         def fmt(row: tuple[str, ...]) -> str:
             first = row[0].ljust(widths[0])
-            rest = "  ".join(c.rjust(w) for c, w in zip(row[1:], widths[1:]))
+            rest = "  ".join(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))
             return f"{first}  {rest}".rstrip()
 
         lines.append(fmt(header))

@@ -1,4 +1,4 @@
-"""Fast, selective reader of the Prometheus text format (0.0.4) and OpenMetrics text.
+r"""Fast, selective reader of the Prometheus text format (0.0.4) and OpenMetrics text.
 
 Pure module: no I/O, no clock, no threads.
 
@@ -236,12 +236,15 @@ class Scanner:
         self.names: frozenset[str] = frozenset(wanted)
         families = sorted({f for n in wanted for f in family_candidates(n)})
         # Longest first so that a name is never shadowed by its own prefix.
+        # "(?!)" never matches: a scanner for no names skips every line.
         sample_alt = "|".join(re.escape(n) for n in sorted(wanted, key=len, reverse=True))
+        sample_alt = sample_alt or "(?!)"
         family_alt = "|".join(re.escape(f) for f in sorted(families, key=len, reverse=True))
+        family_alt = family_alt or "(?!)"
         # Anchored on "\n" (the body is scanned with a "\n" in front) so the regex engine
         # can jump from newline to newline; the look-ahead stops `x` matching `x_sum`.
         self._pattern = re.compile(
-            rf"\n(?:({sample_alt})(?=[{{ \t])|#[ \t]+(HELP|TYPE)[ \t]+({family_alt})(?=[ \t\n]))"
+            rf"\n(?:({sample_alt})(?=[{{ \t\n])|#[ \t]+(HELP|TYPE)[ \t]+({family_alt})(?=[ \t\n]))"
         )
 
     def parse(self, body: bytes | str, limits: ParseLimits = DEFAULT_LIMITS) -> Exposition:

@@ -167,8 +167,9 @@ _VLLM_NOTE = (
     "start time from process_start_time_seconds or the earliest _created"
 )
 
+
 def _vllm(prefix: str) -> EngineProfile:
-    """vLLM V1 and V0 under one prefix: ``vllm:``, or ``vllm_`` behind a rewriting bridge."""
+    """Profile of vLLM V1 and V0 under ``vllm:``, or ``vllm_`` behind a rewriting bridge."""
     p = prefix
     return EngineProfile(
         name="vllm",
@@ -187,9 +188,7 @@ def _vllm(prefix: str) -> EngineProfile:
         ),
         requests_running=_one(Source(f"{p}num_requests_running")),
         requests_waiting=_one(Source(f"{p}num_requests_waiting")),
-        kv_cache_usage=_one(
-            Source(f"{p}kv_cache_usage_perc"), Source(f"{p}gpu_cache_usage_perc")
-        ),
+        kv_cache_usage=_one(Source(f"{p}kv_cache_usage_perc"), Source(f"{p}gpu_cache_usage_perc")),
         created=(Source(f"{p}prompt_tokens_created"), Source(f"{p}generation_tokens_created")),
         note=_VLLM_NOTE,
     )

@@ -56,7 +56,7 @@ def check(url: str, timeout_seconds: float = TIMEOUT_SECONDS) -> tuple[bool, str
         Whether the answer was 200, and a one-line reason.
     """
     try:
-        with urllib.request.urlopen(url, timeout=timeout_seconds) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout_seconds) as response:
             status = int(response.status)
     except urllib.error.HTTPError as exc:
         return False, f"{url}: HTTP {exc.code}"

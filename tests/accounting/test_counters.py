@@ -43,34 +43,65 @@ def _run(steps: list[Step]) -> tuple[dict[str, float], dict[str, float], list[bo
 
 
 CASES = [
-    ("first sight is a baseline", [(None, {"a": 100}), (None, {"a": 150}), (None, {"a": 170})],
-     {"a": 70}),
-    ("restart seen as a decrease", [(None, {"a": 100}), (None, {"a": 150}), (None, {"a": 20}),
-                                    (None, {"a": 50})], {"a": 100}),
-    ("restart seen as a new start time", [(1.0, {"a": 100}), (1.0, {"a": 150}),
-                                          (2.0, {"a": 400})], {"a": 450}),
+    (
+        "first sight is a baseline",
+        [(None, {"a": 100}), (None, {"a": 150}), (None, {"a": 170})],
+        {"a": 70},
+    ),
+    (
+        "restart seen as a decrease",
+        [(None, {"a": 100}), (None, {"a": 150}), (None, {"a": 20}), (None, {"a": 50})],
+        {"a": 100},
+    ),
+    (
+        "restart seen as a new start time",
+        [(1.0, {"a": 100}), (1.0, {"a": 150}), (2.0, {"a": 400})],
+        {"a": 450},
+    ),
     ("down keeps the base", [(None, {"a": 100}), None, None, (None, {"a": 180})], {"a": 80}),
     ("restart while down, start time", [(1.0, {"a": 100}), None, (2.0, {"a": 130})], {"a": 130}),
     ("restart while down, decrease", [(None, {"a": 100}), None, (None, {"a": 30})], {"a": 30}),
-    ("model leaves and returns", [(None, {"a": 100, "b": 50}), (None, {"a": 120}),
-                                  (None, {"a": 130, "b": 70})], {"a": 30, "b": 20}),
-    ("model returns lower (reloaded)", [(None, {"a": 100, "b": 50}), (None, {"a": 120}),
-                                        (None, {"a": 130, "b": 10})], {"a": 30, "b": 10}),
-    ("new model on a known server counts from zero", [(None, {"a": 100}),
-                                                      (None, {"a": 110, "b": 5})],
-     {"a": 10, "b": 5}),
-    ("restart while a model is absent", [(None, {"a": 100, "b": 50}), (None, {"a": 10}),
-                                         (None, {"a": 20, "b": 7})], {"a": 20, "b": 7}),
-    ("restart resets every model, even one that grew", [(None, {"a": 100, "b": 50}),
-                                                        (None, {"a": 150, "b": 10})],
-     {"a": 150, "b": 10}),
-    ("start time appearing is no restart", [(None, {"a": 100}), (5.0, {"a": 120}),
-                                            (5.0, {"a": 130})], {"a": 30}),
+    (
+        "model leaves and returns",
+        [(None, {"a": 100, "b": 50}), (None, {"a": 120}), (None, {"a": 130, "b": 70})],
+        {"a": 30, "b": 20},
+    ),
+    (
+        "model returns lower (reloaded)",
+        [(None, {"a": 100, "b": 50}), (None, {"a": 120}), (None, {"a": 130, "b": 10})],
+        {"a": 30, "b": 10},
+    ),
+    (
+        "new model on a known server counts from zero",
+        [(None, {"a": 100}), (None, {"a": 110, "b": 5})],
+        {"a": 10, "b": 5},
+    ),
+    (
+        "restart while a model is absent",
+        [(None, {"a": 100, "b": 50}), (None, {"a": 10}), (None, {"a": 20, "b": 7})],
+        {"a": 20, "b": 7},
+    ),
+    (
+        "restart resets every model, even one that grew",
+        [(None, {"a": 100, "b": 50}), (None, {"a": 150, "b": 10})],
+        {"a": 150, "b": 10},
+    ),
+    (
+        "start time appearing is no restart",
+        [(None, {"a": 100}), (5.0, {"a": 120}), (5.0, {"a": 130})],
+        {"a": 30},
+    ),
     ("start time disappearing is no restart", [(5.0, {"a": 100}), (None, {"a": 120})], {"a": 20}),
-    ("sub-millisecond start time jitter is no restart", [(5.0, {"a": 100}),
-                                                         (5.0004, {"a": 120})], {"a": 20}),
-    ("first sight down, then up is the baseline", [None, (None, {"a": 100}), (None, {"a": 101})],
-     {"a": 1}),
+    (
+        "sub-millisecond start time jitter is no restart",
+        [(5.0, {"a": 100}), (5.0004, {"a": 120})],
+        {"a": 20},
+    ),
+    (
+        "first sight down, then up is the baseline",
+        [None, (None, {"a": 100}), (None, {"a": 101})],
+        {"a": 1},
+    ),
 ]
 
 
@@ -102,9 +133,9 @@ def test_cached_tokens_follow_the_same_rules() -> None:
     cached = 0.0
     for value in (40.0, 60.0, 5.0, 9.0):
         reading = ServerReading("vllm", (TokenReading("a", 0, 0, cached_input_tokens=value),))
-        cached += counters.observe("s", ServerStatus("s", True, reading)).deltas[
-            "a"
-        ].cached_input_tokens
+        cached += (
+            counters.observe("s", ServerStatus("s", True, reading)).deltas["a"].cached_input_tokens
+        )
     assert cached == 20.0 + 5.0 + 4.0
 
 

@@ -46,7 +46,9 @@ def gpu(
     return GpuStatus(GpuDevice(index, f"GPU-{index}", name, "counter"), up, reading, energy)
 
 
-def srv(name: str, models: dict[str, tuple[float, float]] | None, start: float = 1.0) -> ServerStatus:
+def srv(
+    name: str, models: dict[str, tuple[float, float]] | None, start: float = 1.0
+) -> ServerStatus:
     """``models``: model -> (input, output) raw counters; None = down."""
     if models is None:
         return ServerStatus(name, up=False, reading=None, error_reason="timeout")
@@ -89,7 +91,9 @@ def test_one_gpu_one_server_cost_is_the_formula() -> None:
     assert m.hardware_cost_total == pytest.approx(2.50)
     assert m.carbon_grams_total == pytest.approx(1.3 * 400.0)
     assert (m.input_tokens_total, m.output_tokens_total, m.cached_input_tokens_total) == (
-        2e6, 1e6, 1e6,
+        2e6,
+        1e6,
+        1e6,
     )
     assert m.joules_per_token == pytest.approx(3.6)
     assert m.tokens_per_joule == pytest.approx(1 / 3.6)
@@ -103,10 +107,13 @@ def test_one_gpu_one_server_cost_is_the_formula() -> None:
 def test_gpu_serving_no_server_is_unattributed_energy_and_cost() -> None:
     ledger = Ledger(PRICING, 60.0)
     assignment = {"a": ["GPU-0"]}
-    ledger.advance(0.0, [gpu(0, 0.0), gpu(1, 0.0, name="NVIDIA L4")], [srv("a", {"m": (0, 0)})],
-                   assignment)
+    ledger.advance(
+        0.0, [gpu(0, 0.0), gpu(1, 0.0, name="NVIDIA L4")], [srv("a", {"m": (0, 0)})], assignment
+    )
     t = ledger.advance(
-        1800.0, [gpu(0, 100.0), gpu(1, 7.2e6, name="NVIDIA L4")], [srv("a", {"m": (0, 0)})],
+        1800.0,
+        [gpu(0, 100.0), gpu(1, 7.2e6, name="NVIDIA L4")],
+        [srv("a", {"m": (0, 0)})],
         assignment,
     )
     assert t.unattributed_energy_joules_total == pytest.approx(7.2e6)
@@ -119,10 +126,18 @@ def test_gpu_serving_no_server_is_unattributed_energy_and_cost() -> None:
 
 SHARED_CASES = [
     ("even without owners", None, ((1, 0.6), (2, 0.2)), {"a": 500.0, "b": 500.0}),
-    ("by per-process utilization", {1: "a", 2: "b"}, ((1, 0.6), (2, 0.2)),
-     {"a": 750.0, "b": 250.0}),
-    ("even without utilization samples", {1: "a", 2: "b"}, ((1, None), (2, None)),
-     {"a": 500.0, "b": 500.0}),
+    (
+        "by per-process utilization",
+        {1: "a", 2: "b"},
+        ((1, 0.6), (2, 0.2)),
+        {"a": 750.0, "b": 250.0},
+    ),
+    (
+        "even without utilization samples",
+        {1: "a", 2: "b"},
+        ((1, None), (2, None)),
+        {"a": 500.0, "b": 500.0},
+    ),
 ]
 
 

@@ -96,9 +96,7 @@ def worlds(draw: st.DrawFn) -> World:
             GpuStep(
                 state=draw(st.sampled_from(["up", "up", "up", "down", "missing"])),
                 joules=draw(st.sampled_from([0.0, 1e-3, 350.0, 1e5]) | st.floats(0, 5e4)),
-                utilization=tuple(
-                    draw(st.none() | st.floats(0, 1)) for _ in range(n_servers + 1)
-                ),
+                utilization=tuple(draw(st.none() | st.floats(0, 1)) for _ in range(n_servers + 1)),
             )
             for _ in range(n_gpus)
         ]
@@ -133,9 +131,7 @@ def _gpu_status(world: World, i: int, step: GpuStep, energy: float) -> GpuStatus
         for s, u in enumerate(step.utilization)
         if s < world.n_servers
     ) + ((GpuProcess(999, utilization_ratio=step.utilization[-1]),) if step.utilization else ())
-    reading = GpuReading(
-        i, f"GPU-{i}", 100.0, energy, 0.5, None, None, None, processes=procs
-    )
+    reading = GpuReading(i, f"GPU-{i}", 100.0, energy, 0.5, None, None, None, processes=procs)
     device = GpuDevice(i, f"GPU-{i}", world.gpu_names[i], "counter")
     return GpuStatus(device, step.state == "up", reading, energy)
 
@@ -232,9 +228,8 @@ def test_invariants_over_random_histories(world: World) -> None:
     listed_before: set[int] = set()
     gpu_seconds_cost = 0.0
     truths = [
-        ServerTruth(raw=[[float(i), float(o)] for i, o in world.history]) for _ in range(
-            world.n_servers
-        )
+        ServerTruth(raw=[[float(i), float(o)] for i, o in world.history])
+        for _ in range(world.n_servers)
     ]
     for truth in truths:
         truth.unobserved = [[0.0, 0.0] for _ in MODELS]
@@ -259,7 +254,7 @@ def test_invariants_over_random_histories(world: World) -> None:
         listed_before = listed_now
 
         servers = []
-        for s, (st_, truth) in enumerate(zip(step.servers, truths)):
+        for s, (st_, truth) in enumerate(zip(step.servers, truths, strict=True)):
             name = f"s{s}"
             if truth.seen:
                 if st_.restart:
@@ -301,7 +296,8 @@ def test_invariants_over_random_histories(world: World) -> None:
 
         totals = ledger.advance(t, gpus, servers, world.assignment, world.owners)
         booked = math.fsum(
-            (last or 0.0) - (first or 0.0) for first, last in zip(first_listed, last_listed)
+            (last or 0.0) - (first or 0.0)
+            for first, last in zip(first_listed, last_listed, strict=True)
         )
         _check(world, ledger, totals, previous, booked, gpu_seconds_cost)
         previous = totals
@@ -309,14 +305,20 @@ def test_invariants_over_random_histories(world: World) -> None:
         by_key = {(m.server, m.model): m for m in totals.models}
         for s, truth in enumerate(truths):
             for model, (tin, tout) in truth.counted.items():
-                m = by_key[(f"s{s}", model)]
+                got_totals = by_key[(f"s{s}", model)]
                 if world.start_times:
                     # Every restart is visible: nothing lost, nothing counted twice.
-                    assert m.input_tokens_total == tin and m.output_tokens_total == tout
-                    assert math.isclose(m.cached_input_tokens_total, tin / 2, abs_tol=1e-6)
+                    assert (
+                        got_totals.input_tokens_total == tin
+                        and got_totals.output_tokens_total == tout
+                    )
+                    assert math.isclose(got_totals.cached_input_tokens_total, tin / 2, abs_tol=1e-6)
                 else:
                     # Without a start time a restart can hide; never count more than produced.
-                    assert m.input_tokens_total <= tin and m.output_tokens_total <= tout
+                    assert (
+                        got_totals.input_tokens_total <= tin
+                        and got_totals.output_tokens_total <= tout
+                    )
 
 
 def test_unassigned_gpus_go_only_to_unattributed() -> None:

@@ -32,26 +32,86 @@ OWNERS = {10: "a", 11: "a", 20: "b", 30: "c"}
 
 GPU_SPLIT_CASES = [
     ("no server", [], _reading(), True, OWNERS, {}),
-    ("one server takes all, even with foreign utilization", ["a"], _reading((20, 0.9)), True,
-     OWNERS, {"a": 1.0}),
-    ("shared, no owners -> even", ["a", "b"], _reading((10, 0.6), (20, 0.2)), True, None,
-     {"a": 0.5, "b": 0.5}),
-    ("shared, by utilization summed per server", ["a", "b"],
-     _reading((10, 0.3), (11, 0.3), (20, 0.2)), True, OWNERS, {"a": 0.75, "b": 0.25}),
-    ("foreign process ignored", ["a", "b"], _reading((10, 0.3), (20, 0.1), (30, 0.6)), True,
-     OWNERS, {"a": 0.75, "b": 0.25}),
-    ("server without a sample gets zero", ["a", "b"], _reading((10, 0.4)), True, OWNERS,
-     {"a": 1.0, "b": 0.0}),
-    ("no utilization samples -> even", ["a", "b"], _reading((10, None), (20, None)), True,
-     OWNERS, {"a": 0.5, "b": 0.5}),
-    ("all zero -> even", ["a", "b"], _reading((10, 0.0), (20, 0.0)), True, OWNERS,
-     {"a": 0.5, "b": 0.5}),
-    ("NaN sample ignored", ["a", "b"], _reading((10, math.nan), (20, 0.5)), True, OWNERS,
-     {"a": 0.0, "b": 1.0}),
-    ("GPU down (stale) -> even", ["a", "b"], _reading((10, 0.9)), False, OWNERS,
-     {"a": 0.5, "b": 0.5}),
-    ("no reading -> even, three ways", ["a", "b", "c"], None, False, OWNERS,
-     {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}),
+    (
+        "one server takes all, even with foreign utilization",
+        ["a"],
+        _reading((20, 0.9)),
+        True,
+        OWNERS,
+        {"a": 1.0},
+    ),
+    (
+        "shared, no owners -> even",
+        ["a", "b"],
+        _reading((10, 0.6), (20, 0.2)),
+        True,
+        None,
+        {"a": 0.5, "b": 0.5},
+    ),
+    (
+        "shared, by utilization summed per server",
+        ["a", "b"],
+        _reading((10, 0.3), (11, 0.3), (20, 0.2)),
+        True,
+        OWNERS,
+        {"a": 0.75, "b": 0.25},
+    ),
+    (
+        "foreign process ignored",
+        ["a", "b"],
+        _reading((10, 0.3), (20, 0.1), (30, 0.6)),
+        True,
+        OWNERS,
+        {"a": 0.75, "b": 0.25},
+    ),
+    (
+        "server without a sample gets zero",
+        ["a", "b"],
+        _reading((10, 0.4)),
+        True,
+        OWNERS,
+        {"a": 1.0, "b": 0.0},
+    ),
+    (
+        "no utilization samples -> even",
+        ["a", "b"],
+        _reading((10, None), (20, None)),
+        True,
+        OWNERS,
+        {"a": 0.5, "b": 0.5},
+    ),
+    (
+        "all zero -> even",
+        ["a", "b"],
+        _reading((10, 0.0), (20, 0.0)),
+        True,
+        OWNERS,
+        {"a": 0.5, "b": 0.5},
+    ),
+    (
+        "NaN sample ignored",
+        ["a", "b"],
+        _reading((10, math.nan), (20, 0.5)),
+        True,
+        OWNERS,
+        {"a": 0.0, "b": 1.0},
+    ),
+    (
+        "GPU down (stale) -> even",
+        ["a", "b"],
+        _reading((10, 0.9)),
+        False,
+        OWNERS,
+        {"a": 0.5, "b": 0.5},
+    ),
+    (
+        "no reading -> even, three ways",
+        ["a", "b", "c"],
+        None,
+        False,
+        OWNERS,
+        {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3},
+    ),
 ]
 
 
@@ -74,14 +134,20 @@ def test_gpu_split(
 
 
 MODEL_SPLIT_CASES = [
-    ("by input plus output", ["x", "y"], {"x": TokenDelta(10, 30), "y": TokenDelta(60, 0)},
-     {"x": 0.4, "y": 0.6}),
-    ("no tokens -> even", ["x", "y"], {"x": TokenDelta(), "y": TokenDelta()},
-     {"x": 0.5, "y": 0.5}),
+    (
+        "by input plus output",
+        ["x", "y"],
+        {"x": TokenDelta(10, 30), "y": TokenDelta(60, 0)},
+        {"x": 0.4, "y": 0.6},
+    ),
+    ("no tokens -> even", ["x", "y"], {"x": TokenDelta(), "y": TokenDelta()}, {"x": 0.5, "y": 0.5}),
     ("missing delta counts as zero", ["x", "y"], {"x": TokenDelta(0, 5)}, {"x": 1.0, "y": 0.0}),
-    ("cached tokens do not add weight", ["x", "y"], {"x": TokenDelta(10, 0, 10),
-                                                     "y": TokenDelta(10, 0, 0)},
-     {"x": 0.5, "y": 0.5}),
+    (
+        "cached tokens do not add weight",
+        ["x", "y"],
+        {"x": TokenDelta(10, 0, 10), "y": TokenDelta(10, 0, 0)},
+        {"x": 0.5, "y": 0.5},
+    ),
     ("no models", [], {}, {}),
 ]
 
@@ -107,12 +173,14 @@ def test_model_split(
     ],
 )
 def test_energy_cost_and_carbon(
-    joules: float, pue: float, price: float, carbon: float, energy_cost: float,
+    joules: float,
+    pue: float,
+    price: float,
+    carbon: float,
+    energy_cost: float,
     grams: float | None,
 ) -> None:
-    model = CostModel(
-        PricingSettings(electricity_per_kwh=price, pue=pue, carbon_g_per_kwh=carbon)
-    )
+    model = CostModel(PricingSettings(electricity_per_kwh=price, pue=pue, carbon_g_per_kwh=carbon))
     assert model.energy_cost(joules) == pytest.approx(energy_cost)
     if grams is None:
         assert model.carbon_grams(joules) is None and not model.carbon_enabled
@@ -164,7 +232,10 @@ def test_window_without_energy_or_gpu_gives_none_not_inf() -> None:
     window.add(1.0, 1.0, {("s", "m"): IntervalDelta(10, 10, 0.0, 0.0, 0.0)})
     r = window.ratios()[("s", "m")]
     assert (r.tokens_per_joule, r.joules_per_token, r.cost_per_million_tokens, r.power_watts) == (
-        None, None, None, None,
+        None,
+        None,
+        None,
+        None,
     )
     assert r.output_tokens_per_second == 10.0
 

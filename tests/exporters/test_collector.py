@@ -40,6 +40,13 @@ def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return out
 
 
+def assert_all_finite(text: str) -> None:
+    values = [s.value for f in parse_text(text) for s in f.samples]
+    assert values and all(math.isfinite(v) for v in values)
+    assert not [line for line in text.splitlines()
+                if not line.startswith("#") and line.endswith(("NaN", "Inf"))]  # fmt: skip
+
+
 def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
     assert PROMTOOL is not None
     return subprocess.run(
@@ -209,7 +216,7 @@ def test_non_finite_values_are_never_exported(render: Render, build: Any, bad: f
     assert r.value("tokenergy_energy_joules_total", key) is None
     assert r.value("tokenergy_gpu_power_watts", {"gpu": "0", "uuid": "GPU-0000"}) is None
     text = generate_latest(r.registry).decode()
-    assert "NaN" not in text and "Inf" not in text
+    assert_all_finite(text)
     # The rest of the exposition is unaffected.
     assert r.value("tokenergy_tokens_total", {**key, "type": "output"}) == 500.0
 
@@ -381,7 +388,7 @@ def test_any_model_name_and_value_renders_a_valid_exposition(
     snap = replace(snap, ledger=replace(snap.ledger, models=(totals,)))
     registry = build_registry(SnapshotCollector(lambda: snap, ManualClock(start=1001.0), "x"))
     text = generate_latest(registry).decode()
-    assert "NaN" not in text and "Inf" not in text
+    assert_all_finite(text)
     found = series(text, "tokenergy_tokens_total")
     out_key = (("model", model), ("server", "vllm"), ("type", "output"))
     if output is not None and math.isfinite(output) and output >= 0:

@@ -65,6 +65,51 @@ def test_meter_total(readings: list[Reading], expected: float, resets: int) -> N
     assert meter.resets == resets
 
 
+NOTE = "note_possible_reset"
+
+HINT_CASES: list[tuple[str, list[Reading | str], float, int]] = [
+    # 50 W steady; the counter read 100 J at t=0 (driver loaded 2 s before).
+    (
+        "re-init, counter reset hidden above the old value: whole value",
+        [(0, 100.0, 50.0), NOTE, (10, 450.0, 50.0)],  # reloaded at t=1: 450 J since then
+        450.0,
+        1,
+    ),
+    ("re-init without a reload: delta", [(0, 100.0, 50.0), NOTE, (10, 600.0, 50.0)], 500.0, 0),
+    ("no re-init: delta even if hidden", [(0, 100.0, 50.0), (10, 450.0, 50.0)], 350.0, 0),
+    ("re-init, counter went down: reset", [(0, 9e6, 50.0), NOTE, (10, 450.0, 50.0)], 450.0, 1),
+    ("re-init, no power: delta", [(0, 100.0, None), NOTE, (10, 450.0, None)], 350.0, 0),
+    (
+        "the note covers one interval only",
+        [(0, 100.0, 50.0), NOTE, (10, 600.0, 50.0), (20, 1000.0, 50.0)],
+        900.0,
+        0,
+    ),
+    (
+        "the note is dropped by a reading without counter",
+        [(0, 100.0, 50.0), NOTE, (1, None, 50.0), (2, 5.0, 50.0), (12, 480.0, 50.0)],
+        50.0 + 50.0 + 475.0,
+        0,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected", "resets"),
+    [c[1:] for c in HINT_CASES],
+    ids=[c[0] for c in HINT_CASES],
+)
+def test_meter_after_nvml_reinit(steps: list[Reading | str], expected: float, resets: int) -> None:
+    meter = EnergyMeter()
+    for step in steps:
+        if isinstance(step, str):
+            meter.note_possible_reset()
+        else:
+            meter.update(*step)
+    assert meter.total_joules == pytest.approx(expected)
+    assert meter.resets == resets
+
+
 SOURCE_CASES: list[tuple[list[Reading], str | None]] = [
     ([(0, 1.0, 1.0)], None),
     ([(0, 1.0, 1.0), (1, 2.0, 1.0)], "counter"),

@@ -130,6 +130,30 @@ def test_driver_reload_reinitialises_with_backoff_in_virtual_time(
     assert monitor.error_counts()[(NVML_WIDE, "unavailable")] == 2
 
 
+def test_second_reload_hidden_above_the_old_counter_is_not_lost(
+    make_sim: SimFactory, make_monitor: MonitorFactory, clock: ManualClock
+) -> None:
+    # Two reloads in a row: after the first the counter is small (2 s of energy); the second
+    # keeps the driver down 20 s, so the new counter (energy since then) passes the old one.
+    sim = make_sim(("H100-SXM-80GB",))
+    sim.set_load(0, 1.0)
+    clock.advance(5.0)
+    monitor = make_monitor(sim)
+    monitor.poll()
+    start = sim.true_energy_joules(0)
+    sim.reload_driver()
+    for _ in range(2):
+        clock.advance(1.0)
+        monitor.poll()
+    assert monitor.nvml_up()
+    sim.reload_driver(downtime_seconds=20.0)
+    for _ in range(40):
+        clock.advance(1.0)
+        status = monitor.poll()[0]
+    assert status.up
+    assert status.energy_joules_total == pytest.approx(sim.true_energy_joules(0) - start, rel=1e-9)
+
+
 def test_backoff_doubles_up_to_the_maximum(
     make_sim: SimFactory, make_monitor: MonitorFactory, clock: ManualClock
 ) -> None:

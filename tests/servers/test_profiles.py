@@ -1,0 +1,303 @@
+"""Engine profiles: every engine's realistic exposition and every quirk from the reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.readings import TokenReading
+from agent.servers.parser import ParseError
+from agent.servers.profiles import (
+    ENGINE_NAMES,
+    PROFILES,
+    ExpositionError,
+    UnknownEngineError,
+    read_exposition,
+    read_exposition_detailed,
+)
+from agent.simulation.expositions import ENGINES, SimModelCounters, render_exposition
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
+QWEN = "Qwen/Qwen2.5-7B-Instruct"
+START = 1767225600.0
+
+
+def _read(name: str, engine: str = "auto") -> tuple[str, dict[str, TokenReading], float | None]:
+    reading = read_exposition((FIXTURES / name).read_bytes(), engine)
+    return reading.engine, {m.model: m for m in reading.models}, reading.start_time_seconds
+
+
+def _tr(
+    model: str,
+    inp: float | None,
+    out: float | None,
+    cached: float | None,
+    running: float | None,
+    waiting: float | None,
+    kv: float | None,
+) -> TokenReading:
+    return TokenReading(model, inp, out, cached, running, waiting, kv)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "engine", "expected", "start"),
+    [
+        ("vllm_v1.prom", "vllm", [_tr(LLAMA, 1_234_567, 456_789, 200_000, 7, 3, 0.42)], START),
+        ("vllm_v0.prom", "vllm", [_tr(LLAMA, 1_234_567, 456_789, None, 7, 3, 0.42)], START),
+        ("vllm_bridge.prom", "vllm", [_tr(LLAMA, 1_234_567, 456_789, 200_000, 7, 3, 0.42)], START),
+        # Two DP ranks x two TP ranks that repeat the scheduler series: never doubled.
+        ("sglang.prom", "sglang", [_tr(QWEN, 98_765, 43_210, 12_345, 4, 1, 0.3)], None),
+        ("sglang_2025.prom", "sglang", [_tr(QWEN, 98_765, 43_210, 12_345, 4, 1, 0.3)], None),
+        ("tgi.prom", "tgi", [_tr("", 52_340, 17_077, None, 2, 5, None)], None),
+        # 1_843_394 is printed with six significant digits, as llama.cpp does.
+        ("llamacpp.prom", "llamacpp", [_tr("", 1_843_390, 290_363, None, 1, 0, None)], None),
+        ("triton.prom", "triton", [_tr("tensorrt_llm", 64_000, 32_100, None, 3, 2, 0.25)], None),
+        ("lmdeploy.prom", "lmdeploy", [_tr(QWEN, 98_765, 43_210, 12_345, 4, 1, 0.3)], START),
+        (
+            "dynamo.prom",
+            "dynamo",
+            [
+                _tr(QWEN, 98_765, 43_210, 12_345, 4, 1, None),
+                _tr(LLAMA, 1_234_567, 456_789, 200_000, 7, 3, None),
+            ],
+            None,
+        ),
+        ("nim.prom", "nim", [_tr(LLAMA, 1_234_567, 456_789, None, 7, 3, 0.42)], START),
+    ],
+)
+def test_realistic_exposition_of_every_engine(
+    fixture: str, engine: str, expected: list[TokenReading], start: float | None
+) -> None:
+    found, models, start_time = _read(fixture)
+    assert found == engine
+    assert sorted(models.values(), key=lambda m: m.model) == expected
+    assert start_time == start
+    # An explicit engine reads the same thing.
+    assert _read(fixture, engine)[1] == models
+
+
+def test_every_configurable_engine_has_a_profile() -> None:
+    assert set(ENGINE_NAMES) == set(ENGINES)
+    assert all(p.note for profiles in PROFILES.values() for p in profiles)
+
+
+def test_data_parallel_engines_are_summed_and_breakdowns_ignored() -> None:
+    _, models, start = _read("vllm_dp4_engines.prom")
+    m = models["llama-70b"]
+    assert m.input_tokens == 1000 + 2000 + 3000 + 1_048_576  # not the by-source breakdown
+    assert m.output_tokens == 100  # not the histogram _sum, _count or _bucket
+    assert m.cached_input_tokens == 224
+    assert (m.requests_running, m.requests_waiting) == (12, 3)
+    assert m.kv_cache_usage_ratio == pytest.approx(0.25)  # mean over ranks
+    # No process_start_time_seconds: the earliest _created stands in, never counted as tokens.
+    assert start == pytest.approx(1767225631.2)
+
+
+def test_renamed_metrics_prefer_the_current_names() -> None:
+    _, models, _ = _read("vllm_v09_renamed.prom")
+    assert models["m"].kv_cache_usage_ratio == 0.5
+    assert models["m"].cached_input_tokens == 64
+
+
+def test_old_prefix_cache_counters_in_blocks_are_not_tokens() -> None:
+    _, models, _ = _read("vllm_v08_blocks.prom")
+    assert models["m"].cached_input_tokens is None
+    assert models["m"].kv_cache_usage_ratio == 0.25
+
+
+def test_escaped_model_names_are_unescaped_and_label_order_does_not_matter() -> None:
+    _, models, _ = _read("vllm_escaped_model.prom")
+    model = 'org/we"ird\\model\nv2 {x=1}, y'
+    assert list(models) == [model]
+    assert (models[model].input_tokens, models[model].output_tokens) == (11, 22)
+
+
+def test_two_models_on_one_endpoint() -> None:
+    _, models, _ = _read("vllm_two_models.prom")
+    assert (models["alpha"].input_tokens, models["alpha"].output_tokens) == (150, 15)
+    assert (models["beta"].input_tokens, models["beta"].output_tokens) == (7, 3)
+    assert (models["alpha"].requests_running, models["beta"].requests_running) == (2, 1)
+    assert models["beta"].requests_waiting is None
+
+
+def test_nan_inf_and_negative_counters_are_never_token_counts() -> None:
+    result = read_exposition_detailed((FIXTURES / "vllm_nan_negative.prom").read_bytes())
+    models = {m.model: m for m in result.reading.models}
+    good, bad = models["good"], models["bad"]
+    assert (good.input_tokens, good.output_tokens, good.cached_input_tokens) == (100, 10, None)
+    assert (bad.input_tokens, bad.output_tokens, bad.cached_input_tokens) == (None, None, 1)
+    assert good.requests_running == 2  # the NaN rank is ignored
+    assert bad.requests_running is None  # -Inf is not a count
+    assert good.kv_cache_usage_ratio is None
+    assert len(result.warnings) == 3
+    assert any("nan" in w and "'bad'" in w for w in result.warnings)
+
+
+def test_duplicate_series_keep_the_first_and_warn() -> None:
+    result = read_exposition_detailed((FIXTURES / "vllm_duplicates.prom").read_bytes())
+    (m,) = result.reading.models
+    assert (m.input_tokens, m.output_tokens) == (101, 10)
+    assert result.warnings == ("2 duplicate series dropped (the first one is kept)",)
+
+
+def test_openmetrics_with_eof_exemplars_and_timestamps() -> None:
+    engine, models, start = _read("vllm_openmetrics.prom")
+    assert engine == "vllm"
+    assert (models["m"].input_tokens, models["m"].output_tokens) == (300, 30)
+    assert start == pytest.approx(1767225631.5)
+
+
+def test_sglang_priority_totals_and_tensor_parallel_ranks() -> None:
+    _, models, _ = _read("sglang_priority.prom")
+    assert models["q"].requests_running == 9
+    assert models["q"].input_tokens == 500
+
+
+def test_fresh_sglang_reads_zero_tokens_not_unknown() -> None:
+    engine, models, _ = _read("sglang_fresh.prom")
+    assert engine == "sglang"
+    assert models["q"] == _tr("q", 0, 0, 0, 0, None, 0)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "fragment"),
+    [
+        ("vllm_truncated.prom", "does not end with a newline (truncated?)"),
+        ("html_error.html", "not a Prometheus exposition"),
+    ],
+)
+def test_bad_bodies_are_parse_errors(fixture: str, fragment: str) -> None:
+    with pytest.raises(ParseError, match=fragment):
+        read_exposition((FIXTURES / fixture).read_bytes())
+
+
+def test_unknown_exposition_lists_what_was_looked_for() -> None:
+    with pytest.raises(UnknownEngineError) as info:
+        read_exposition("node_cpu_seconds_total 1\n")
+    message = str(info.value)
+    for name in ("vllm:generation_tokens_total", "sglang:prompt_tokens_total", "tgi_queue_size"):
+        assert name in message
+    assert isinstance(info.value, ExpositionError)
+
+
+def test_families_of_two_engines_are_ambiguous() -> None:
+    body = "vllm:prompt_tokens_total 1\nsglang:prompt_tokens_total 2\n"
+    with pytest.raises(UnknownEngineError, match=r"several engines found \(sglang, vllm\)"):
+        read_exposition(body)
+    assert read_exposition(body, "sglang").models[0].input_tokens == 2
+
+
+def test_explicit_engine_overrides_detection() -> None:
+    body = (
+        'vllm:prompt_tokens_total{model_name="a"} 5\n'
+        'vllm:generation_tokens_total{model_name="a"} 6\n'
+        'prompt_tokens_total{model_name="b"} 7\ngeneration_tokens_total{model_name="b"} 8\n'
+    )
+    assert read_exposition(body).engine == "vllm"  # prefixed names win over NIM's generic ones
+    nim = read_exposition(body, "nim")
+    assert (nim.engine, nim.models[0].model, nim.models[0].input_tokens) == ("nim", "b", 7)
+
+
+def test_explicit_engine_without_its_metrics_is_an_error() -> None:
+    with pytest.raises(UnknownEngineError, match="no vllm metrics found; looked for vllm:"):
+        read_exposition((FIXTURES / "dynamo.prom").read_bytes(), "vllm")
+
+
+def test_unknown_engine_name() -> None:
+    with pytest.raises(UnknownEngineError, match="unknown engine 'ollama'"):
+        read_exposition("a 1\n", "ollama")
+
+
+def test_tgi_tokens_come_only_from_histogram_sums() -> None:
+    body = (
+        "tgi_request_input_length_bucket{le=\"+Inf\"} 3\ntgi_request_input_length_sum 30\n"
+        "tgi_request_input_length_count 3\ntgi_request_generated_tokens_sum 12\n"
+    )
+    (m,) = read_exposition(body).models
+    assert (m.model, m.input_tokens, m.output_tokens) == ("", 30, 12)
+
+
+def test_declared_family_without_series_reads_zero() -> None:
+    body = (
+        "# TYPE vllm:prompt_tokens_total counter\n"
+        "# TYPE vllm:generation_tokens_total counter\n"
+        'vllm:num_requests_running{model_name="m",engine="0"} 0.0\n'
+    )
+    (m,) = read_exposition(body).models
+    assert (m.input_tokens, m.output_tokens, m.cached_input_tokens) == (0, 0, None)
+
+
+_counts = st.integers(min_value=0, max_value=10**9)
+
+
+@st.composite
+def _models(draw: st.DrawFn) -> list[SimModelCounters]:
+    names = draw(
+        st.lists(st.text(min_size=1, max_size=10), min_size=1, max_size=3, unique=True)
+    )
+    out = []
+    for name in names:
+        prompt = draw(_counts)
+        out.append(
+            SimModelCounters(
+                model=name,
+                prompt_tokens=prompt,
+                generation_tokens=draw(_counts),
+                cached_prompt_tokens=draw(st.integers(0, prompt)),
+                requests_running=draw(st.integers(0, 500)),
+                requests_waiting=draw(st.integers(0, 500)),
+                kv_cache_usage=draw(st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+                requests_finished=draw(st.integers(0, 10**6)),
+            )
+        )
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["vllm", "vllm/v0", "vllm/bridge", "sglang", "sglang/2025", "lmdeploy", "nim"]),
+    _models(),
+    st.integers(1, 8),
+)
+def test_rendered_counters_read_back_exactly(
+    flavour: str, models: list[SimModelCounters], ranks: int
+) -> None:
+    engine, _, variant = flavour.partition("/")
+    text = render_exposition(
+        engine, models, ranks=ranks, start_time_seconds=START, variant=variant, tp_duplicates=2
+    )
+    reading = read_exposition(text)
+    assert reading.engine == engine
+    got = {m.model: m for m in reading.models}
+    assert set(got) == {m.model for m in models}
+    for m in models:
+        r = got[m.model]
+        assert (r.input_tokens, r.output_tokens) == (m.prompt_tokens, m.generation_tokens)
+        assert (r.requests_running, r.requests_waiting) == (m.requests_running, m.requests_waiting)
+        assert r.kv_cache_usage_ratio == m.kv_cache_usage
+        if variant != "v0":
+            assert r.cached_input_tokens == m.cached_prompt_tokens
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["tgi", "llamacpp", "triton", "dynamo"]), _models())
+def test_rendered_single_rank_engines_read_back(engine: str, models: list[SimModelCounters]) -> None:
+    if engine in ("tgi", "llamacpp"):
+        models = [SimModelCounters(**{**_fields(models[0]), "model": ""})]
+    reading = read_exposition(render_exposition(engine, models, start_time_seconds=START))
+    got = {m.model: m for m in reading.models}
+    for m in models:
+        r = got[m.model]
+        if engine == "llamacpp":  # six significant digits
+            assert r.input_tokens == pytest.approx(m.prompt_tokens, rel=5e-6, abs=0)
+            assert r.output_tokens == pytest.approx(m.generation_tokens, rel=5e-6, abs=0)
+        else:
+            assert (r.input_tokens, r.output_tokens) == (m.prompt_tokens, m.generation_tokens)
+
+
+def _fields(m: SimModelCounters) -> dict[str, object]:
+    return {f: getattr(m, f) for f in m.__dataclass_fields__}
