@@ -23,7 +23,6 @@ from agent.config import ENGINES, ConfigError, Settings, load_settings, split_li
 from agent.readings import PricingInfo
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = argparse.ArgumentParser(
@@ -181,10 +180,6 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     Returns:
         The wired, not yet started, agent.
     """
-    from exporters.http import MetricsServer
-    from exporters.prometheus import SnapshotCollector, build_registry
-    from exporters.webconfig import load_web_config
-
     from agent.accounting.ledger import Ledger
     from agent.discovery import PsutilProcessTable, discover
     from agent.gpu.monitor import GpuMonitor
@@ -192,6 +187,9 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     from agent.readings import GpuStatus
     from agent.sampler import Sampler
     from agent.servers.scraper import ServerScraper, make_client
+    from exporters.http import MetricsServer
+    from exporters.prometheus import SnapshotCollector, build_registry
+    from exporters.webconfig import load_web_config
 
     monitor = GpuMonitor(NvmlBackend(nvml), clock, settings.gpu, log.getChild("gpu"))
     client = make_client(settings.scrape)
@@ -293,7 +291,7 @@ def run_command(args: argparse.Namespace, log: logging.Logger) -> int:
 
 def _log_start(agent: Agent, log: logging.Logger) -> None:
     """One line at start: what was found (GPUs, servers and the map between them)."""
-    from agent.sampler import describe_assignment
+    from agent.discovery import Discovery, describe_mapping
 
     snap = agent.sampler.run_cycle()
     mapping = agent.sampler.mapping()
@@ -313,7 +311,7 @@ def _log_start(agent: Agent, log: logging.Logger) -> None:
             "gpus": gpus or "none",
             "driver": snap.driver_version or "unknown",
             "servers": servers or "none",
-            "mapping": describe_assignment(mapping.assignment if mapping else {}, snap.gpus),
+            "mapping": describe_mapping(mapping or Discovery(assignment={}), snap.gpus),
         },
     )
 

@@ -12,10 +12,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.clock import Clock
+from agent.discovery import Discovery, describe_mapping
 from agent.readings import (
     CollectorHealth,
     GpuDevice,
@@ -75,35 +75,7 @@ class LedgerLike(Protocol):
         ...
 
 
-class Attribution(Protocol):
-    """GPU-to-server attribution as found by discovery (``agent.discovery.Discovery``)."""
-
-    @property
-    def assignment(self) -> Mapping[str, Sequence[str]]:
-        """Server name -> GPU UUIDs it uses."""
-        ...
-
-    @property
-    def process_owners(self) -> Mapping[int, str]:
-        """Host PID -> server name."""
-        ...
-
-    @property
-    def warnings(self) -> Sequence[str]:
-        """Problems found; each is logged once, when it first appears."""
-        ...
-
-
-@dataclass(frozen=True)
-class FixedAttribution:
-    """An attribution that does not change (tests, and the empty map before discovery)."""
-
-    assignment: Mapping[str, Sequence[str]]
-    process_owners: Mapping[int, str] = field(default_factory=dict)
-    warnings: Sequence[str] = ()
-
-
-Discover = Callable[[Sequence[GpuStatus]], Attribution]
+Discover = Callable[[Sequence[GpuStatus]], Discovery]
 """Given the GPUs' latest status, return the attribution map (impure: reads processes)."""
 
 
@@ -178,7 +150,7 @@ class Sampler:
         self._inflight: dict[str, Future[ServerReading]] = {}
         self._last_server: dict[str, ServerStatus] = {}
         self._scrape_errors: dict[tuple[str, str], int] = {}
-        self._mapping: Attribution | None = None
+        self._mapping: Discovery | None = None
         self._next_discovery = float("-inf")
         self._seen_warnings: set[str] = set()
         self._last_gpus: tuple[GpuStatus, ...] = ()
@@ -213,7 +185,7 @@ class Sampler:
             return False, [f"last sampling cycle {age:.1f} s ago (limit {limit:.1f} s)", *lines]
         return True, lines
 
-    def mapping(self) -> Attribution | None:
+    def mapping(self) -> Discovery | None:
         """The attribution map in force."""
         return self._mapping
 
@@ -298,7 +270,7 @@ class Sampler:
         if now >= self._next_discovery:
             self._refresh_mapping(gpus)
             self._next_discovery = now + self._discovery_interval
-        mapping = self._mapping or FixedAttribution(assignment={})
+        mapping = self._mapping or Discovery(assignment={})
         totals = self._ledger.advance(
             now, gpus, servers, mapping.assignment, mapping.process_owners
         )
@@ -380,7 +352,7 @@ class Sampler:
         previous = self._mapping
         if previous is None or _normalise(previous.assignment) != _normalise(found.assignment):
             self._log.info(
-                "GPU-to-server map", extra={"mapping": describe_assignment(found.assignment, gpus)}
+                "GPU-to-server map", extra={"mapping": describe_mapping(found, gpus)}
             )
         self._mapping = found
 
@@ -400,26 +372,3 @@ class Sampler:
 
 def _normalise(assignment: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
     return {k: tuple(sorted(v)) for k, v in sorted(assignment.items())}
-
-
-def describe_assignment(assignment: Mapping[str, Sequence[str]], gpus: Sequence[GpuStatus]) -> str:
-    """One log-friendly line for the GPU-to-server map.
-
-    Args:
-        assignment: Server name -> GPU UUIDs.
-        gpus: GPU status, to show indices beside UUIDs.
-
-    Returns:
-        E.g. ``vllm=[0,1] sglang=[2] unattributed=[4]``.
-    """
-    index = {g.device.uuid: g.device.index for g in gpus}
-    used: set[str] = set()
-    parts = []
-    for server, uuids in sorted(assignment.items()):
-        used.update(uuids)
-        shown = ",".join(str(index.get(u, u)) for u in uuids)
-        parts.append(f"{server}=[{shown}]")
-    spare = [str(g.device.index) for g in gpus if g.device.uuid not in used]
-    if spare:
-        parts.append(f"unattributed=[{','.join(spare)}]")
-    return " ".join(parts) or "(no GPUs, no servers)"

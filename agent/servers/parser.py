@@ -176,10 +176,10 @@ _QUOTED = r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'
 _LINE_RE = re.compile(
     rf"({_NAME})[ \t]*"
     rf"(?:\{{((?:[^}}\"\n]|{_QUOTED})*)\}})?"
-    r"[ \t]+([^ \t]+)"
-    r"(?:[ \t]+([^ \t#][^ \t]*))?"
+    r"[ \t]+([^ \t\r]+)"
+    r"(?:[ \t]+([^ \t\r#][^ \t\r]*))?"
     r"(?:[ \t]+#[ \t].*)?"
-    r"[ \t]*\Z"
+    r"[ \t\r]*\Z"
 )
 _LABEL_RE = re.compile(
     r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"([^"\\\n]*(?:\\.[^"\\\n]*)*)"[ \t]*(,|\Z)'
@@ -383,10 +383,6 @@ def _checked_text(raw: bytes, limits: ParseLimits) -> str:
             f"not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}",
             raw.count(b"\n", 0, exc.start) + 1,
         ) from None
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-        if "\r" in text:
-            raise ParseError("stray carriage return", _line_number(text, text.index("\r")))
     if end == len(raw) and not text.endswith("\n"):
         raise ParseError(
             "body does not end with a newline (truncated?)", _line_number(text, len(text))
@@ -444,6 +440,7 @@ def _read_meta(
     if kind == "TYPE":
         types.setdefault(family, rest.strip())
     else:
+        rest = rest.rstrip("\r")  # CRLF line ends
         helps.setdefault(family, _HELP_ESCAPE_RE.sub(lambda m: _ESCAPES[m.group(0)], rest))
 
 

@@ -500,12 +500,8 @@ def _rank(value: str | None) -> tuple[int, str]:
 
 def _select(exp: Exposition, source: Source, profile: EngineProfile) -> list[Sample]:
     """Series of one source after label filters, total-only and replica de-duplication."""
-    if source.help_excludes:
-        help_text = exp.helps.get(source.name, "") or next(
-            (exp.helps[f] for f in family_candidates(source.name) if f in exp.helps), ""
-        )
-        if source.help_excludes in help_text:
-            return []
+    if _help_excluded(exp, source):
+        return []
     series = [s for s in exp.get(source.name) if source.matches(s)]
     if profile.total_only is not None:
         label, value = profile.total_only
@@ -515,6 +511,13 @@ def _select(exp: Exposition, source: Source, profile: EngineProfile) -> list[Sam
     ):
         series = _dedupe_replicas(series, profile.replica_labels)
     return series
+
+
+def _help_excluded(exp: Exposition, source: Source) -> bool:
+    if not source.help_excludes:
+        return False
+    help_text = next((exp.helps[f] for f in family_candidates(source.name) if f in exp.helps), "")
+    return source.help_excludes in help_text
 
 
 def _dedupe_replicas(series: list[Sample], replicas: tuple[str, ...]) -> list[Sample]:
@@ -567,7 +570,11 @@ def _counter_field(
             previous = totals.get(model, 0.0)
             totals[model] = None if previous is None else previous + s.value
         return totals, True
-    declared = any(exp.declared(src.name) for cand in candidates for src in cand)
+    declared = any(
+        exp.declared(src.name) and not _help_excluded(exp, src)
+        for cand in candidates
+        for src in cand
+    )
     return {}, declared
 
 

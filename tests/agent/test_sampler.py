@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from agent.clock import ManualClock, SystemClock
+from agent.discovery import Discovery
 from agent.readings import (
     GpuDevice,
     GpuStatus,
@@ -20,7 +21,7 @@ from agent.readings import (
     ServerStatus,
     TokenReading,
 )
-from agent.sampler import FixedAttribution, Sampler, describe_assignment
+from agent.sampler import Sampler
 
 LOG = logging.getLogger("test")
 DEVICE = GpuDevice(index=0, uuid="GPU-0", name="H100", energy_source="counter")
@@ -102,9 +103,9 @@ def make(
     ledger = RecordingLedger()
     discoveries: list[int] = []
 
-    def discover(g: Sequence[GpuStatus]) -> FixedAttribution:
+    def discover(g: Sequence[GpuStatus]) -> Discovery:
         discoveries.append(len(g))
-        return FixedAttribution({"a": ["GPU-0"]}, warnings=warnings)
+        return Discovery({"a": ("GPU-0",)}, warnings=tuple(warnings))
 
     sampler = Sampler(
         gpus=gpus or FakeGpus(),
@@ -220,13 +221,6 @@ def test_loop_thread_runs_cycles_and_stops() -> None:
     count = len(ledger.calls)
     SystemClock().sleep(0.15)
     assert len(ledger.calls) == count  # stopped means stopped
-
-
-def test_describe_assignment_names_spare_gpus() -> None:
-    gpus = [
-        GpuStatus(GpuDevice(i, f"GPU-{i}", "H100", "counter"), True, None, 0.0) for i in range(3)
-    ]
-    assert describe_assignment({"vllm": ["GPU-0", "GPU-1"]}, gpus) == "vllm=[0,1] unattributed=[2]"
 
 
 @pytest.mark.parametrize("reason", ["timeout", "refused", "http_status", "too_large", "parse"])

@@ -49,6 +49,7 @@ def _values(body: str | bytes, name: str) -> list[tuple[dict[str, str], float]]:
         ("a\t{b=\"c\"}\t5\n", "a", [({"b": "c"}, 5.0)]),
         ("  a 6\n\t# comment\n", "a", [({}, 6.0)]),
         ("a 1\r\nb 2\r\n", "a", [({}, 1.0)]),
+        ('a{b="x\ry"} 1\r\n', "a", [({"b": "x\ry"}, 1.0)]),
         ("# HELP a help\n# TYPE a counter\na 8\n# EOF\n", "a", [({}, 8.0)]),
         ("a 8\n# EOF", "a", [({}, 8.0)]),
         ("a 1 # {trace_id=\"x\"} 2.0 3\n", "a", [({}, 1.0)]),
@@ -119,7 +120,7 @@ def test_duplicate_series_keep_the_first_and_are_counted() -> None:
         ("a 1\n<b>oops</b>\n", 2, "not a Prometheus exposition"),
         ("a 1\n{\"json\": true}\nb\n", 3, "has no value"),
         ("a 1\n\x00a 2\n", 2, "not a Prometheus exposition"),
-        ("a 1\r2\n", 1, "stray carriage return"),
+        ("a 1\r2\n", 1, "invalid sample value '1\\r2'"),
     ],
 )
 def test_refuses_malformed_input_naming_the_line(body: str, line: int, fragment: str) -> None:

@@ -166,7 +166,7 @@ def test_fresh_sglang_reads_zero_tokens_not_unknown() -> None:
 @pytest.mark.parametrize(
     ("fixture", "fragment"),
     [
-        ("vllm_truncated.prom", "does not end with a newline (truncated?)"),
+        ("vllm_truncated.prom", r"does not end with a newline \(truncated\?\)"),
         ("html_error.html", "not a Prometheus exposition"),
     ],
 )
