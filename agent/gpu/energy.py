@@ -202,7 +202,7 @@ class EnergyMeter:
             return MeterStep(0.0, "counter")
         self._resets += 1
         self._last_counter_joules = energy_joules
-        return MeterStep(0.0, "counter", reset=True)
+        return MeterStep(energy_joules, "counter", reset=True)
 
 
 def _check(name: str, value: float, *, allow_negative: bool = False) -> None:

@@ -21,9 +21,11 @@ How the fleet tokens per joule is tied to the ground truth, link by link (each w
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -56,6 +58,9 @@ class Agent:
 @dataclass(frozen=True)
 class Stack:
     client: httpx.Client
+    """The leaf Prometheus, which scrapes the agents and runs every rule."""
+    global_client: httpx.Client
+    """The global Prometheus, which federates the leaf's rate rules and runs the recording rules."""
     agents: tuple[Agent, ...]
     t: float
     """Evaluation instant, Unix s: a rule evaluation just before the agents stopped."""
@@ -93,28 +98,69 @@ def _increase_from_samples(client: httpx.Client, selector: str, t: float) -> flo
     return total
 
 
-def _wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
+def _wait_ready(client: httpx.Client, timeout: float) -> None:
+    """Poll /-/ready rather than sleeping blindly."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if check():
+            if client.get("/-/ready").status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"Prometheus at {client.base_url} not ready after {timeout} s")
 
 
-def _write_prometheus_config(directory: Path, rules_text: str, targets: list[str]) -> Path:
+def _readme_federation_job() -> dict[str, Any]:
+    """The federation scrape job exactly as dashboards/README.md documents it."""
+    readme = (ROOT / "dashboards" / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "/federate" in b]
+    assert len(blocks) == 1, "README.md should document one federation job"
+    job: dict[str, Any] = yaml.safe_load(textwrap.dedent(blocks[0]))["scrape_configs"][0]
+    return job
+
+
+def _recording_groups_only(rules_text: str) -> str:
+    """What the README tells a global Prometheus to load: every group but the alerts."""
+    rules = yaml.safe_load(rules_text)
+    rules["groups"] = [g for g in rules["groups"] if g["name"] != "tokenergy-alerts"]
+    return str(yaml.safe_dump(rules, sort_keys=False))
+
+
+def _start_prometheus(
+    binary: str,
+    directory: Path,
+    rules_text: str,
+    scrape_configs: list[dict[str, Any]],
+    external_labels: dict[str, str],
+) -> tuple[subprocess.Popen[bytes], int]:
+    directory.mkdir()
     (directory / "rules.yml").write_text(rules_text)
     config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "global": {
+            "scrape_interval": "1s",
+            "scrape_timeout": "1s",
+            "evaluation_interval": "1s",
+            "external_labels": external_labels,
+        },
         "rule_files": [str(directory / "rules.yml")],
-        "scrape_configs": [{"job_name": "tokenergy", "static_configs": [{"targets": targets}]}],
+        "scrape_configs": scrape_configs,
     }
-    path = directory / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = _free_port()
+    with (directory / "prometheus.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={directory / 'prometheus.yml'}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=1h",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return process, port
 
 
 @pytest.fixture(scope="module")
@@ -123,31 +169,32 @@ def stack(
 ) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("prometheus_e2e")
     agent_ports = [_free_port() for _ in SEEDS]
-    prom_port = _free_port()
     instances = [f"127.0.0.1:{p}" for p in agent_ports]
-    config = _write_prometheus_config(work, short_rules_text, instances)
     processes: list[subprocess.Popen[bytes]] = []
-    logs = []
+    clients: list[httpx.Client] = []
     try:
-        prom_log = (work / "prometheus.log").open("wb")
-        logs.append(prom_log)
-        processes.append(
-            subprocess.Popen(
-                [
-                    prometheus_binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={work / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                    "--storage.tsdb.retention.time=1h",
-                ],
-                stdout=prom_log,
-                stderr=subprocess.STDOUT,
-            )
+        # The leaf scrapes the agents; the global federates the leaf as the README says.
+        leaf, leaf_port = _start_prometheus(
+            prometheus_binary,
+            work / "leaf",
+            short_rules_text,
+            [{"job_name": "tokenergy", "static_configs": [{"targets": instances}]}],
+            {"cluster": "leaf"},
         )
+        processes.append(leaf)
+        federation = _readme_federation_job()
+        federation["static_configs"] = [{"targets": [f"127.0.0.1:{leaf_port}"]}]
+        glob, global_port = _start_prometheus(
+            prometheus_binary,
+            work / "global",
+            _recording_groups_only(short_rules_text),
+            [federation],
+            {"tier": "global"},
+        )
+        processes.append(glob)
+
         demos = []
         for seed, port in zip(SEEDS, agent_ports, strict=True):
-            log = (work / f"demo-{seed}.log").open("wb")
-            logs.append(log)
             command = [
                 sys.executable, "-m", "agent", "demo",
                 "--duration", str(DEMO_SECONDS),
@@ -156,14 +203,16 @@ def stack(
                 "--listen", f"127.0.0.1:{port}",
                 "--truth-file", str(work / f"truth-{seed}.json"),
             ]  # fmt: skip
-            demo = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            with (work / f"demo-{seed}.log").open("wb") as log:
+                demo = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
             processes.append(demo)
             demos.append(demo)
 
-        client = httpx.Client(base_url=f"http://127.0.0.1:{prom_port}", timeout=10.0)
-        _wait_until(
-            "Prometheus ready", lambda: client.get("/-/ready").status_code == 200, timeout=30
-        )
+        client = httpx.Client(base_url=f"http://127.0.0.1:{leaf_port}", timeout=10.0)
+        global_client = httpx.Client(base_url=f"http://127.0.0.1:{global_port}", timeout=10.0)
+        clients += [client, global_client]
+        for c in clients:
+            _wait_ready(c, timeout=30)
         for demo, seed in zip(demos, SEEDS, strict=True):
             code = demo.wait(timeout=DEMO_SECONDS + 60)
             assert code == 0, (work / f"demo-{seed}.log").read_text()[-3000:]
@@ -184,15 +233,16 @@ def stack(
         times = [float(ts) for ts, _ in evaluations[0]["values"] if float(ts) <= end - 0.5]
         assert times, "no rule evaluation before the agents stopped"
         t = times[-1]
-        assert t - WINDOW_SECONDS > min(last_scrapes) - DEMO_SECONDS, "window not inside the run"
+        assert t - WINDOW_SECONDS > end - DEMO_SECONDS, "window not inside the run"
 
         agents = tuple(
             Agent(instance, json.loads((work / f"truth-{seed}.json").read_text()))
             for instance, seed in zip(instances, SEEDS, strict=True)
         )
-        yield Stack(client, agents, t)
-        client.close()
+        yield Stack(client, global_client, agents, t)
     finally:
+        for c in clients:
+            c.close()
         for process in processes:
             if process.poll() is None:
                 process.terminate()
@@ -200,8 +250,6 @@ def stack(
                     process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     process.kill()
-        for log in logs:
-            log.close()
 
 
 # --------------------------------------------------------------------- rules and dashboard
@@ -402,3 +450,44 @@ def test_fleet_output_rate_matches_the_counters(stack: Stack) -> None:
         (t0, v0), (t1, v1) = series["values"][0], series["values"][-1]
         per_second += (float(v1) - float(v0)) / (float(t1) - float(t0))
     assert rule == pytest.approx(per_second, rel=TOLERANCE)
+
+
+# --------------------------------------------------------------------------------- federation
+
+
+def test_global_prometheus_rules_evaluate_without_error(stack: Stack) -> None:
+    groups = stack.global_client.get("/api/v1/rules").json()["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert rules and all(r["type"] == "recording" for r in rules)
+    assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "fleet:tokenergy_output_tokens_per_joule:ratio_rate5m",
+        "fleet:tokenergy_output_tokens_per_gpu_joule:ratio_rate5m",
+        "fleet:tokenergy_cost_per_million_output_tokens:ratio_rate5m",
+        "fleet:tokenergy_all_in_cost_per_million_output_tokens:ratio_rate5m",
+        "fleet:tokenergy_output_tokens:rate5m",
+    ],
+)
+def test_federated_fleet_rule_equals_the_leaf(stack: Stack, rule: str) -> None:
+    # The global computes the fleet from federated per-target rates only.
+    leaf = _scalar(stack.client, rule, stack.t)
+    federated = _scalar(stack.global_client, rule, stack.t)
+    assert federated == pytest.approx(leaf, rel=TOLERANCE)
+
+
+def test_federated_instance_rules_equal_the_leaf(stack: Stack) -> None:
+    rule = "instance:tokenergy_output_tokens_per_gpu_joule:ratio_rate5m"
+    leaf = {
+        r["metric"]["instance"]: float(r["value"][1]) for r in _query(stack.client, rule, stack.t)
+    }
+    federated = {
+        r["metric"]["instance"]: float(r["value"][1])
+        for r in _query(stack.global_client, rule, stack.t)
+    }
+    assert set(federated) == set(leaf) == {a.instance for a in stack.agents}
+    for instance, value in leaf.items():
+        assert federated[instance] == pytest.approx(value, rel=TOLERANCE)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -172,10 +173,10 @@ def test_package_sources_are_all_copied() -> None:
 # -- the health probe, against a real HTTP server -------------------------------------------------
 
 
-@pytest.fixture
-def healthz() -> Iterator[tuple[int, list[int]]]:
-    """A server on 127.0.0.1 whose /healthz answers the status at the head of the list."""
-    statuses = [200]
+def _serve_healthz(
+    statuses: list[int], context: ssl.SSLContext | None = None
+) -> http.server.ThreadingHTTPServer:
+    """A started server on 127.0.0.1 whose /healthz answers the status at the head of the list."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -188,10 +189,42 @@ def healthz() -> Iterator[tuple[int, list[int]]]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def healthz() -> Iterator[tuple[int, list[int]]]:
+    statuses = [200]
+    server = _serve_healthz(statuses)
     try:
         yield server.server_address[1], statuses
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_probe_accepts_a_self_signed_https_agent(healthcheck: ModuleType, tmp_path: Path) -> None:
+    """With TLS on, the probe checks liveness over HTTPS without verifying the certificate."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=tokenergy", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True,
+        check=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = _serve_healthz([200], context)
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}/healthz"
+        assert healthcheck.main([url]) == 0
+        assert healthcheck.check(url.replace("https:", "http:"))[0] is False
     finally:
         server.shutdown()
         server.server_close()

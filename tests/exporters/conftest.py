@@ -118,8 +118,11 @@ VLLM_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def rich_snapshot(**kw: Any) -> Snapshot:
-    """A Snapshot exercising every metric in the catalogue (carbon on, one GPU and one server
-    down, a llama.cpp server without model label, errors counted)."""
+    """A Snapshot exercising every metric in the catalogue.
+
+    Carbon is on, one GPU and one server are down, a llama.cpp server has no model label,
+    and errors have been counted.
+    """
     snap = Snapshot(
         taken_at_seconds=TAKEN_AT,
         gpus=(gpu(0), gpu(1, energy_source="integrated"), gpu(2, up=False, error="gpu_lost")),
@@ -298,7 +301,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 @pytest.fixture(scope="session")
 def password_hash() -> str:
-    """bcrypt hash of :data:`PASSWORD` at cost 10 (exporter-toolkit's example cost)."""
+    """The bcrypt hash of :data:`PASSWORD` at cost 10 (exporter-toolkit's example cost)."""
     return bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import http.client
 import os
@@ -148,7 +149,7 @@ def test_metrics_render_failure_is_500_and_server_keeps_serving(build: Any) -> N
             raise RuntimeError("collector bug")
 
     settings = HttpSettings(listen="127.0.0.1:0")
-    srv = MetricsServer(Broken(), lambda: (True, []), settings, logging_getter())  # type: ignore[arg-type]
+    srv = MetricsServer(Broken(), lambda: (True, []), settings, logging_getter())
     srv.start()
     try:
         assert fetch(srv.port)[0] == 500
@@ -378,7 +379,7 @@ def test_slow_clients_do_not_block_others_and_are_dropped(make_server: Make) -> 
             except OSError:
                 pass
             closed_after.append(time.monotonic() - started)
-        assert 2.5 < min(closed_after) and max(closed_after) < 6.0, closed_after
+        assert min(closed_after) > 2.5 and max(closed_after) < 6.0, closed_after
     finally:
         stop.set()
         dripper.join()
@@ -387,10 +388,8 @@ def test_slow_clients_do_not_block_others_and_are_dropped(make_server: Make) -> 
 
 
 def with_suppressed(fn: Callable[[bytes], object], arg: bytes) -> None:
-    try:
+    with contextlib.suppress(OSError):
         fn(arg)
-    except OSError:
-        pass
 
 
 def test_stop_lets_in_flight_requests_finish(make_server: Make) -> None:
@@ -438,9 +437,8 @@ def test_stop_is_bounded_when_a_request_never_finishes(make_server: Make) -> Non
 
 
 def test_start_stop_twice_and_context_manager(build: Any) -> None:
-    from exporters.prometheus import SnapshotCollector, build_registry
-
     from agent.clock import ManualClock
+    from exporters.prometheus import SnapshotCollector, build_registry
 
     registry = build_registry(SnapshotCollector(lambda: None, ManualClock(), "x"))
     srv = MetricsServer(registry, lambda: (True, []), HttpSettings(listen="127.0.0.1:0"),

@@ -193,11 +193,13 @@ def test_certificate_rotation_is_picked_up_by_new_connections(
     srv = make_server(web_config=load_web_config(path))
 
     def served_cert() -> bytes:
-        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
-            with client_context(certs).wrap_socket(sock, server_hostname="localhost") as tls:
-                der = tls.getpeercert(binary_form=True)
-                assert der is not None
-                return der
+        with (
+            socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock,
+            client_context(certs).wrap_socket(sock, server_hostname="localhost") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return der
 
     before = served_cert()
     fresh = certs.ca.issue_cert("localhost", "127.0.0.1")
@@ -289,7 +291,7 @@ def test_password_never_appears_in_logs_or_responses(
     ]  # fmt: skip
     assert {r[0] for r in replies} == {200, 401, 404}
     token = basic("prometheus", secret)["Authorization"].split()[1]
-    for status, headers, body in replies:
+    for _status, headers, body in replies:
         blob = body + repr(headers).encode()
         assert secret.encode() not in blob and token.encode() not in blob
     assert caplog.records, "debug logging was on"
@@ -327,7 +329,7 @@ def test_bad_web_config_is_a_clear_startup_error(tmp_path: Path) -> None:
 
     path = tmp_path / "web.yml"
     path.write_text("tls_server_config:\n  certfile: x\n")
-    with pytest.raises(WebConfigError, match="tls_server_config.certfile: unknown key"):
+    with pytest.raises(WebConfigError, match=r"tls_server_config\.certfile: unknown key"):
         MetricsServer(
             registry=None,  # type: ignore[arg-type]
             health=lambda: (True, []),

@@ -88,8 +88,8 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, certs: A
         ("tls_server_config:\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
          "tls_server_config.cipher_suites: not supported"),
         ("tls_server_config:\n  key_file: k\n", "tls_server_config.cert_file: required"),
-        ("tls_server_config:\n  cert_file: c\n  key_file: k\n  client_auth_type: RequestClientCert\n",
-         "without verifying"),
+        ("tls_server_config:\n  cert_file: c\n  key_file: k\n"
+         "  client_auth_type: RequestClientCert\n", "without verifying"),
         ("tls_server_config:\n  cert_file: c\n  key_file: k\n  client_auth_type: Bogus\n",
          "'Bogus' is not one of"),
         ("tls_server_config:\n  cert_file: c\n  key_file: k\n  min_version: TLS14\n",
@@ -106,8 +106,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, certs: A
          "http_server_config.headers.Server: this header cannot be configured"),
         ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "'allow' is not one of"),
         ("basic_auth_users:\n  alice: hunter2\n", "basic_auth_users.alice: not a bcrypt hash"),
-        ("basic_auth_users:\n  'a:b': $2b$10$abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0\n",
-         "cannot be empty or contain ':'"),
+        ("basic_auth_users:\n  'a:b': $2b$10$" + "a" * 53 + "\n", "cannot be empty or contain ':'"),
         ("auth_excluded_paths: [healthz]\n", "must start with '/'"),
         ("- a\n- b\n", "top level must be a mapping"),
         ("tls_server_config: [\n", "not valid YAML"),
@@ -134,11 +133,13 @@ def test_missing_or_mismatched_certificate_is_a_startup_error(
 ) -> None:
     with pytest.raises(WebConfigError, match="cannot load"):
         write_web_config(
-            f"tls_server_config:\n  cert_file: {tmp_path}/nope.pem\n  key_file: {certs.server_key}\n"
+            f"tls_server_config:\n  cert_file: {tmp_path}/nope.pem\n"
+            f"  key_file: {certs.server_key}\n"
         )
     with pytest.raises(WebConfigError, match="cannot load"):
         write_web_config(
-            f"tls_server_config:\n  cert_file: {certs.server_cert}\n  key_file: {certs.client_key}\n"
+            f"tls_server_config:\n  cert_file: {certs.server_cert}\n"
+            f"  key_file: {certs.client_key}\n"
         )
 
 

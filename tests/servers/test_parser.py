@@ -120,7 +120,7 @@ def test_duplicate_series_keep_the_first_and_are_counted() -> None:
         ("a 1\n<b>oops</b>\n", 2, "not a Prometheus exposition"),
         ("a 1\n{\"json\": true}\nb\n", 3, "has no value"),
         ("a 1\n\x00a 2\n", 2, "not a Prometheus exposition"),
-        ("a 1\r2\n", 1, "invalid sample value '1\\r2'"),
+        ("a 1\r2\n", 1, "malformed sample line"),
     ],
 )
 def test_refuses_malformed_input_naming_the_line(body: str, line: int, fragment: str) -> None:
