@@ -56,6 +56,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from email.utils import formatdate
 from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
@@ -109,17 +110,19 @@ class _Response:
     content_type: str = "text/plain; charset=utf-8"
 
     def encode(self, head_only: bool, extra: tuple[tuple[str, str], ...]) -> bytes:
-        lines = [
-            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Unknown')}",
-            f"Content-Type: {self.content_type}",
-            f"Content-Length: {len(self.body)}",
-            "Connection: close",
-            "X-Content-Type-Options: nosniff",
-        ]
-        own = {name.lower() for name, _ in self.headers}
-        lines += [f"{name}: {value}" for name, value in self.headers]
-        lines += [f"{name}: {value}" for name, value in extra if name.lower() not in own]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        headers = {
+            "Content-Type": self.content_type,
+            "Content-Length": str(len(self.body)),
+            "Date": formatdate(usegmt=True),
+            "Connection": "close",
+            "X-Content-Type-Options": "nosniff",
+        }
+        # The response's own headers win over the web config's extra security headers.
+        headers.update((name, value) for name, value in extra if name not in headers)
+        headers.update(self.headers)
+        status = f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Unknown')}\r\n"
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        head = (status + lines + "\r\n").encode("latin-1")
         return head if head_only else head + self.body
 
 
@@ -226,6 +229,7 @@ class _Conn(asyncio.Protocol):
         self.accepted_at = 0.0
         self.config: WebConfig | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.peer_eof = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -251,11 +255,14 @@ class _Conn(asyncio.Protocol):
         self.server._dispatch(self, head)
 
     def eof_received(self) -> bool | None:
-        # Returning None lets asyncio close the transport: after a reply that is the normal
-        # end; before a complete request head the client has given up.
-        if self.state == "head":
+        self.peer_eof = True
+        if self.state == "head":  # the client gave up before finishing its request
             self.close(abort=True)
-        return None
+            return None
+        # A client may half-close after its request (printf | nc): keep the plain socket open
+        # to answer. TLS has no half-close. After a reply, None lets asyncio close it.
+        tls = self.transport is not None and self.transport.get_extra_info("sslcontext")
+        return self.state == "working" and not tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.finish()
@@ -280,7 +287,7 @@ class _Conn(asyncio.Protocol):
         # Read (and drop) again: a paused reader would also stall asyncio's TLS shutdown.
         if isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
             transport.resume_reading()
-        if transport.can_write_eof():
+        if transport.can_write_eof() and not self.peer_eof:
             transport.write_eof()
         else:
             transport.close()
@@ -297,10 +304,11 @@ class _Conn(asyncio.Protocol):
             self.close(abort=True)
 
     def close(self, abort: bool) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None:
             if abort:
+                # Even when already closing: a TLS close waits for the peer's close_notify.
                 self.transport.abort()  # type: ignore[attr-defined]
-            else:
+            elif not self.transport.is_closing():
                 self.transport.close()
         if abort:
             self.finish()
@@ -570,7 +578,11 @@ class MetricsServer:
                 conn.reply(_text(500, "internal error"), head_only=False)
                 return
             response, head_only = fut.result()
-            conn.reply(response, head_only)
+            try:
+                conn.reply(response, head_only)
+            except Exception:  # never leave a client hanging on a bug in writing
+                self._log.exception("writing a response failed")
+                conn.close(abort=True)
 
         work.add_done_callback(done)
 

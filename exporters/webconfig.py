@@ -82,7 +82,7 @@ _EXTRA_HEADERS: dict[str, tuple[str, ...]] = {
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
 
 HASH_HOWTO = (
-    "make one with `htpasswd -nBC 10 USER | cut -d: -f2` or "
+    "make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'` or "
     "`python -c 'import bcrypt,getpass; "
     "print(bcrypt.hashpw(getpass.getpass().encode(), bcrypt.gensalt(10)).decode())'`"
 )
@@ -361,8 +361,10 @@ def _headers(raw: dict[str, str], errors: list[str]) -> tuple[tuple[str, str], .
                 f"http_server_config.headers.{name}: {value!r} is not one of "
                 f"{', '.join(_EXTRA_HEADERS[name])}"
             )
-        elif "\r" in value or "\n" in value:
-            errors.append(f"http_server_config.headers.{name}: a value cannot span lines")
+        elif not value.isascii() or not value.isprintable():
+            errors.append(
+                f"http_server_config.headers.{name}: the value must be printable ASCII on one line"
+            )
         else:
             out.append((name, value))
     return tuple(out)

@@ -262,11 +262,11 @@ class GpuMonitor:
         devices = self._backend.devices()
         self._index_to_uuid = {}
         for device in devices:
-            track = self._tracks.get(device.uuid)
-            if track is None:
+            known = self._tracks.get(device.uuid)
+            if known is None:
                 self._tracks[device.uuid] = _Track(device)
             else:
-                track.device = device
+                known.device = device
             self._index_to_uuid[device.index] = device.uuid
             if device.index not in self._workers:
                 self._workers[device.index] = _Worker(f"tokenergy-gpu-{device.index}")

@@ -4,9 +4,10 @@ One run serves every test in this module (about a minute): two ``tokenergy demo`
 (steady scenario, different seeds, the same configuration) play two nodes on two ports; a real
 Prometheus scrapes both every second and evaluates a copy of dashboards/prometheus/rules.yml
 whose ranges are shortened (``[5m]`` -> ``[20s]``, ``[1h]`` -> ``[30s]``; conftest.SHORT_RANGES)
-every second. When the demos exit, each has written its ground truth, and every check queries
-Prometheus at one instant ``t`` taken just before the agents stopped, so every 20 s window lies
-inside the run.
+every second. A second, global Prometheus federates the leaf's rate rules exactly as
+dashboards/README.md documents and runs the recording rules on them. When the demos exit, each
+has written its ground truth, and every check queries Prometheus at one instant ``t`` taken
+just before the agents stopped, so every 20 s window lies inside the run.
 
 How the fleet tokens per joule is tied to the ground truth, link by link (each within 2 %):
   1. truth -> agent: each agent's counters at exit (the truth file's ``exposition``) equal the
@@ -167,6 +168,7 @@ def _start_prometheus(
 def stack(
     prometheus_binary: str, short_rules_text: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
+    assert f"[{int(WINDOW_SECONDS)}s]" in short_rules_text, "WINDOW_SECONDS is not the copy's [5m]"
     work = tmp_path_factory.mktemp("prometheus_e2e")
     agent_ports = [_free_port() for _ in SEEDS]
     instances = [f"127.0.0.1:{p}" for p in agent_ports]
@@ -261,6 +263,15 @@ def test_every_rule_evaluates_without_error(stack: Stack) -> None:
     assert len(rules) > 40
     errors = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert errors == []
+
+
+def test_no_alert_is_pending_or_firing_while_everything_is_healthy(stack: Stack) -> None:
+    # The steady demo is healthy and cheap (well under the default threshold of 10 per Mtok).
+    assert _query(stack.client, "ALERTS", stack.t) == []
+    cost = _query(
+        stack.client, "server_model:tokenergy_cost_per_million_output_tokens:ratio_rate5m", stack.t
+    )
+    assert cost and all(0 < float(c["value"][1]) < 10 for c in cost)
 
 
 def test_every_recording_rule_has_data(stack: Stack, recorded_names: set[str]) -> None:

@@ -50,9 +50,10 @@ def _readme_anchors() -> set[str]:
 
 
 @pytest.mark.prometheus
-def test_promtool_check_rules_is_clean(promtool: str) -> None:
+@pytest.mark.parametrize("path", [RULES_FILE, RULES_FILE.with_name("thresholds.example.yml")])
+def test_promtool_check_rules_is_clean(promtool: str, path: Path) -> None:
     result = subprocess.run(
-        [promtool, "check", "rules", str(RULES_FILE)],
+        [promtool, "check", "rules", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

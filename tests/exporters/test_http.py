@@ -188,6 +188,16 @@ def test_query_parameters_are_ignored(make_server: Make, path: str) -> None:
     assert status == 200 and body == full
 
 
+def test_client_that_half_closes_after_its_request_gets_the_answer(make_server: Make) -> None:
+    with socket.create_connection(("127.0.0.1", make_server().port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"ok\n")
+
+
 def test_absolute_form_target_is_served(make_server: Make) -> None:
     port = make_server().port
     reply = raw(port, b"GET http://elsewhere.example/healthz HTTP/1.1\r\n\r\n")

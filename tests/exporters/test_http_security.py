@@ -256,6 +256,25 @@ def test_basic_auth_matrix(
         assert b"tokenergy_build_info" in body
 
 
+def test_configured_headers_are_sent_once_and_never_override_the_response(
+    make_server: Make, write_web_config: Write
+) -> None:
+    config = write_web_config(
+        "http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"
+        "    Content-Security-Policy: default-src 'none'\n"
+    )
+    srv = make_server(web_config=config)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head = reply.split(b"\r\n\r\n", 1)[0].decode()
+    assert head.count("X-Content-Type-Options:") == 1
+    assert "Content-Security-Policy: default-src 'none'" in head
+    assert "Content-Type: text/html; charset=utf-8" in head and "Date: " in head
+
+
 def test_auth_covers_every_path_but_the_excluded_ones(auth_server: MetricsServer) -> None:
     assert plain(auth_server.port, "/")[0] == 401
     assert plain(auth_server.port, "/nope")[0] == 401

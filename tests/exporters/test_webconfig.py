@@ -105,6 +105,8 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, certs: A
         ("http_server_config:\n  headers:\n    Server: x\n",
          "http_server_config.headers.Server: this header cannot be configured"),
         ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "'allow' is not one of"),
+        ("http_server_config:\n  headers:\n    Content-Security-Policy: \"caf\u00e9\"\n",
+         "printable ASCII"),
         ("basic_auth_users:\n  alice: hunter2\n", "basic_auth_users.alice: not a bcrypt hash"),
         ("basic_auth_users:\n  'a:b': $2b$10$" + "a" * 53 + "\n", "cannot be empty or contain ':'"),
         ("auth_excluded_paths: [healthz]\n", "must start with '/'"),

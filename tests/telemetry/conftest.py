@@ -52,7 +52,9 @@ def make_monitor(clock: ManualClock, sims: list[SimulatedNvml]) -> Iterator[Moni
 
     def make(nvml: Any, log: logging.Logger | None = None, **settings: Any) -> GpuMonitor:
         values: dict[str, Any] = {
-            "read_timeout_seconds": 0.2,
+            # Generous: a poll waits only as long as the reads take unless a call hangs, and a
+            # busy test machine must not turn a slow thread switch into a "timeout".
+            "read_timeout_seconds": 2.0,
             "reinit_backoff_seconds": 1.0,
             "reinit_backoff_max_seconds": 60.0,
         }

@@ -46,8 +46,18 @@ METER_CASES: list[tuple[str, list[Reading], float, int]] = [
         100.0 + 100.0 + 150.0,
         0,
     ),
-    ("switch from integrated to counter", [(0, None, 50.0), (2, 7.0, 50.0), (3, 17.0, 0)], 110.0, 0),
-    ("power missing at one end: unmeasured", [(0, None, 50.0), (1, None, None), (2, None, 50.0)], 0.0, 0),
+    (
+        "switch from integrated to counter",
+        [(0, None, 50.0), (2, 7.0, 50.0), (3, 17.0, 0)],
+        110.0,
+        0,
+    ),
+    (
+        "power missing at one end: unmeasured",
+        [(0, None, 50.0), (1, None, None), (2, None, 50.0)],
+        0.0,
+        0,
+    ),
     ("readings at the same instant", [(0, None, 50.0), (0, None, 70.0), (1, None, 70.0)], 70.0, 0),
 ]
 

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from agent.clock import ManualClock
-from agent.gpu.monitor import NVML_WIDE
+from agent.gpu.monitor import NVML_WIDE, GpuMonitor
 from agent.readings import GpuStatus
 from agent.simulation.nvml import SimulatedNvml
-from tests.telemetry.conftest import MonitorFactory
 
 SimFactory = Callable[..., SimulatedNvml]
+MonitorFactory = Callable[..., GpuMonitor]
 
 
 def by_index(statuses: tuple[GpuStatus, ...]) -> dict[int, GpuStatus]:
@@ -195,7 +195,7 @@ def test_hung_call_leaves_that_gpu_stale_and_poll_returns(
     make_sim: SimFactory, make_monitor: MonitorFactory, clock: ManualClock
 ) -> None:
     sim = make_sim(("H100-SXM-80GB", "L4"))
-    monitor = make_monitor(sim, read_timeout_seconds=0.2)
+    monitor = make_monitor(sim, read_timeout_seconds=0.5)
     monitor.poll()
     clock.advance(1.0)
     good = by_index(monitor.poll())
@@ -224,12 +224,12 @@ def test_hung_calls_never_pile_up_and_recover_after_release(
     sim.hang("*", 60.0, index=1)
     clock.advance(1.0)
     monitor.poll()
-    threads = threading.active_count()
+    threads = set(threading.enumerate())
     for _ in range(8):
         clock.advance(1.0)
         statuses = monitor.poll()
         assert not statuses[1].up and statuses[1].error == "timeout"
-    assert threading.active_count() == threads
+    assert set(threading.enumerate()) - threads == set()  # no new thread per poll
     assert sim.blocked_calls() == 1  # one call in the driver, none queued behind it
     assert monitor.error_counts()[("1", "timeout")] == 9
     sim.release_hangs()
@@ -342,11 +342,14 @@ def test_lost_gpu_stays_listed_after_a_reinit(
 
 def test_close_stops_the_threads(make_sim: SimFactory, make_monitor: MonitorFactory) -> None:
     sim = make_sim(("L4", "L4"))
-    before = threading.active_count()
+    before = set(threading.enumerate())
     monitor = make_monitor(sim)
     monitor.poll()
-    assert threading.active_count() == before + 3  # one per GPU + one for init/shutdown
+    started = set(threading.enumerate()) - before
+    # one per GPU + one for init/shutdown
+    assert {t.name for t in started} == {"tokenergy-nvml", "tokenergy-gpu-0", "tokenergy-gpu-1"}
+    assert all(t.daemon for t in started)
     monitor.close()
-    assert threading.active_count() == before
+    assert not any(t.is_alive() for t in started)
     assert sim.calls("nvmlShutdown") == 1
     assert all(not s.up for s in monitor.poll())

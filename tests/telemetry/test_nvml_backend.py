@@ -160,7 +160,11 @@ def test_read_maps_nvml_errors_to_the_exception_tree(
     assert isinstance(info.value.__cause__, nvml_error)
 
 
-UNSUPPORTED_ERRORS = [nv.NVMLError_NotSupported, nv.NVMLError_FunctionNotFound, nv.NVMLError_NoPermission]
+UNSUPPORTED_ERRORS = [
+    nv.NVMLError_NotSupported,
+    nv.NVMLError_FunctionNotFound,
+    nv.NVMLError_NoPermission,
+]
 
 
 @pytest.mark.parametrize("nvml_error", UNSUPPORTED_ERRORS)
@@ -202,7 +206,9 @@ def test_not_supported_field_reads_as_none(
     backend.open()
     reading = backend.read(0)
     assert getattr(reading, attribute) is None
-    others = {"power_watts", "energy_joules", "utilization_ratio", "power_limit_watts"} - {attribute}
+    others = {"power_watts", "energy_joules", "utilization_ratio", "power_limit_watts"} - {
+        attribute
+    }
     assert all(getattr(reading, other) is not None for other in others)
 
 

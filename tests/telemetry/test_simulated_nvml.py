@@ -10,12 +10,12 @@ import pytest
 
 from agent.clock import ManualClock
 from agent.gpu import nvml as nv
-from agent.simulation.nvml import GPU_PROFILES, SimulatedNvml
+from agent.simulation.nvml import GPU_PROFILES, SimHandle, SimulatedNvml
 
 SimFactory = Callable[..., SimulatedNvml]
 
 
-def opened(sim: SimulatedNvml) -> list[object]:
+def opened(sim: SimulatedNvml) -> list[SimHandle]:
     sim.nvmlInit()
     return [sim.nvmlDeviceGetHandleByIndex(i) for i in range(sim.device_count())]
 
@@ -170,7 +170,10 @@ def test_uuids_are_stable_per_seed(clock: ManualClock) -> None:
 
 
 BAD_CONTROL = [
-    (lambda s: SimulatedNvml(["H200"], ManualClock()), r"unknown GPU profile\(s\) 'H200'; known: H100"),
+    (
+        lambda s: SimulatedNvml(["H200"], ManualClock()),
+        r"unknown GPU profile\(s\) 'H200'; known: H100",
+    ),
     (lambda s: s.set_load(0, 1.5), "within 0..1"),
     (lambda s: s.set_load(9, 0.5), "no simulated GPU 9"),
     (lambda s: s.set_not_supported(0, "fan"), "unknown field 'fan'; known: power"),
