@@ -203,8 +203,10 @@ class GpuMonitor:
             control.stop()
         for worker in workers:
             worker.stop()
+        # One shared deadline: threads stuck in a hung call are daemons and are left behind.
+        end = time.monotonic() + self._deadline_seconds
         for w in [*workers, *([control] if control else [])]:
-            w.thread.join(timeout=self._deadline_seconds)
+            w.thread.join(timeout=max(0.0, end - time.monotonic()))
 
     # -- opening NVML ---------------------------------------------------------------------
 

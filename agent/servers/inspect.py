@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+import httpx
 from pydantic import ValidationError
 
 from agent.config import ScrapeSettings, ServerSettings
@@ -91,8 +92,13 @@ def _where(source: str) -> str:
 def _fetch(url: str, engine: str, scrape: ScrapeSettings) -> tuple[bytes, float | None]:
     try:
         server = ServerSettings.model_validate({"name": "inspect", "url": url, "engine": engine})
+        host = httpx.URL(url).host
     except ValidationError as exc:
         raise _InputError(f"bad URL {url!r}: {exc.errors()[0]['msg']}") from None
+    except httpx.InvalidURL as exc:
+        raise _InputError(f"bad URL {url!r}: {exc}") from None
+    if not host:
+        raise _InputError(f"bad URL {url!r}: no host")
     with make_client(scrape) as client:
         try:
             return ServerScraper(server, scrape, client).fetch()

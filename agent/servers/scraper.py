@@ -24,6 +24,7 @@ in their own. What it guarantees:
 from __future__ import annotations
 
 import dataclasses
+import ssl
 import zlib
 from pathlib import Path
 from typing import Literal
@@ -51,7 +52,6 @@ ScrapeReason = Literal["timeout", "refused", "http_status", "too_large", "parse"
 # OpenMetricsText1.0.0]: 0.0.4 first, since every server here speaks it.
 ACCEPT = "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
 MAX_REDIRECTS = 3
-_CHUNK = 64 * 1024
 
 
 class ScrapeError(Exception):
@@ -80,7 +80,9 @@ def make_client(scrape: ScrapeSettings, ca_file: Path | None = None) -> httpx.Cl
         A keep-alive client that follows no redirects by itself and does not read proxy
         settings or netrc from the environment.
     """
-    verify: str | bool = str(ca_file) if ca_file is not None else True
+    verify: ssl.SSLContext | bool = (
+        ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else True
+    )
     return httpx.Client(
         timeout=httpx.Timeout(scrape.read_timeout_seconds, connect=scrape.connect_timeout_seconds),
         follow_redirects=False,
@@ -253,7 +255,8 @@ class ServerScraper:
             decoder = zlib.decompressobj()
         parts: list[bytes] = []
         size = 0
-        for chunk in response.iter_raw(_CHUNK):
+        # No chunk size: chunks come as received, so the deadline is checked between them.
+        for chunk in response.iter_raw():
             if self._clock.monotonic() > deadline:
                 raise ScrapeError(
                     "timeout", f"body not complete within {self._scrape.read_timeout_seconds} s"

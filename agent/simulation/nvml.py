@@ -11,8 +11,8 @@ integral of that step function (integrated at every load change and every read).
 ``nvmlDeviceGetPowerUsage`` returns depends on the profile, as on real parts (reference
 gpu-telemetry.md §3.1): a trailing 1 s average on Ampere (except GA100) and newer (H100, L4),
 the instantaneous value on GA100 and older (A100, P100). The energy counter is the true energy
-since the last (simulated) driver load, in whole mJ (the driver is taken to have been loaded
-1 to 30 days before the simulation starts, at idle power); it restarts at 0 on
+since the last (simulated) driver load, in whole mJ (from 0 at the start of the simulation,
+or from idle energy over ``driver_uptime_seconds`` before it); it restarts at 0 on
 :meth:`SimulatedNvml.reload_driver`, and is unsupported on the pre-Volta P100.
 
 Faults: :meth:`~SimulatedNvml.lose_gpu`, :meth:`~SimulatedNvml.reload_driver`,
@@ -220,9 +220,12 @@ class SimulatedNvml:
         gpus: Profile names from ``GPU_PROFILES``, one per device, in index order.
         clock: Source of (virtual or real) monotonic time for power integration.
         seed: Seed of the UUIDs.
+        driver_uptime_seconds: How long the simulated driver had been loaded, at idle, before
+            the simulation started, s: the energy counters start at idle W x this. 0 (the
+            default): the counters start at 0 and equal ``true_energy_joules`` until a reload.
 
     Raises:
-        ValueError: When a profile name is unknown.
+        ValueError: When a profile name is unknown or the uptime is negative.
     """
 
     nvmlMemory_v2 = nvmlMemory_v2  # noqa: N815 (pynvml's name)
@@ -230,7 +233,16 @@ class SimulatedNvml:
     NVML_DEVICE_MIG_DISABLE = NVML_DEVICE_MIG_DISABLE
     NVMLError = NVMLError
 
-    def __init__(self, gpus: Sequence[str], clock: Clock, seed: int = 0) -> None:
+    def __init__(
+        self,
+        gpus: Sequence[str],
+        clock: Clock,
+        seed: int = 0,
+        *,
+        driver_uptime_seconds: float = 0.0,
+    ) -> None:
+        if driver_uptime_seconds < 0:
+            raise ValueError(f"driver_uptime_seconds must be >= 0, got {driver_uptime_seconds}")
         unknown = [g for g in gpus if g not in GPU_PROFILES]
         if unknown:
             raise ValueError(
@@ -250,9 +262,8 @@ class SimulatedNvml:
                 created_at=now,
                 last_t=now,
             )
-            # The driver was loaded some days before: the counter starts far from 0.
-            uptime_seconds = rng.uniform(1.0, 30.0) * 86_400.0
-            gpu.counter_base_joules = -profile.idle_watts * uptime_seconds
+            # Energy the counter holds from before the simulation (driver loaded at idle).
+            gpu.counter_base_joules = -profile.idle_watts * driver_uptime_seconds
             gpu.set_power(now, profile.idle_watts)
             self._gpus.append(gpu)
         self._initialised = False

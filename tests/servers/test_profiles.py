@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -214,7 +215,7 @@ def test_unknown_engine_name() -> None:
 
 def test_tgi_tokens_come_only_from_histogram_sums() -> None:
     body = (
-        "tgi_request_input_length_bucket{le=\"+Inf\"} 3\ntgi_request_input_length_sum 30\n"
+        'tgi_request_input_length_bucket{le="+Inf"} 3\ntgi_request_input_length_sum 30\n'
         "tgi_request_input_length_count 3\ntgi_request_generated_tokens_sum 12\n"
     )
     (m,) = read_exposition(body).models
@@ -236,9 +237,7 @@ _counts = st.integers(min_value=0, max_value=10**9)
 
 @st.composite
 def _models(draw: st.DrawFn) -> list[SimModelCounters]:
-    names = draw(
-        st.lists(st.text(min_size=1, max_size=10), min_size=1, max_size=3, unique=True)
-    )
+    names = draw(st.lists(st.text(min_size=1, max_size=10), min_size=1, max_size=3, unique=True))
     out = []
     for name in names:
         prompt = draw(_counts)
@@ -287,9 +286,11 @@ def test_rendered_counters_read_back_exactly(
 
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from(["tgi", "llamacpp", "triton", "dynamo"]), _models())
-def test_rendered_single_rank_engines_read_back(engine: str, models: list[SimModelCounters]) -> None:
+def test_rendered_single_rank_engines_read_back(
+    engine: str, models: list[SimModelCounters]
+) -> None:
     if engine in ("tgi", "llamacpp"):
-        models = [SimModelCounters(**{**_fields(models[0]), "model": ""})]
+        models = [dataclasses.replace(models[0], model="")]
     reading = read_exposition(render_exposition(engine, models, start_time_seconds=START))
     got = {m.model: m for m in reading.models}
     for m in models:
@@ -301,5 +302,40 @@ def test_rendered_single_rank_engines_read_back(engine: str, models: list[SimMod
             assert (r.input_tokens, r.output_tokens) == (m.prompt_tokens, m.generation_tokens)
 
 
-def _fields(m: SimModelCounters) -> dict[str, object]:
-    return {f: getattr(m, f) for f in m.__dataclass_fields__}
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=400),
+        st.lists(
+            st.sampled_from(
+                [
+                    "vllm:prompt_tokens_total",
+                    "sglang:realtime_tokens_total",
+                    "llamacpp:tokens_predicted_total",
+                    "tgi_request_input_length_sum",
+                    "prompt_tokens_total",
+                    '{model_name="m",engine="0",mode="decode",tp_rank="1"}',
+                    '{model="x"}',
+                    " 1\n",
+                    " NaN\n",
+                    " -2\n",
+                    " 1e400\n",
+                    "\n",
+                    "# TYPE ",
+                ]
+            ),
+            max_size=12,
+        ).map(lambda parts: "".join(parts).encode()),
+    ),
+    st.sampled_from(["auto", *ENGINE_NAMES]),
+)
+def test_arbitrary_bodies_read_or_raise_exposition_error(body: bytes, engine: str) -> None:
+    try:
+        reading = read_exposition(body, engine)
+    except ExpositionError as exc:
+        assert str(exc)
+    else:
+        assert reading.engine in ENGINE_NAMES
+        for m in reading.models:
+            for value in (m.input_tokens, m.output_tokens, m.cached_input_tokens):
+                assert value is None or (value >= 0 and value != float("inf"))

@@ -230,9 +230,9 @@ def test_cross_origin_redirect_gets_no_authorization(serve: Serve, tmp_path: Pat
 
 def test_same_origin_redirect_keeps_authorization(serve: Serve, tmp_path: Path) -> None:
     server = serve(
-        lambda path: {"body": VLLM}
-        if path == "/real"
-        else {"status": 307, "headers": {"Location": "/real"}}
+        lambda path: (
+            {"body": VLLM} if path == "/real" else {"status": 307, "headers": {"Location": "/real"}}
+        )
     )
     token_file = tmp_path / "token"
     token_file.write_text("secret")
@@ -274,7 +274,9 @@ def test_one_target_failing_does_not_touch_another(serve: Serve) -> None:
 
 def test_start_time_header_of_llamacpp(serve: Serve) -> None:
     body = (FIXTURES / "llamacpp.prom").read_bytes()
-    server = serve(lambda path: {"body": body, "headers": {"Process-Start-Time-Unix": "1767225600"}})
+    server = serve(
+        lambda path: {"body": body, "headers": {"Process-Start-Time-Unix": "1767225600"}}
+    )
     reading = _scraper(server.url()).scrape()
     assert (reading.engine, reading.start_time_seconds) == ("llamacpp", 1767225600.0)
 

@@ -60,6 +60,7 @@ def bursty_schedule(
     reload_downtime=st.floats(0.0, 30.0),
     lost_gpu=st.integers(0, len(ALL_PROFILES) - 1),
     lost_at=st.floats(0.0, HOUR),
+    driver_uptime=st.sampled_from([0.0, 3 * 86_400.0]),
 )
 def test_energy_counters_over_an_hour(
     seed: int,
@@ -71,9 +72,10 @@ def test_energy_counters_over_an_hour(
     reload_downtime: float,
     lost_gpu: int,
     lost_at: float,
+    driver_uptime: float,
 ) -> None:
     clock = ManualClock(start=0.0)
-    sim = SimulatedNvml(ALL_PROFILES, clock, seed=seed)
+    sim = SimulatedNvml(ALL_PROFILES, clock, seed=seed, driver_uptime_seconds=driver_uptime)
     n = sim.device_count()
     sim.lose_gpu(lost_gpu, at_seconds=lost_at)
     events = bursty_schedule(random.Random(seed), n, mean_burst, mean_gap, peak)

@@ -67,7 +67,7 @@ def test_open_probes_identity_and_capabilities(make_sim: SimFactory) -> None:
 
 
 def test_read_converts_units_at_the_boundary(make_sim: SimFactory, clock: ManualClock) -> None:
-    sim = make_sim(("A100-40GB",))  # GA100: instantaneous power
+    sim = SimulatedNvml(["A100-40GB"], clock, driver_uptime_seconds=3 * 86_400.0)
     sim.set_processes(0, [4242, 4343], used_memory_bytes=8 * 1024**3)
     sim.set_load(0, 0.5)
     backend = NvmlBackend(sim)

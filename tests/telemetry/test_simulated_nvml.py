@@ -71,6 +71,18 @@ def test_power_average_at_start_covers_only_the_time_since_start(
     assert sim.nvmlDeviceGetPowerUsage(h) == 70_000
 
 
+def test_counter_starts_at_zero_or_at_the_driver_uptime(clock: ManualClock) -> None:
+    fresh = SimulatedNvml(["L4"], clock)
+    old = SimulatedNvml(["L4"], clock, driver_uptime_seconds=86_400.0)
+    (h_fresh,) = opened(fresh)
+    (h_old,) = opened(old)
+    clock.advance(10.0)
+    assert fresh.nvmlDeviceGetTotalEnergyConsumption(h_fresh) == 160_000
+    assert fresh.true_energy_joules(0) == 160.0
+    assert old.nvmlDeviceGetTotalEnergyConsumption(h_old) == (86_400 + 10) * 16_000
+    assert old.true_energy_joules(0) == 160.0
+
+
 def test_pre_volta_profile_has_no_energy_counter(make_sim: SimFactory) -> None:
     sim = make_sim(("P100-16GB",))
     (h,) = opened(sim)
@@ -130,7 +142,7 @@ def test_hang_blocks_until_released(make_sim: SimFactory) -> None:
     caller.join(0.2)
     assert caller.is_alive() and results == []
     assert sim.nvmlDeviceGetPowerUsage(h1) == 16_000  # another GPU is not affected
-    assert sim.nvmlDeviceGetTotalEnergyConsumption(h0) > 0  # another function neither
+    assert sim.nvmlDeviceGetTotalEnergyConsumption(h0) >= 0  # another function neither
     sim.release_hangs()
     caller.join(10.0)
     assert results == [16_000]
@@ -175,6 +187,7 @@ BAD_CONTROL = [
         r"unknown GPU profile\(s\) 'H200'; known: H100",
     ),
     (lambda s: s.set_load(0, 1.5), "within 0..1"),
+    (lambda s: SimulatedNvml(["L4"], ManualClock(), driver_uptime_seconds=-1), ">= 0"),
     (lambda s: s.set_load(9, 0.5), "no simulated GPU 9"),
     (lambda s: s.set_not_supported(0, "fan"), "unknown field 'fan'; known: power"),
     (lambda s: s.hang("nvmlDeviceGetFanSpeed", 1.0), "no NVML function"),
