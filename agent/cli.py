@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--listen", default="127.0.0.1:10110", help="ADDR:PORT for /metrics")
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--interval", type=float, default=1.0, help="sampling interval, s")
+    demo.add_argument(
+        "--fault-at", type=float, default=20.0, help="fault scenarios: fault time, s (default 20)"
+    )
+    demo.add_argument(
+        "--recover-after", type=float, default=15.0, help="fault scenarios: fault length, s"
+    )
     demo.add_argument("--truth-file", type=Path, help="write the simulator's truth here at exit")
     demo.add_argument("--config", type=Path, help="optional config file (pricing, sampling...)")
 
@@ -332,6 +338,8 @@ def demo_command(args: argparse.Namespace, log: logging.Logger) -> int:
         interval_seconds=args.interval,
         truth_file=args.truth_file,
         config_file=args.config,
+        fault_at_seconds=args.fault_at,
+        recover_after_seconds=args.recover_after,
         clock=SystemClock(),
         log=log,
         out=sys.stdout,

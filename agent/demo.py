@@ -132,29 +132,46 @@ class LiveView:
             self._live.stop()
 
 
-def _subtract_truth(end: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """Truth since the agent's baseline sample: per-server tokens and energy, unattributed."""
-    servers: dict[str, Any] = {}
-    for name, srv in end["servers"].items():
-        before = base["servers"].get(name, {"energy_joules": 0.0, "models": {}})
-        models = {}
-        for model, counts in srv["models"].items():
-            prior = before["models"].get(model, {"input_tokens": 0, "output_tokens": 0})
-            models[model] = {
-                "input_tokens": counts["input_tokens"] - prior["input_tokens"],
-                "output_tokens": counts["output_tokens"] - prior["output_tokens"],
-            }
-        servers[name] = {
-            **srv,
-            "energy_joules": srv["energy_joules"] - before["energy_joules"],
-            "models": models,
-        }
-    return {
-        **end,
-        "servers": servers,
-        "unattributed_energy_joules": end["unattributed_energy_joules"]
-        - base["unattributed_energy_joules"],
-    }
+class PausableClock:
+    """The simulation's clock: real time that can be held still.
+
+    Holding the simulated world still while the agent takes a sample makes the ground truth
+    and the agent's reading refer to the same instant, so the truth file compares like with
+    like. While paused, ``monotonic`` returns the pause instant; on resume it jumps ahead.
+
+    Args:
+        base: The real clock.
+    """
+
+    def __init__(self, base: Clock) -> None:
+        self._base = base
+        self._paused_at: float | None = None
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        """Real monotonic seconds, or the pause instant while paused."""
+        with self._lock:
+            return self._paused_at if self._paused_at is not None else self._base.monotonic()
+
+    def wall(self) -> float:
+        """Real Unix time, s."""
+        return self._base.wall()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep in real time."""
+        self._base.sleep(seconds)
+
+    def pause(self) -> float:
+        """Hold time still; returns the held instant, s."""
+        with self._lock:
+            if self._paused_at is None:
+                self._paused_at = self._base.monotonic()
+            return self._paused_at
+
+    def resume(self) -> None:
+        """Let time run again."""
+        with self._lock:
+            self._paused_at = None
 
 
 def run_demo(
@@ -166,6 +183,8 @@ def run_demo(
     interval_seconds: float,
     truth_file: Path | None,
     config_file: Path | None,
+    fault_at_seconds: float,
+    recover_after_seconds: float,
     clock: Clock,
     log: logging.Logger,
     out: TextIO,
@@ -182,6 +201,8 @@ def run_demo(
         interval_seconds: Agent sampling interval, s.
         truth_file: Where to write the ground truth at exit, or None.
         config_file: Optional config file for pricing and sampling settings.
+        fault_at_seconds: When a fault scenario's fault happens, s after the start.
+        recover_after_seconds: How long a recoverable fault lasts, s.
         clock: The clock shared by the simulation and the agent.
         log: Logger.
         out: Where the live table goes.
@@ -193,7 +214,14 @@ def run_demo(
     """
     from agent.simulation.world import DemoWorld, demo_servers_config
 
-    world = DemoWorld(scenario, seed, clock)
+    sim_clock = PausableClock(clock)
+    world = DemoWorld(
+        scenario,
+        seed,
+        sim_clock,
+        fault_at_seconds=fault_at_seconds,
+        recover_after_seconds=recover_after_seconds,
+    )
     world.start()
     overrides: dict[str, Any] = {
         "servers": demo_servers_config(world),
@@ -214,15 +242,16 @@ def run_demo(
     try:
         agent.server.start()
         agent.monitor.start()
-        world.step(clock.monotonic())
+        world.step(sim_clock.pause())
         agent.sampler.run_cycle()  # baseline: servers at zero, workload not started
         truth_base = world.truth()
-        started = clock.monotonic()
+        sim_clock.resume()
+        started = sim_clock.monotonic()
         world.begin(started)
 
         def drive() -> None:
             while not driver_stop.is_set():
-                world.step(clock.monotonic())
+                world.step(sim_clock.monotonic())
                 driver_stop.wait(STEP_SECONDS)
 
         driver = threading.Thread(target=drive, name="simulation", daemon=True)
@@ -254,21 +283,25 @@ def run_demo(
         if view is not None:
             view.close()
         if truth_file is not None:
-            _write_truth(truth_file, agent, world, truth_base, clock)
+            _write_truth(truth_file, agent, world, truth_base, sim_clock)
         agent.stop()
         world.stop()
     return 0
 
 
 def _write_truth(
-    path: Path, agent: Any, world: Any, truth_base: dict[str, Any], clock: Clock
+    path: Path, agent: Any, world: Any, truth_base: dict[str, Any], sim_clock: PausableClock
 ) -> None:
     """One last agent sample, then the truth and the agent's exposition of that instant."""
     from prometheus_client import generate_latest
 
-    world.step(clock.monotonic())
+    from agent.simulation.world import truth_delta
+
+    world.step(sim_clock.pause())
     agent.sampler.run_cycle()
-    truth = _subtract_truth(world.truth(), truth_base)
+    end = world.truth()
+    truth = truth_delta(end, truth_base)
+    truth["gpus"] = end["gpus"]
     truth["exposition"] = generate_latest(agent.registry).decode()
     truth["notes"] = (
         "servers and unattributed_energy_joules count from the agent's first (baseline) sample; "
