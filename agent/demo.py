@@ -299,13 +299,11 @@ def _write_truth(
 
     world.step(sim_clock.pause())
     agent.sampler.run_cycle()
-    end = world.truth()
-    truth = truth_delta(end, truth_base)
-    truth["gpus"] = end["gpus"]
+    truth = truth_delta(world.truth(), truth_base)
     truth["exposition"] = generate_latest(agent.registry).decode()
     truth["notes"] = (
-        "servers and unattributed_energy_joules count from the agent's first (baseline) sample; "
-        "gpus[].energy_joules is energy since the simulated driver load, like the NVML counter."
+        "Every number counts from the agent's first (baseline) sample, as the agent's own "
+        "counters do; the world is held still for that sample and for the last one."
     )
     path.write_text(json.dumps(truth, indent=2, sort_keys=True))
 
