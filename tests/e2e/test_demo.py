@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FAULTS = ("gpu-lost", "driver-reload", "server-restart", "server-down", "nvml-hang")
 # nvml-hang holds every NVML call on GPU 0 for 15 s; the run must outlast it.
 DURATION = {"steady": 10.0, "nvml-hang": 20.0}
+DEFAULT_DURATION = 9.0
+INTERVAL = 0.5
 FAULT_AT = 2.0
 RECOVER_AFTER = 4.0
 
@@ -67,14 +69,18 @@ def gauges(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     }
 
 
-def watch(run: DemoRun, proc: subprocess.Popen[str], url_ready: threading.Event, url: list[str]) -> None:
+def watch(
+    run: DemoRun, proc: subprocess.Popen[str], url_ready: threading.Event, url: list[str]
+) -> None:
     """Poll /metrics while the demo runs; record failures, latency and counter decreases."""
     url_ready.wait(60)
     if not url:
         return
+    # Stop polling just before the demo's own end, when it stops its HTTP server on purpose.
+    until = time.monotonic() + DURATION.get(run.scenario, DEFAULT_DURATION) - 0.5
     last: dict[Series, float] = {}
     with httpx.Client(timeout=5.0) as client:
-        while proc.poll() is None:
+        while proc.poll() is None and time.monotonic() < until:
             started = time.monotonic()
             try:
                 response = client.get(url[0])
@@ -104,9 +110,9 @@ def launch(scenario: str, tmp: Path) -> tuple[DemoRun, Iterator[None]]:
     cmd = [
         sys.executable, "-m", "agent", "demo",
         "--scenario", scenario,
-        "--duration", str(DURATION.get(scenario, 9.0)),
+        "--duration", str(DURATION.get(scenario, DEFAULT_DURATION)),
         "--listen", "127.0.0.1:0",
-        "--interval", "0.5",
+        "--interval", str(INTERVAL),
         "--fault-at", str(FAULT_AT),
         "--recover-after", str(RECOVER_AFTER),
         "--truth-file", str(truth_file),
@@ -236,8 +242,15 @@ def test_faults_never_double_count(runs: dict[str, DemoRun], scenario: str) -> N
         for model, counts in srv["models"].items():
             for kind in ("input", "output"):
                 key = (("model", model), ("server", name), ("type", kind))
-                # Tokens survive restarts and outages exactly: nothing lost, nothing doubled.
-                assert tokens[key] == counts[f"{kind}_tokens"], (scenario, name, model, kind)
+                true = counts[f"{kind}_tokens"]
+                if scenario == "server-restart" and name == "vllm":
+                    # Tokens made between the last scrape and the restart are gone from the
+                    # server itself (any scraper loses them); never more than one interval's.
+                    duration = DURATION.get(scenario, DEFAULT_DURATION)
+                    assert true * (1 - (INTERVAL + 0.25) / duration) <= tokens[key] <= true
+                else:
+                    # Outages and lost GPUs lose and double nothing.
+                    assert tokens[key] == true, (scenario, name, model, kind)
     gpu_energy = by_label(text, "tokenergy_gpu_energy_joules_total", "uuid")
     gpus = run.truth["gpus"]
     assert isinstance(gpus, dict)
