@@ -34,6 +34,7 @@ Rerun: ``.venv/bin/python tests/benchmarks/bench_overhead.py [--minutes 10] [--q
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import logging
@@ -103,10 +104,8 @@ def serve(n_servers: int, ranks: int, stdin: IO[str], stdout: IO[str]) -> None:
     def prometheus(url: str, interval: float) -> None:
         with httpx.Client(timeout=10) as client:
             while not stop.wait(interval):
-                try:
+                with contextlib.suppress(httpx.HTTPError):
                     client.get(url, headers={"Accept-Encoding": "gzip"})
-                except httpx.HTTPError:
-                    pass
 
     threading.Thread(target=workload, daemon=True).start()
     stdout.write(json.dumps({"urls": [s.url for s in servers]}) + "\n")
@@ -170,7 +169,7 @@ def make_agent(urls: Sequence[str], gpus: int = GPUS, **sampling: float) -> Agen
             for i, u in enumerate(urls)
         ],
         http=HttpSettings(listen="127.0.0.1:0"),
-        sampling=sampling or {},  # type: ignore[arg-type]
+        sampling=sampling or {},
     )
     log = logging.getLogger("bench_overhead")
     log.setLevel(logging.WARNING)

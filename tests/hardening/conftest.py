@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,6 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 PROMTOOL = shutil.which("promtool")
 
 Labels = frozenset[tuple[str, str]]
-Samples = dict[tuple[str, Labels], float]
 
 
 def fd_count() -> int:
@@ -45,41 +45,42 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def parse_samples(text: str) -> Samples:
-    """Every sample of an exposition as ``(name, labels) -> value``; duplicates fail the test.
+class Samples(dict[tuple[str, Labels], float]):
+    """Every sample of one exposition, ``(name, labels) -> value``."""
 
-    Args:
-        text: Prometheus text format 0.0.4.
+    @classmethod
+    def parse(cls, text: str) -> Samples:
+        """Parse Prometheus text format 0.0.4; a duplicate series fails the test.
 
-    Returns:
-        The samples, keyed by name and label set.
-    """
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = (sample.name, frozenset(sample.labels.items()))
-            assert key not in out, f"duplicate series in the agent's output: {key}"
-            out[key] = sample.value
-    return out
+        Args:
+            text: The exposition.
 
+        Returns:
+            The samples.
+        """
+        out = cls()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                key = (sample.name, frozenset(sample.labels.items()))
+                assert key not in out, f"duplicate series in the agent's output: {key}"
+                out[key] = sample.value
+        return out
 
-def pick(samples: Samples, name: str, **labels: str) -> dict[Labels, float]:
-    """The samples of one metric whose labels include ``labels``."""
-    want = set(labels.items())
-    return {k[1]: v for k, v in samples.items() if k[0] == name and want <= k[1]}
+    def pick(self, name: str, **labels: str) -> dict[Labels, float]:
+        """The samples of one metric whose labels include ``labels``."""
+        want = set(labels.items())
+        return {k[1]: v for k, v in self.items() if k[0] == name and want <= k[1]}
 
+    def value(self, name: str, **labels: str) -> float:
+        """The value of exactly one matching sample."""
+        found = self.pick(name, **labels)
+        assert len(found) == 1, f"{name}{labels}: expected one sample, got {found}"
+        return next(iter(found.values()))
 
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The value of exactly one matching sample."""
-    found = pick(samples, name, **labels)
-    assert len(found) == 1, f"{name}{labels}: expected one sample, got {found}"
-    return next(iter(found.values()))
-
-
-def assert_all_finite(samples: Samples) -> None:
-    """No NaN, no infinity and no NVML sentinel (>= 9e18) anywhere in the output."""
-    bad = {k: v for k, v in samples.items() if not math.isfinite(v) or abs(v) >= 9e18}
-    assert not bad, f"non-finite or sentinel values exported: {bad}"
+    def assert_finite(self) -> None:
+        """No NaN, no infinity and no NVML sentinel (>= 9e18) anywhere in the output."""
+        bad = {k: v for k, v in self.items() if not math.isfinite(v) or abs(v) >= 9e18}
+        assert not bad, f"non-finite or sentinel values exported: {bad}"
 
 
 def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
@@ -127,7 +128,7 @@ class Harness:
         """Scrape /metrics and parse it; the scrape must answer 200."""
         response = self.get()
         assert response.status_code == 200, response.text
-        return parse_samples(response.text)
+        return Samples.parse(response.text)
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -317,3 +318,37 @@ class VllmState:
             body=vllm_body(self.generation, self.prompt),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
+
+
+@dataclass
+class Vllm:
+    """A fake vLLM upstream and its live counters (set ``generation``/``prompt`` freely)."""
+
+    state: VllmState
+    upstream: Upstream
+
+    @property
+    def url(self) -> str:
+        """Its /metrics URL."""
+        return self.upstream.url
+
+
+@pytest.fixture
+def make_vllm(make_upstream: MakeUpstream) -> Callable[..., Vllm]:
+    """Start a fake vLLM: ``make_vllm(generation=0, prompt=0)``."""
+
+    def make(generation: int = 0, prompt: int = 0) -> Vllm:
+        state = VllmState(generation=generation, prompt=prompt)
+        return Vllm(state, make_upstream(state.reply))
+
+    return make
+
+
+@pytest.fixture
+def kit() -> Any:
+    """This module's helpers (``vllm_body``, ``promtool_check``, ``fd_count``, ``PROMTOOL``...).
+
+    Tests run with ``--import-mode=importlib`` and cannot import a conftest, so the helpers
+    travel as a fixture, like the other test folders' ``build`` fixtures.
+    """
+    return sys.modules[__name__]
