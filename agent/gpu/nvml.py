@@ -97,6 +97,12 @@ FIELD_FUNCTIONS: Mapping[str, str] = MappingProxyType(
 )
 """Each field of a reading and the NVML function that reads it (``nvidia-smi`` equivalent)."""
 
+UNSUPPORTED_RETRY_READS = 60
+"""Reads between two tries of a field that became unsupported while reading (1 min at 1 s)."""
+
+RETRIED_FIELDS = frozenset({"utilization", "memory", "power_limit"})
+"""Fields asked again after NOT_SUPPORTED (MIG on/off); energy and power keep their source."""
+
 # Which NVML errors mean what for a monitor (reference gpu-telemetry.md §3.6).
 _UNSUPPORTED = (NVMLError_NotSupported, NVMLError_FunctionNotFound, NVMLError_NoPermission)
 _LOST = (NVMLError_GpuIsLost, NVMLError_Unknown, NVMLError_GpuNotFound, NVMLError_ResetRequired)
@@ -143,6 +149,9 @@ class _Device:
     unsupported: set[str] = field(default_factory=set)
     memory_v2: bool = True
     last_seen_us: int = 0
+    # Fields found unsupported while reading -> reads left before asking again (MIG mode
+    # changes, GPU resets): a figure that comes back is not lost until the agent restarts.
+    retry_in: dict[str, int] = field(default_factory=dict)
 
 
 class NvmlBackend:
@@ -340,9 +349,19 @@ class NvmlBackend:
     # -- reading -------------------------------------------------------------------------
 
     def _field(self, dev: _Device, field_name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the NVML function of one field; None when unsupported (then never again)."""
+        """Call the NVML function of one field; None when unsupported.
+
+        A field unsupported from the probe is never asked again; one that became unsupported
+        while reading is asked again every :data:`UNSUPPORTED_RETRY_READS` reads.
+        """
         if field_name in dev.unsupported:
-            return None
+            left = dev.retry_in.get(field_name)
+            if left is None or left > 1:
+                if left is not None:
+                    dev.retry_in[field_name] = left - 1
+                return None
+            dev.unsupported.discard(field_name)
+            del dev.retry_in[field_name]
         function_name = FIELD_FUNCTIONS[field_name]
         function = getattr(self._nvml, function_name, None)
         if function is None:
@@ -359,6 +378,8 @@ class NvmlBackend:
             return function(*args, **kwargs)
         except _UNSUPPORTED as exc:
             dev.unsupported.add(field_name)
+            if field_name in RETRIED_FIELDS:
+                dev.retry_in[field_name] = UNSUPPORTED_RETRY_READS
             self._log_once(
                 ("unsupported", str(dev.info.index), field_name),
                 logging.INFO,

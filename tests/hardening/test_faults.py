@@ -187,12 +187,6 @@ def test_mig_mode_change_keeps_one_whole_gpu_series(make_agent: MakeAgent) -> No
         samples.assert_finite()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect in agent/gpu/nvml.py: a field that once raised NOT_SUPPORTED is never "
-    "read again, so utilization and memory stay absent after MIG is turned off (until the "
-    "agent restarts); fix: retry such fields every 60 reads",
-)
 def test_utilization_and_memory_come_back_after_mig_is_turned_off(make_agent: MakeAgent) -> None:
     """Case 6, second half: after MIG off, the whole-GPU figures return within a minute."""
     harness = make_agent(gpus=["H100-SXM-80GB"])
