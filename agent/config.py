@@ -78,7 +78,8 @@ class ServerSettings(_Section):
         None,
         description=(
             "GPU indices or UUIDs this server uses; `auto` discovers them from processes; "
-            "omitted with a single server = every GPU the agent sees (sidecar mode)."
+            "omitted with a single server = the GPUs named by the server process's "
+            "NVIDIA_VISIBLE_DEVICES or found by process discovery, else every GPU the agent sees."
         ),
     )
     bearer_token_file: Path | None = Field(
