@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -274,3 +275,19 @@ def test_nvml_hang_of_ten_seconds_delays_no_scrape(runs: dict[str, DemoRun]) -> 
     # The hang starts at FAULT_AT and lasts 15 s; /metrics was fetched throughout it.
     assert run.fetches >= 40
     assert run.slowest_seconds < 1.0
+
+
+def test_demo_exposition_passes_promtool(runs: dict[str, DemoRun]) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus; .ci/run installs it)")
+    for scenario in ("steady", "server-down", "gpu-lost"):
+        result = subprocess.run(
+            [promtool, "check", "metrics"],
+            input=exposition(runs[scenario]),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, (scenario, result.stdout, result.stderr)
+        assert result.stdout.strip() == "" and result.stderr.strip() == "", scenario
