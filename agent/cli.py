@@ -163,6 +163,7 @@ class Agent:
         """Start HTTP first (so /healthz answers during a slow NVML init), then sampling."""
         self.server.start()
         self.monitor.start()
+        self.sampler.run_cycle()
         self.sampler.start()
 
     def stop(self) -> None:
@@ -299,7 +300,7 @@ def _log_start(agent: Agent, log: logging.Logger) -> None:
     """One line at start: what was found (GPUs, servers and the map between them)."""
     from agent.discovery import Discovery, describe_mapping
 
-    snap = agent.sampler.run_cycle()
+    snap = agent.sampler.snapshot() or agent.sampler.run_cycle()
     mapping = agent.sampler.mapping()
     gpus = ", ".join(
         f"{g.device.index}:{g.device.name}({g.device.energy_source})" for g in snap.gpus

@@ -192,7 +192,7 @@ class Sampler:
     # -- the loop ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the loop thread (the first cycle runs at once)."""
+        """Start the loop thread; the first cycle runs at once unless one already ran."""
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
         self._thread.start()
 
@@ -212,7 +212,11 @@ class Sampler:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
-        next_cycle = self._clock.monotonic()
+        # A cycle run by hand before start() (the start-up log line) counts as the first one.
+        done = self._snapshot
+        next_cycle = (
+            self._clock.monotonic() if done is None else done.taken_at_seconds + self._interval
+        )
         next_gpu = next_cycle + self._gpu_interval
         while not self._stop.is_set():
             now = self._clock.monotonic()
@@ -351,9 +355,7 @@ class Sampler:
                 self._log.warning(warning)
         previous = self._mapping
         if previous is None or _normalise(previous.assignment) != _normalise(found.assignment):
-            self._log.info(
-                "GPU-to-server map", extra={"mapping": describe_mapping(found, gpus)}
-            )
+            self._log.info("GPU-to-server map", extra={"mapping": describe_mapping(found, gpus)})
         self._mapping = found
 
     @staticmethod
