@@ -202,8 +202,10 @@ def _cycle(
             name=n,
             up=True,
             reading=ServerReading(
-                engine="sim", models=(TokenReading(model=models[n], input_tokens=0.0,
-                                                   output_tokens=float(tokens[n])),)
+                engine="sim",
+                models=(
+                    TokenReading(model=models[n], input_tokens=0.0, output_tokens=float(tokens[n])),
+                ),
             ),
         )
         for n in tokens
@@ -293,8 +295,9 @@ def summarise(runs: Sequence[Run]) -> list[Row]:
         for method, errs in zip(METHODS, pooled, strict=True):
             if errs:
                 absolute = [abs(e) for e in errs]
-                rows.append(Row(method, window, len(errs), statistics.fmean(absolute),
-                                max(absolute)))
+                rows.append(
+                    Row(method, window, len(errs), statistics.fmean(absolute), max(absolute))
+                )
     return rows
 
 

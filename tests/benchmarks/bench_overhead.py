@@ -86,8 +86,13 @@ def serve(n_servers: int, ranks: int, stdin: IO[str], stdout: IO[str]) -> None:
         for i in range(n_servers)
     ]
     for s in servers:
-        s.advance(MODEL, prompt_tokens=50_000_000, generation_tokens=9_000_000,
-                  cached_prompt_tokens=20_000_000, requests_finished=80_000)
+        s.advance(
+            MODEL,
+            prompt_tokens=50_000_000,
+            generation_tokens=9_000_000,
+            cached_prompt_tokens=20_000_000,
+            requests_finished=80_000,
+        )
         s.start()
     stop = threading.Event()
 
@@ -96,10 +101,16 @@ def serve(n_servers: int, ranks: int, stdin: IO[str], stdout: IO[str]) -> None:
         while not stop.wait(1.0):
             for s in servers:
                 out = rng.randint(1_000, 4_000)
-                s.advance(MODEL, prompt_tokens=4 * out, generation_tokens=out,
-                          cached_prompt_tokens=out, requests_finished=out // 400,
-                          requests_running=rng.randint(20, 120), requests_waiting=rng.randint(0, 9),
-                          kv_cache_usage=rng.uniform(0.3, 0.9))
+                s.advance(
+                    MODEL,
+                    prompt_tokens=4 * out,
+                    generation_tokens=out,
+                    cached_prompt_tokens=out,
+                    requests_finished=out // 400,
+                    requests_running=rng.randint(20, 120),
+                    requests_waiting=rng.randint(0, 9),
+                    kv_cache_usage=rng.uniform(0.3, 0.9),
+                )
 
     def prometheus(url: str, interval: float) -> None:
         with httpx.Client(timeout=10) as client:
@@ -309,8 +320,11 @@ def run_loop(
             )
             rows.append(row)
             if out is not None:
-                print(f"  t={row.t_s:6.0f} s  RSS {row.rss_mb:6.1f} MB  CPU "
-                      f"{row.cpu_percent:5.2f} %", file=out, flush=True)
+                print(
+                    f"  t={row.t_s:6.0f} s  RSS {row.rss_mb:6.1f} MB  CPU {row.cpu_percent:5.2f} %",
+                    file=out,
+                    flush=True,
+                )
             last_t, last_cpu = now, cpu
     finally:
         agent.sampler.stop()
@@ -335,17 +349,25 @@ def report(
     """The printed tables."""
     lines: list[str] = []
     add = lines.append
-    add(f"tokenergy agent overhead: {GPUS} simulated H100 + {GPUS} vLLM V1 servers x {RANKS} "
-        f"DP engines ({vllm_body_bytes / 1e6:.2f} MB each), servers in a child process")
+    add(
+        f"tokenergy agent overhead: {GPUS} simulated H100 + {GPUS} vLLM V1 servers x {RANKS} "
+        f"DP engines ({vllm_body_bytes / 1e6:.2f} MB each), servers in a child process"
+    )
     add(f"host: {psutil.cpu_count()} logical cores shared with other jobs; CPU = process time")
     add("")
     add(f"{'per-cycle CPU':<46}{'tokenergy':>12}{'naive':>12}{'naive/tok':>11}")
-    add(f"{'CPU per cycle, 8 scrapes + GPU poll (ms)':<46}{costs.cycle_s * 1e3:>12.2f}"
-        f"{costs.naive_cycle_s * 1e3:>12.2f}{_ratio(costs.naive_cycle_s, costs.cycle_s):>11}")
-    add(f"{'CPU per GPU poll, 8 GPUs (ms)':<46}{costs.gpu_poll_s * 1e3:>12.2f}"
-        f"{costs.gpu_poll_s * 1e3:>12.2f}{'1.00x':>11}")
-    add(f"{'CPU per /metrics render (ms, every 15 s)':<46}{costs.render_s * 1e3:>12.2f}"
-        f"{costs.render_s * 1e3:>12.2f}{'1.00x':>11}")
+    add(
+        f"{'CPU per cycle, 8 scrapes + GPU poll (ms)':<46}{costs.cycle_s * 1e3:>12.2f}"
+        f"{costs.naive_cycle_s * 1e3:>12.2f}{_ratio(costs.naive_cycle_s, costs.cycle_s):>11}"
+    )
+    add(
+        f"{'CPU per GPU poll, 8 GPUs (ms)':<46}{costs.gpu_poll_s * 1e3:>12.2f}"
+        f"{costs.gpu_poll_s * 1e3:>12.2f}{'1.00x':>11}"
+    )
+    add(
+        f"{'CPU per /metrics render (ms, every 15 s)':<46}{costs.render_s * 1e3:>12.2f}"
+        f"{costs.render_s * 1e3:>12.2f}{'1.00x':>11}"
+    )
     for interval in (costs.interval_s, 1.0):
         ours = costs.core_percent(costs.cycle_s, interval)
         naive = costs.core_percent(costs.naive_cycle_s, interval)
@@ -354,8 +376,10 @@ def report(
     add("naive = same GPU poll, bodies fetched with httpx and parsed by prometheus_client")
     add("")
     target_ok = costs.core_percent(costs.cycle_s, costs.interval_s) < TARGET_CORE_PERCENT
-    add(f"target < {TARGET_CORE_PERCENT:g} % of one core at the defaults (estimate): "
-        f"{'MET' if target_ok else 'MISSED'}")
+    add(
+        f"target < {TARGET_CORE_PERCENT:g} % of one core at the defaults (estimate): "
+        f"{'MET' if target_ok else 'MISSED'}"
+    )
     add("")
     add(f"real loop, {minutes:g} min (agent.start(); Prometheus stand-in scrapes every 15 s)")
     add(f"{'t (s)':>8}{'RSS (MB)':>12}{'CPU % core':>12}")
@@ -366,19 +390,25 @@ def report(
         mean_cpu = statistics.fmean(r.cpu_percent for r in loop)
         peak_rss = max(r.rss_mb for r in loop)
         growth = loop[-1].rss_mb - loop[0].rss_mb
-        add(f"mean CPU {mean_cpu:.3f} % of one core (target < {TARGET_CORE_PERCENT:g} %: "
+        add(
+            f"mean CPU {mean_cpu:.3f} % of one core (target < {TARGET_CORE_PERCENT:g} %: "
             f"{'MET' if mean_cpu < TARGET_CORE_PERCENT else 'MISSED'}); "
             f"peak RSS {peak_rss:.1f} MB (target < {TARGET_RSS_MB:g} MB: "
             f"{'MET' if peak_rss < TARGET_RSS_MB else 'MISSED'}); "
             f"RSS first->last period {growth:+.1f} MB; "
-            f"ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MB")
+            f"ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MB"
+        )
     add("")
-    add(f"{'/metrics encoding':<26}{'ms':>8}{'bytes':>10}{'gzip':>9}"
-        f"{'vLLM body':>11}{'vLLM/ours':>11}")
+    add(
+        f"{'/metrics encoding':<26}{'ms':>8}{'bytes':>10}{'gzip':>9}"
+        f"{'vLLM body':>11}{'vLLM/ours':>11}"
+    )
     for r in renders:
         sent = r.gzip_bytes or r.plain_bytes
-        add(f"{r.name:<26}{r.ms:>8.2f}{r.plain_bytes:>10,}{r.gzip_bytes or '-':>9}"
-            f"{vllm_body_bytes:>11,}{_ratio(vllm_body_bytes, sent):>11}")
+        add(
+            f"{r.name:<26}{r.ms:>8.2f}{r.plain_bytes:>10,}{r.gzip_bytes or '-':>9}"
+            f"{vllm_body_bytes:>11,}{_ratio(vllm_body_bytes, sent):>11}"
+        )
     add("")
     add("rerun: .venv/bin/python tests/benchmarks/bench_overhead.py [--minutes 10] [--quick]")
     return "\n".join(lines)
@@ -395,8 +425,9 @@ def run(minutes: float, every_seconds: float, cycles: int, out: IO[str] | None) 
         try:
             costs = measure_cycles(agent, servers.urls, cycles)
             renders = measure_render(agent.registry, max(3, cycles))
-            servers.scrape_agent(f"http://127.0.0.1:{agent.port}/metrics",
-                                 PROMETHEUS_INTERVAL_SECONDS)
+            servers.scrape_agent(
+                f"http://127.0.0.1:{agent.port}/metrics", PROMETHEUS_INTERVAL_SECONDS
+            )
             loop = run_loop(agent, minutes * 60.0, every_seconds, out)
         finally:
             agent.stop()

@@ -79,9 +79,16 @@ def measure(ranks: int, n: int) -> Cost:
     """Scrape a simulated vLLM with ``ranks`` engines ``n`` times; server CPU per scrape."""
     clock = SystemClock()
     server = SimulatedServer("vllm", "vllm", [MODEL], wall=clock.wall, ranks=ranks)
-    server.advance(MODEL, prompt_tokens=123_456_789, generation_tokens=23_456_789,
-                   cached_prompt_tokens=40_000_000, requests_finished=456_789,
-                   requests_running=120, requests_waiting=4, kv_cache_usage=0.62)
+    server.advance(
+        MODEL,
+        prompt_tokens=123_456_789,
+        generation_tokens=23_456_789,
+        cached_prompt_tokens=40_000_000,
+        requests_finished=456_789,
+        requests_running=120,
+        requests_waiting=4,
+        kv_cache_usage=0.62,
+    )
     server.start()
     scrape = ScrapeSettings()
     client = make_client(scrape)
@@ -117,12 +124,16 @@ def measure(ranks: int, n: int) -> Cost:
 def table(costs: Sequence[Cost], n: int) -> str:
     """The printed tables."""
     lines = [f"server-side CPU per /metrics scrape of a simulated vLLM V1, {n} scrapes each", ""]
-    lines.append(f"{'engines':>8}{'body':>11}{'sim handler':>13}{'sim render':>12}"
-                 f"{'client_python':>15}{'gzip -6':>9}   (ms of CPU per scrape)")
+    lines.append(
+        f"{'engines':>8}{'body':>11}{'sim handler':>13}{'sim render':>12}"
+        f"{'client_python':>15}{'gzip -6':>9}   (ms of CPU per scrape)"
+    )
     for c in costs:
-        lines.append(f"{c.ranks:>8}{c.body_bytes:>11,}{c.handler_s * 1e3:>13.2f}"
-                     f"{c.render_s * 1e3:>12.2f}{c.client_python_render_s * 1e3:>15.2f}"
-                     f"{c.gzip_s * 1e3:>9.2f}")
+        lines.append(
+            f"{c.ranks:>8}{c.body_bytes:>11,}{c.handler_s * 1e3:>13.2f}"
+            f"{c.render_s * 1e3:>12.2f}{c.client_python_render_s * 1e3:>15.2f}"
+            f"{c.gzip_s * 1e3:>9.2f}"
+        )
     lines += ["", "% of one core of the server process = CPU per scrape / interval"]
     head = f"{'engines':>8}  {'scraper':<24}{'sim':>9}{'real-ish':>10}{'vs Prom 15 s':>14}"
     lines.append(head)
