@@ -19,7 +19,13 @@ import pytest
 
 from agent.clock import ManualClock
 from agent.config import ScrapeSettings, ServerSettings
-from agent.servers.scraper import ACCEPT, ScrapeError, ServerScraper, make_client
+from agent.servers.scraper import (
+    ACCEPT,
+    ScrapeError,
+    ServerScraper,
+    accept_encoding,
+    make_client,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VLLM = (FIXTURES / "vllm_v1.prom").read_bytes()
@@ -62,7 +68,26 @@ def test_reads_a_gzip_body(serve: Serve) -> None:
         lambda path: {"body": gzip.compress(VLLM), "headers": {"Content-Encoding": "gzip"}}
     )
     assert _scraper(server.url()).scrape().models[0].output_tokens == 456_789
-    assert "gzip" in server.seen[0].headers["accept-encoding"]
+    # On loopback the agent asks for no compression (it costs the server CPU for nothing),
+    # yet a server that compresses anyway is still read.
+    assert server.seen[0].headers["accept-encoding"] == "identity"
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", "identity"),
+        ("127.3.2.1", "identity"),
+        ("::1", "identity"),
+        ("[::1]", "identity"),
+        ("localhost", "identity"),
+        ("10.0.0.7", "gzip"),
+        ("vllm.default.svc", "gzip"),
+        ("2001:db8::1", "gzip"),
+    ],
+)
+def test_compression_is_asked_only_of_remote_targets(host: str, expected: str) -> None:
+    assert accept_encoding(host) == expected
 
 
 def test_truncated_gzip_is_a_parse_error(serve: Serve) -> None:
