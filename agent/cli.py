@@ -21,6 +21,7 @@ from agent import __version__
 from agent.clock import Clock, SystemClock
 from agent.config import ENGINES, ConfigError, Settings, load_settings, split_listen
 from agent.readings import PricingInfo
+from exporters.webconfig import WebConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.lines:
             print(f"  {line}", file=sys.stderr)
         return 2
+    except WebConfigError as exc:
+        print(f"tokenergy: invalid web config {exc.path}:", file=sys.stderr)
+        for line in exc.lines:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A port in use or a file that cannot be read: one line, no traceback.
+        print(f"tokenergy: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 2
