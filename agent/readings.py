@@ -13,6 +13,10 @@ from typing import Literal
 EnergySource = Literal["counter", "integrated"]
 """Where a GPU's energy comes from: the NVML energy counter, or power integrated over time."""
 
+CounterKind = Literal["input", "output", "cached", "prefill_seconds", "decode_seconds"]
+"""The upstream counters the agent tracks per model: prompt, generated and cached prompt tokens,
+and the cumulative time requests spent in prefill and in decode, s."""
+
 
 @dataclass(frozen=True, slots=True)
 class GpuDevice:
@@ -98,6 +102,25 @@ class GpuStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CounterSeries:
+    """One raw upstream counter series behind a :class:`TokenReading` field.
+
+    Upstream counters reset per series (one data-parallel rank restarts, one label set is
+    recreated), so reset detection must work on each series, never on their sum.
+
+    Attributes:
+        kind: Which field of the reading this series adds to.
+        key: Stable identity of the series within its model and kind: the sample name and its
+            labels other than the model label, e.g. ``vllm:prompt_tokens_total{engine="3"}``.
+        value: The series' cumulative value (tokens, or seconds for the phase-time kinds).
+    """
+
+    kind: CounterKind
+    key: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
 class TokenReading:
     """Normalized token counters and load gauges of one model on one server.
 
@@ -112,6 +135,11 @@ class TokenReading:
         requests_running: Requests currently running (gauge).
         requests_waiting: Requests currently queued (gauge).
         kv_cache_usage_ratio: KV-cache usage, 0..1 (gauge).
+        prefill_seconds: Cumulative time requests spent in prefill, s (vLLM's
+            ``request_prefill_time_seconds_sum``, llama.cpp's ``prompt_seconds_total``).
+        decode_seconds: Cumulative time requests spent in decode, s.
+        series: The raw counter series that add up to the counter fields above; empty when
+            each field is a single series (then the field itself is the series).
     """
 
     model: str
@@ -121,6 +149,9 @@ class TokenReading:
     requests_running: float | None = None
     requests_waiting: float | None = None
     kv_cache_usage_ratio: float | None = None
+    prefill_seconds: float | None = None
+    decode_seconds: float | None = None
+    series: tuple[CounterSeries, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
