@@ -239,6 +239,12 @@ class Totals:
 
     responses: list[Usage] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        return (
+            f"Totals({len(self.responses)} responses: input={self.input} "
+            f"computed={self.computed} cached={self.cached} output={self.output})"
+        )
+
     @property
     def input(self) -> int:
         """All prompt tokens: computed + cached."""
@@ -260,11 +266,20 @@ class Totals:
         return sum(u.output for u in self.responses)
 
 
-def workload(server: LlamaServer, requests: int, totals: Totals, offset: int = 0) -> Totals:
+def workload(
+    server: LlamaServer, requests: int, totals: Totals, offset: int = 0, pause: float = 0.0
+) -> Totals:
     """Send ``requests`` completions that share a prefix and repeat prompts; add to ``totals``.
 
     Every third request goes through /v1/completions; every fourth repeats the previous
     prompt exactly (a near-full cache hit); output lengths vary from 2 to 6 tokens.
+
+    Args:
+        server: The llama-server to send to.
+        requests: How many completions.
+        totals: Where each response's counts are appended.
+        offset: Index of the first request (varies prompts and lengths between batches).
+        pause: Seconds between requests.
     """
     prompt = PREFIX
     for i in range(offset, offset + requests):
@@ -272,6 +287,8 @@ def workload(server: LlamaServer, requests: int, totals: Totals, offset: int = 0
             prompt = f"{PREFIX}Tell me about {TOPICS[i % len(TOPICS)]} number {i}."
         body = server.complete(prompt, n_predict=2 + i % 5, openai=i % 3 == 2)
         totals.responses.append(Usage.of(body))
+        if pause:
+            time.sleep(pause)
     return totals
 
 
