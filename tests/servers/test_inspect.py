@@ -25,26 +25,51 @@ def _run(
     return code, out.getvalue(), err.getvalue()
 
 
-def test_json_of_a_file() -> None:
+def test_json_of_a_file_carries_what_the_table_shows() -> None:
     code, out, err = _run(str(FIXTURES / "vllm_v1.prom"), as_json=True)
     assert (code, err) == (0, "")
-    assert json.loads(out) == {
-        "engine": "vllm",
-        "models": {
-            LLAMA: {"input_tokens": 1234567, "output_tokens": 456789, "cached_input_tokens": 200000}
-        },
+    document = json.loads(out)
+    assert document["engine"] == "vllm"
+    assert document["start_time_seconds"] == 1767225600
+    assert document["token_counters"] is True
+    assert document["warnings"] == []
+    model = document["models"][LLAMA]
+    assert model == {
+        "input_tokens": 1234567,
+        "output_tokens": 456789,
+        "cached_input_tokens": 200000,
+        "requests_running": 7,
+        "requests_waiting": 3,
+        "kv_cache_usage_ratio": 0.42,
+        "prefill_seconds": model["prefill_seconds"],
+        "decode_seconds": model["decode_seconds"],
     }
+    assert model["prefill_seconds"] > 0 and model["decode_seconds"] > 0
 
 
 def test_json_without_model_label_and_unexposed_fields() -> None:
     code, out, _ = _run(str(FIXTURES / "llamacpp.prom"), as_json=True)
     assert code == 0
-    assert json.loads(out) == {
-        "engine": "llamacpp",
-        "models": {
-            "": {"input_tokens": 1843390, "output_tokens": 290363, "cached_input_tokens": None}
-        },
+    document = json.loads(out)
+    assert document["start_time_seconds"] is None  # a file has no start-time header
+    assert document["models"] == {
+        "": {
+            "input_tokens": 1843390,
+            "output_tokens": 290363,
+            "cached_input_tokens": None,
+            "requests_running": 1,
+            "requests_waiting": 0,
+            "kv_cache_usage_ratio": None,
+            "prefill_seconds": 737.358,
+            "decode_seconds": 6452.51,
+        }
     }
+
+
+def test_json_carries_the_parser_warnings() -> None:
+    code, out, _ = _run(str(FIXTURES / "vllm_duplicates.prom"), as_json=True)
+    assert code == 0
+    assert json.loads(out)["warnings"] == ["2 duplicate series dropped (the first one is kept)"]
 
 
 def test_table_of_stdin() -> None:
@@ -66,7 +91,7 @@ def test_table_shows_missing_model_label_start_time_and_warnings() -> None:
     code, out, _ = _run(str(FIXTURES / "tgi.prom"))
     assert "(no model label)" in out
     code, out, _ = _run(str(FIXTURES / "nim.prom"))
-    assert "server start: 1767225600 (Unix s)" in out
+    assert "server start: 2026-01-01T00:00:00Z (1767225600 Unix s)" in out
 
 
 def test_control_characters_in_model_names_are_escaped() -> None:

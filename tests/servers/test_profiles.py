@@ -32,6 +32,11 @@ def _read(name: str, engine: str = "auto") -> tuple[str, dict[str, TokenReading]
     return reading.engine, {m.model: m for m in reading.models}, reading.start_time_seconds
 
 
+def _core(m: TokenReading) -> TokenReading:
+    """The token and gauge fields only (phase times and raw series are tested on their own)."""
+    return dataclasses.replace(m, prefill_seconds=None, decode_seconds=None, series=())
+
+
 def _tr(
     model: str,
     inp: float | None,
@@ -75,7 +80,7 @@ def test_realistic_exposition_of_every_engine(
 ) -> None:
     found, models, start_time = _read(fixture)
     assert found == engine
-    assert sorted(models.values(), key=lambda m: m.model) == expected
+    assert [_core(m) for m in sorted(models.values(), key=lambda m: m.model)] == expected
     assert start_time == start
     # An explicit engine reads the same thing.
     assert _read(fixture, engine)[1] == models
@@ -158,10 +163,15 @@ def test_sglang_priority_totals_and_tensor_parallel_ranks() -> None:
     assert models["q"].input_tokens == 500
 
 
-def test_fresh_sglang_reads_zero_tokens_not_unknown() -> None:
-    engine, models, _ = _read("sglang_fresh.prom")
-    assert engine == "sglang"
-    assert models["q"] == _tr("q", 0, 0, 0, 0, None, 0)
+def test_fresh_sglang_reads_unknown_tokens_not_zero() -> None:
+    # Was 0 / 0 / 0 ("lazy" engines): a server that exposes no token series yet is unknown.
+    result = read_exposition_detailed((FIXTURES / "sglang_fresh.prom").read_bytes())
+    assert result.reading.engine == "sglang"
+    (m,) = result.reading.models
+    assert _core(m) == _tr("q", None, None, None, 0, None, 0)
+    assert m.series == ()
+    assert not result.has_token_counters
+    assert result.warnings[-1].startswith("no token counters: none of sglang:realtime_tokens")
 
 
 @pytest.mark.parametrize(
