@@ -512,15 +512,13 @@ class ExpositionResult:
         reading: The normalized reading.
         warnings: Values dropped and why (NaN counters, duplicate series...), and a
             ``no token counters`` warning when the server exposes none.
+        has_token_counters: False when the server exposes no input and no output token
+            counter at all (every token field is None).
     """
 
     reading: ServerReading
     warnings: tuple[str, ...] = ()
-
-    @property
-    def has_token_counters(self) -> bool:
-        """False when the server exposes no input and no output token counter at all."""
-        return not any(w.startswith(NO_TOKEN_COUNTERS) for w in self.warnings)
+    has_token_counters: bool = True
 
 
 def _looked_for(profiles: Iterable[EngineProfile]) -> str:
@@ -906,7 +904,8 @@ def interpret(exp: Exposition, profile: EngineProfile) -> ExpositionResult:
     models = dict.fromkeys([*(m for c in counters for m in c.values), *running, *waiting, *kv])
     if not profile.model_labels and not models:
         models[""] = None  # an unlabelled server serves one model, named ""
-    if not (inputs.exposed or outputs.exposed):
+    has_tokens = inputs.exposed or outputs.exposed
+    if not has_tokens:
         warnings.append(_no_tokens_warning(profile))
 
     readings = tuple(
@@ -927,4 +926,4 @@ def interpret(exp: Exposition, profile: EngineProfile) -> ExpositionResult:
     reading = ServerReading(
         engine=profile.name, models=readings, start_time_seconds=_start_time(exp, profile)
     )
-    return ExpositionResult(reading=reading, warnings=tuple(warnings))
+    return ExpositionResult(reading, tuple(warnings), has_tokens)
