@@ -292,6 +292,16 @@ def test_rendered_counters_read_back_exactly(
             assert r.cached_input_tokens is None
         else:
             assert r.cached_input_tokens == m.cached_prompt_tokens
+        # The raw series add up to their fields, one key per rank and family.
+        for kind, value in (
+            ("input", r.input_tokens),
+            ("output", r.output_tokens),
+            ("cached", r.cached_input_tokens),
+        ):
+            listed = [s for s in r.series if s.kind == kind]
+            assert len({s.key for s in listed}) == len(listed)
+            assert bool(listed) == (value is not None)
+            assert sum(s.value for s in listed) == (value or 0)
 
 
 @settings(max_examples=60, deadline=None)
