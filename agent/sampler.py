@@ -387,7 +387,9 @@ def _start_scrape(name: str, scraper: ServerSource) -> Future[ServerReading]:
         try:
             future.set_result(scraper.scrape())
         except BaseException as exc:  # delivered to the sampler, which classifies it
-            future.set_exception(exc)
+            # Without its traceback: the frames (this one holds the future, a cycle) would
+            # keep a failed scrape's buffers, up to max_body_bytes, alive until a GC pass.
+            future.set_exception(exc.with_traceback(None))
 
     threading.Thread(target=run, name=f"scrape-{name}", daemon=True).start()
     return future
