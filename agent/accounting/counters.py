@@ -12,10 +12,12 @@ Policy (the rules the ledger relies on):
   where a reading lists no series for a kind, the field itself is one series keyed by its kind.
   Nothing is ever tested on a sum.
 - **First sight is a baseline.** The first successful reading of a server holds history from
-  before the agent watched it: recorded as bases, *not* counted. A model or series that first
-  appears on a server already seen is new while the agent watches and counts from zero, unless
-  the agent has forgotten or refused something of that server (a model expired or over the
-  cap): it cannot tell such a series from one it forgot, so it takes a baseline.
+  before the agent watched it: recorded as bases, *not* counted. A series of such a model that
+  shows up later (a rank missing from the first scrape) may hold that history too and is a
+  baseline as well. A model that first appears on a server already seen is new while the
+  agent watches: all its series count from zero, unless the agent has forgotten or refused a
+  model of that server (expired or over the cap): it cannot tell such a model from one it
+  forgot, so it takes a baseline.
 - **Reset.** A series lower than its base was reset (that series only, Prometheus ``rate()``
   semantics): its raw value is counted. Tokens made between the last scrape and the reset are
   lost at the server and are not guessed.
@@ -31,9 +33,11 @@ Policy (the rules the ledger relies on):
 - **Glitch guard.** An increase larger than the ceiling for its interval (tokens per second per
   GPU, or phase seconds per second per GPU, times the seconds since the series was last read,
   at least 1 s) is not counted and is reported as ``implausible``. The base stays on the last
-  good value, so a lone absurd sample changes nothing; if the next value stays at the new level
-  (at or above the absurd one, with a plausible increase), the series is rebased there and
-  counts normally from it.
+  good value, so a lone absurd sample changes nothing; if the next value keeps counting from
+  the new level (above the absurd one, by a plausible increase), the series is rebased there
+  and counts normally from it.
+- **Impossible baseline.** A baseline above the ceiling rate times ``MAX_UPTIME_SECONDS`` is
+  not taken (reported ``implausible``); the series takes its baseline from a later reading.
 - **Not a number.** A raw value that is None, negative, NaN or infinite is "not known": the
   series counts nothing and keeps its base.
 - **Cardinality.** At most ``max_models_per_server`` models and ``max_series_per_model`` series
@@ -70,6 +74,10 @@ TOKEN_KINDS: frozenset[CounterKind] = frozenset({"input", "output", "cached"})
 
 OTHER_MODEL = "_other"
 """The model label that holds the totals of models the agent no longer tracks (expired)."""
+
+MAX_UPTIME_SECONDS = 1e8
+"""Longest a server process is taken to live, s (about 3 years): a baseline above the ceiling
+rate times this is impossible and is not taken."""
 
 MIN_GUARD_INTERVAL_SECONDS = 1.0
 """Shortest interval the glitch ceiling is computed over, s: scrape timing jitter must never
@@ -165,8 +173,9 @@ class _Series:
 @dataclass(slots=True)
 class _Model:
     last_seen: float
-    # Admitted after the server forgot or refused something: its new series may hold
-    # history from before, so each is a baseline.
+    # Admitted at first sight or after the server forgot or refused something: a series it
+    # shows later may hold history from before the agent watched it, so each is a baseline.
+    # A model first seen later is new while watched: every series of it counts from zero.
     baselines: bool
     series: dict[tuple[CounterKind, str], _Series] = field(default_factory=dict)
 
@@ -258,7 +267,7 @@ class TokenCounters:
             state = _ServerState(start_time_seconds=reading.start_time_seconds)
             self._servers[name] = state
         retired = self._expire(state, present, t, events)
-        tracked = self._admit(state, present, t, events)
+        tracked = self._admit(state, present, first, t, events)
         dropped = False
         deltas: dict[str, TokenDelta] = {}
         for model in tracked:
@@ -302,6 +311,7 @@ class TokenCounters:
         self,
         state: _ServerState,
         present: dict[str, TokenReading],
+        first: bool,
         t: float,
         events: _Events,
     ) -> list[str]:
@@ -317,7 +327,7 @@ class TokenCounters:
                 state.forgetful = True
                 events.drop("too_many_models", model)
                 continue
-            state.models[model] = _Model(last_seen=t, baselines=state.forgetful)
+            state.models[model] = _Model(last_seen=t, baselines=first or state.forgetful)
             tracked.append(model)
         return tracked
 
@@ -344,8 +354,15 @@ class TokenCounters:
                     state.forgetful = True
                     events.drop("too_many_series", model, f"{kind}:{key}")
                     continue
-                # A series first seen on a watched server starts from zero (a new rank).
                 baseline = first or entry.baselines
+                if baseline and raw > self._rate(kind) * gpus * MAX_UPTIME_SECONDS:
+                    events.add(
+                        "implausible",
+                        model=model,
+                        series=f"{kind}:{key}",
+                        detail=f"baseline {raw:.6g} is more than a lifetime can hold; not used",
+                    )
+                    continue
                 base = raw if baseline else 0.0
                 series = _Series(base=base, t=t)
                 entry.series[(kind, key)] = series
@@ -377,12 +394,7 @@ class TokenCounters:
         events: _Events,
     ) -> tuple[float, bool]:
         """Count one series' new value; returns (counted, was a reset)."""
-        rate = (
-            self._limits.max_tokens_per_second_per_gpu
-            if kind in TOKEN_KINDS
-            else self._limits.max_phase_seconds_per_second_per_gpu
-        )
-        ceiling = rate * gpus * max(t - series.t, MIN_GUARD_INTERVAL_SECONDS)
+        ceiling = self._rate(kind) * gpus * max(t - series.t, MIN_GUARD_INTERVAL_SECONDS)
         reset = raw < series.base
         increase = raw if reset else raw - series.base
         if increase <= ceiling:
@@ -396,8 +408,8 @@ class TokenCounters:
             series.base, series.t, series.refused = raw, t, None
             return increase, reset
         refused = series.refused
-        if refused is not None and refused <= raw and raw - refused <= ceiling:
-            # The counter stayed at the level it jumped to: count from there on.
+        if refused is not None and refused < raw and raw - refused <= ceiling:
+            # The counter kept counting from the level it jumped to: count from there on.
             series.base, series.t, series.refused = raw, t, None
             return raw - refused, False
         events.add(
@@ -412,6 +424,11 @@ class TokenCounters:
         )
         series.refused = raw
         return 0.0, False
+
+    def _rate(self, kind: CounterKind) -> float:
+        if kind in TOKEN_KINDS:
+            return self._limits.max_tokens_per_second_per_gpu
+        return self._limits.max_phase_seconds_per_second_per_gpu
 
     def _start_time_moved(self, state: _ServerState, start: float | None) -> bool:
         if start is None or not math.isfinite(start):
