@@ -23,11 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.accounting.counters import TokenCounters
-from agent.readings import CounterSeries, ServerReading, ServerStatus, TokenReading
+from agent.readings import CounterKind, CounterSeries, ServerReading, ServerStatus, TokenReading
 
 ABSURD = (1e16, 1e18, 1e20, 1.7e308, 1.79e308)
 """Physically impossible: more than 1e7 tokens/s per GPU for ~3 years (the default ceiling)."""
-KINDS = ("input", "output")
+KINDS: tuple[CounterKind, ...] = ("input", "output")
 
 
 @dataclass

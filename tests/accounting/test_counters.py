@@ -7,7 +7,7 @@ import math
 import pytest
 
 from agent.accounting.counters import OTHER_MODEL, CounterLimits, TokenCounters
-from agent.readings import CounterSeries, ServerReading, ServerStatus, TokenReading
+from agent.readings import AccountingEvent, CounterSeries, ServerReading, ServerStatus, TokenReading
 
 # One step: None = server down; else (start_time, {model: output_tokens_raw}).
 Step = tuple[float | None, dict[str, float]] | None
@@ -244,9 +244,12 @@ def test_series_reset_and_restart_are_reported() -> None:
 # -- glitch guard ---------------------------------------------------------------------------
 
 
-def _outputs(values: list[float], *, dt: float = 10.0, gpus: int = 1) -> tuple[list[float], list]:
+def _outputs(
+    values: list[float], *, dt: float = 10.0, gpus: int = 1
+) -> tuple[list[float], list[AccountingEvent]]:
     counters = TokenCounters(CounterLimits(max_tokens_per_second_per_gpu=1e4))
-    counted, events = [], []
+    counted: list[float] = []
+    events: list[AccountingEvent] = []
     for i, v in enumerate(values):
         reading = ServerReading("vllm", (TokenReading("m", None, v),))
         obs = counters.observe("s", ServerStatus("s", True, reading), dt * i, gpus)

@@ -324,13 +324,13 @@ def test_invariants_over_random_histories(world: World) -> None:
             if world.expiry < 1e9:
                 # Models expire into _other and come back as baselines: per server, the
                 # agent never counts more than was produced.
-                made = math.fsum(tin + tout for tin, tout in truth.counted.values())
-                got = math.fsum(
+                produced = math.fsum(tin + tout for tin, tout in truth.counted.values())
+                counted = math.fsum(
                     m.input_tokens_total + m.output_tokens_total
                     for k, m in by_key.items()
                     if k[0] == f"s{s}"
                 )
-                assert got <= made
+                assert counted <= produced
                 continue
             for model, (tin, tout) in truth.counted.items():
                 got_totals = by_key[(f"s{s}", model)]
