@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from agent.config import AccountingSettings
 from agent.readings import (
     AccountingEvent,
     AccountingReason,
@@ -106,6 +107,26 @@ class CounterLimits:
     max_series_per_model: int = 512
     max_label_length: int = 256
     model_expiry_seconds: float = 3600.0
+
+
+def counter_limits(settings: AccountingSettings) -> CounterLimits:
+    """The counters' guards from the ``accounting`` settings.
+
+    Args:
+        settings: The validated ``accounting`` section.
+
+    Returns:
+        The same values as a :class:`CounterLimits`.
+    """
+    return CounterLimits(
+        max_tokens_per_second_per_gpu=settings.max_tokens_per_second_per_gpu,
+        max_phase_seconds_per_second_per_gpu=settings.max_phase_seconds_per_second_per_gpu,
+        start_time_tolerance_seconds=settings.start_time_tolerance_seconds,
+        max_models_per_server=settings.max_models_per_server,
+        max_series_per_model=settings.max_series_per_model,
+        max_label_length=settings.max_label_length,
+        model_expiry_seconds=settings.model_expiry_seconds,
+    )
 
 
 @dataclass(frozen=True, slots=True)
