@@ -245,6 +245,10 @@ def make_upstream() -> Iterator[MakeUpstream]:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                if server.socket.fileno() == -1:
+                    # Stopped: a kept-alive connection gets no answer, as from an exited process.
+                    self.close_connection = True
+                    return
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 upstream.requests.append((self.path, headers))
                 answer = upstream.reply(self.path, headers)
