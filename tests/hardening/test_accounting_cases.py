@@ -160,8 +160,7 @@ def test_one_rank_missing_from_a_scrape_counts_nothing_twice(
 def test_start_times_that_move_by_seconds_are_the_same_process(
     make_agent: Any, make_upstream: Any
 ) -> None:
-    """Baseline: two workers' start times (or now minus uptime) gave 10,008,142 tokens in
-    10 s against a truth of 1,000."""
+    """Baseline: two workers' start times gave 10,008,142 tokens in 10 s against 1,000 made."""
     worker = iter(range(1_000_000))
     ranks = Ranks(
         prompt={"0": 1e6},
@@ -211,8 +210,7 @@ def test_a_single_absurd_sample_is_not_counted_and_is_reported(
 def test_restarts_at_the_float_limit_keep_every_total_finite(
     make_agent: Any, make_upstream: Any
 ) -> None:
-    """Baseline: two restarts coming back at 1.7e308 took the total to +Inf and the series
-    left /metrics for good."""
+    """Baseline: two restarts back at 1.7e308 made the total +Inf; it left /metrics for good."""
     ranks = Ranks(prompt={"0": 5_000.0}, generation={"0": 1_000.0})
     harness = _start(make_agent, make_upstream, ranks)
     ledger = Ledger(harness)
@@ -276,5 +274,6 @@ def test_model_churn_stays_bounded_and_per_server_sums_never_drop(
         assert math.isclose(booked, gpu, rel_tol=1e-9)
     assert "_other" in models and "b" not in models, "b expired into _other"
     assert max(sizes) < 4 * sizes[2], f"/metrics grew with churn: {sizes}"
-    dropped = samples.value("tokenergy_scrape_errors_total", server="vllm", reason="too_many_models")
-    assert dropped >= 19 * 36
+    errors = samples.pick("tokenergy_scrape_errors_total", server="vllm", reason="too_many_models")
+    # 40 new names a scrape, at most 4 of them admitted (a slot frees when a model expires).
+    assert 20 * 36 <= sum(errors.values()) <= 20 * 40, "every name not tracked, every scrape"
