@@ -86,6 +86,22 @@ class ServerSettings(_Section):
         None, description="File holding a bearer token; re-read at every scrape."
     )
     ca_file: Path | None = Field(None, description="CA bundle to verify an https server.")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description=(
+            "llama.cpp router mode (`llama-server --models-dir`): the model to scrape; adds "
+            "`model=NAME&autoload=false` to the URL's query, so a scrape never loads a model."
+        ),
+    )
+    cross_origin_redirects: bool = Field(
+        False,
+        description=(
+            "Follow a redirect to another scheme, host or port (never with the bearer token); "
+            "off by default, so a server cannot make the agent probe other addresses."
+        ),
+    )
 
     @field_validator("url")
     @classmethod
@@ -138,6 +154,59 @@ class ScrapeSettings(_Section):
     )
     max_series_per_family: int = Field(
         10_000, gt=0, description="Most series accepted in one metric family."
+    )
+
+
+class AccountingSettings(_Section):
+    """Guards of the accounting: glitches, restart evidence and cardinality bounds."""
+
+    max_tokens_per_second_per_gpu: float = Field(
+        1e7,
+        gt=0,
+        description=(
+            "Largest plausible token rate per GPU of a server, tokens/s; a counter increase "
+            "above it for its interval is a glitch and is not counted."
+        ),
+    )
+    max_phase_seconds_per_second_per_gpu: float = Field(
+        1e5,
+        gt=0,
+        description=(
+            "Largest plausible growth of a prefill/decode time counter per GPU, s/s (the "
+            "requests in one phase at once); above it the increase is not counted."
+        ),
+    )
+    max_power_ratio: float = Field(
+        2.0,
+        ge=1.0,
+        description=(
+            "An NVML energy increase above this many times the power limit over its interval "
+            "is a glitch and is not counted."
+        ),
+    )
+    start_time_tolerance_seconds: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "A server start time that moves by less than this is the same process, s (worker "
+            "processes and now-minus-uptime start times differ by seconds)."
+        ),
+    )
+    max_models_per_server: int = Field(
+        100, ge=1, description="Most models tracked per server; more fold into model `_other`."
+    )
+    max_series_per_model: int = Field(
+        512, ge=1, description="Most raw counter series (ranks, label sets) tracked per model."
+    )
+    max_label_length: int = Field(
+        256, ge=1, description="Longest model name tracked, characters; longer ones are dropped."
+    )
+    model_expiry_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description=(
+            "A model absent this long leaves /metrics; its totals fold into model `_other`, s."
+        ),
     )
 
 
@@ -247,6 +316,7 @@ class Settings(BaseSettings):
     servers: list[ServerSettings] = Field(default_factory=list)
     sampling: SamplingSettings = SamplingSettings()
     scrape: ScrapeSettings = ScrapeSettings()
+    accounting: AccountingSettings = AccountingSettings()
     pricing: PricingSettings = PricingSettings()
     http: HttpSettings = HttpSettings()
 
