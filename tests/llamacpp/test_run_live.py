@@ -5,8 +5,9 @@ completions flow. Its /metrics is polled all along. After each batch of requests
 for a scrape that follows the last request, so no token falls in an interval that holds a
 restart: then ``tokenergy_tokens_total`` must equal the sums the responses report exactly, before
 the restart and after it. Then llama-server gets SIGTERM and a new one starts on the same port;
-the agent sees it down, then up at zero counters. An agent may lose the tokens of an interval
-with a restart but never invent any, and no counter it serves may go backwards.
+the agent sees it down, then up at zero counters. Last, a quick restart right after a burst of
+requests, with no scrape awaited: an agent may lose the tokens of an interval with a restart
+but never invent any. No counter the agent serves may go backwards at any time.
 """
 
 from __future__ import annotations
@@ -103,9 +104,13 @@ class Watch:
 
     def wait_for(self, name: str, expected: float, **labels: str) -> bool:
         """Wait until the series equals ``expected``; False after WAIT_S."""
+        return self.wait_until(lambda: self.value(name, **labels) == expected)
+
+    def wait_until(self, ready: Callable[[], bool]) -> bool:
+        """Wait until ``ready()`` holds on the latest poll; False after WAIT_S."""
         deadline = time.monotonic() + WAIT_S
         with self.changed:
-            while self.value(name, **labels) != expected:
+            while not ready():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -123,6 +128,8 @@ class Outcome:
     after_restart: dict[str, float | None]
     settled_before: bool
     settled_after: bool
+    quick_bounds: dict[str, tuple[int, int]]
+    after_quick_restart: dict[str, float | None]
     watch: Watch = field(repr=False)
     energy_joules: float | None
     agent_returncode: int
@@ -195,6 +202,23 @@ def outcome(
         settled_after = watch.wait_for("tokenergy_tokens_total", totals.output, type="output")
         after = tokens(watch)
         energy = watch.value("tokenergy_energy_joules_total")
+
+        # A quick restart, no scrape awaited: the agent may lose what the old process made
+        # after its last scrape (at most this batch), never more, and invents nothing.
+        unscraped = kit.workload(server, 6, kit.new_totals(), offset=20)
+        server.restart()
+        fresh = kit.workload(server, 4, kit.new_totals(), offset=26)
+        quick_bounds = {
+            kind: (
+                getattr(totals, kind) + getattr(fresh, kind),
+                getattr(totals, kind) + getattr(fresh, kind) + getattr(unscraped, kind),
+            )
+            for kind in ("input", "output", "cached")
+        }
+        low = quick_bounds["output"][0]
+        watch.wait_until(lambda: (watch.value("tokenergy_tokens_total", type="output") or 0) >= low)
+        time.sleep(4 * INTERVAL_S)  # any later scrape would have shown an invented token
+        after_quick = tokens(watch)
     finally:
         if watch is not None:
             watch.stop.set()
@@ -216,6 +240,8 @@ def outcome(
         after_restart=after,
         settled_before=settled_before,
         settled_after=settled_after,
+        quick_bounds=quick_bounds,
+        after_quick_restart=after_quick,
         watch=watch,
         energy_joules=energy,
         agent_returncode=agent.returncode,
@@ -240,6 +266,16 @@ def test_cached_tokens_are_the_cache_hits(outcome: Outcome) -> None:
     assert outcome.after_restart["cached"] == outcome.totals.cached
 
 
+@pytest.mark.parametrize("kind", ["input", "output", "cached"])
+def test_a_quick_restart_loses_at_most_its_interval_and_invents_nothing(
+    outcome: Outcome, kind: str
+) -> None:
+    low, high = outcome.quick_bounds[kind]
+    value = outcome.after_quick_restart[kind]
+    assert value is not None
+    assert low <= value <= high, (low, value, high)
+
+
 def test_no_counter_goes_backwards(outcome: Outcome) -> None:
     watch = outcome.watch
     assert watch.failures == []
@@ -247,11 +283,13 @@ def test_no_counter_goes_backwards(outcome: Outcome) -> None:
     # The watch saw the baseline, the first batch and the end: it polled all along.
     seen = watch.outputs_seen
     assert {0.0, outcome.first_output, outcome.totals.output} <= set(seen)
+    assert len(seen) > 3  # and scraped while the requests flowed
     assert seen == sorted(seen)
 
 
 def test_agent_saw_the_restart_and_stopped_cleanly(outcome: Outcome) -> None:
-    assert outcome.watch.up_history == [1.0, 0.0, 1.0]
+    # Down and up at the awaited restart; the quick one may fall between two scrapes.
+    assert outcome.watch.up_history in ([1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0, 1.0])
     assert outcome.energy_joules is not None and outcome.energy_joules > 0
     assert outcome.agent_returncode == 0, outcome.agent_stderr
     assert "Traceback" not in outcome.agent_stderr
