@@ -54,7 +54,7 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/llama-server-build.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
 say "downloading the llama-cpp-python $VERSION sdist"
-"$PYTHON" -m pip download --quiet --no-binary :all: --no-deps \
+"$PYTHON" -m pip download --progress-bar off --no-binary :all: --no-deps \
     "llama-cpp-python==$VERSION" -d "$WORK/sdist" \
     || die "pip download of llama-cpp-python==$VERSION failed (registry reachable?)"
 SDIST="$(ls "$WORK"/sdist/llama_cpp_python-*.tar.gz 2>/dev/null | head -n1)"
