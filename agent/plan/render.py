@@ -113,12 +113,12 @@ def _capacity_rows(report: Report) -> list[list[str]]:
     return [
         [
             str(m.month),
-            f"{m.tokens_per_day:.3g}",
+            f"{m.tokens_per_day:.4g}",
             f"{m.gpus:,}",
-            f"{m.facility_mw:.3f}",
-            f"{m.energy_cost:,.0f}",
-            f"{m.hardware_cost:,.0f}",
-            f"{m.total_cost:,.0f}",
+            f"{m.facility_mw:.4f}",
+            f"{m.energy_cost:,.2f}",
+            f"{m.hardware_cost:,.2f}",
+            f"{m.total_cost:,.2f}",
         ]
         for m in report.capacity
     ]
