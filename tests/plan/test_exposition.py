@@ -1,10 +1,10 @@
 import pytest
 
-from agent.plan.exposition import read_agent, rates
+from agent.plan.exposition import rates, read_agent
 from agent.servers.parser import ParseError
 
 
-def body(out: float, energy: float, *, idle: float = 0.0, cost: float = 0.0, extra: str = "") -> str:
+def body(out: float, energy: float, *, idle: float = 0.0, cost: float = 0.0) -> str:
     return f"""# HELP tokenergy_tokens_total Tokens.
 # TYPE tokenergy_tokens_total counter
 tokenergy_tokens_total{{model="m1",server="vllm",type="input"}} {out * 4}
@@ -26,7 +26,7 @@ tokenergy_server_up{{server="llamacpp"}} 0
 tokenergy_server_requests{{model="m1",server="vllm",state="waiting"}} 3
 tokenergy_server_kv_cache_usage_ratio{{model="m1",server="vllm"}} 0.5
 tokenergy_pricing_info{{currency="EUR",electricity_per_kwh="0.1",pue="1.3"}} 1
-{extra}"""
+"""
 
 
 def test_reads_counters_and_gauges() -> None:

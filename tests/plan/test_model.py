@@ -28,7 +28,7 @@ def test_cost_matches_the_agents_worked_example() -> None:
 
 
 def test_measured_gpu_rate_uses_the_agents_hardware_cost() -> None:
-    row = Measured("s", "m", output_tps=1000.0, watts=700.0, gpus=1.0, hardware_cost_per_s=3.6 / 3600)
+    row = Measured("s", "m", 1000.0, 700.0, gpus=1.0, hardware_cost_per_s=3.6 / 3600)
     cost = cost_per_million(row, CostScenario(0.10, 1.3, None))
     assert cost.hardware == pytest.approx(1e6 * 0.001 / 1000)
     # Without the agents' hardware cost and without a rate, nothing is made up.

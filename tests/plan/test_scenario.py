@@ -64,7 +64,7 @@ def test_fractions_and_percentages() -> None:
     with pytest.raises(ScenarioError, match="below 100%"):
         parse_fraction("100%", "--margin", allow_one=False)
     for bad in ("130%", "-1%", "abc", "1.5"):
-        with pytest.raises(ScenarioError, match="^--margin: "):
+        with pytest.raises(ScenarioError, match=r"^--margin: "):
             parse_fraction(bad, "--margin")
 
 
@@ -72,7 +72,7 @@ def test_lists() -> None:
     assert parse_float_list("0.05,0.10, 0.20", "--electricity", "per kWh") == [0.05, 0.1, 0.2]
     assert parse_hourly_list("measured,2.5") == [None, 2.5]
     for bad in ("0.05,,0.1", "0.05,x", "0", "-1", "nan", "inf"):
-        with pytest.raises(ScenarioError, match="^--electricity: "):
+        with pytest.raises(ScenarioError, match=r"^--electricity: "):
             parse_float_list(bad, "--electricity", "per kWh")
-    with pytest.raises(ScenarioError, match="^--gpu-hourly: "):
+    with pytest.raises(ScenarioError, match=r"^--gpu-hourly: "):
         parse_hourly_list("measurd")
