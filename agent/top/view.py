@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rich.table import Table
+from rich.text import Text
 
 from agent.plan.exposition import AgentReading, rates
 
@@ -154,6 +155,8 @@ class TopRow:
     kv_cache: float | None
     waiting: float | None
     history: tuple[float | None, ...]
+    detail: str = ""
+    """Why the node is down, when it is."""
 
 
 def _div(a: float | None, b: float | None) -> float | None:
@@ -172,9 +175,11 @@ def top_rows(nodes: Sequence[Node], now: float) -> list[TopRow]:
     """
     out = []
     for node in nodes:
+        detail = ""
         if not node.up:
             since = "" if node.failed_since is None else f" {now - node.failed_since:.0f}s"
-            status = f"DOWN{since}: {node.error or 'no answer yet'}"
+            status = f"DOWN{since}"
+            detail = node.error or "no answer yet"
         else:
             status = "up"
         reading = node.reading
@@ -210,6 +215,7 @@ def top_rows(nodes: Sequence[Node], now: float) -> list[TopRow]:
                     kv_cache=kv,
                     waiting=waiting,
                     history=tuple(s.history),
+                    detail=detail,
                 )
             )
     return out
@@ -292,11 +298,13 @@ def table(rows: Sequence[TopRow], sort_key: str, reverse: bool, currency: str | 
     Returns:
         The table.
     """
-    title = (
+    title = Text(
         f"tokenergy top  sort: {sort_key}{' (reversed)' if reverse else ''}  "
         "[s] next sort  [r] reverse  [q] quit"
     )
-    t = Table(title=title, title_justify="left", expand=False)
+    reasons = sorted({f"{r.node}: {r.detail}" for r in rows if r.detail})
+    caption = Text("\n".join(reasons), style="red") if reasons else None
+    t = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for i, head in enumerate(HEADERS):
         if head == "$/Mtok" and currency:
             head = f"{currency}/Mtok"
@@ -327,6 +335,8 @@ def plain_lines(rows: Sequence[TopRow], stamp: str) -> list[str]:
     names = ("node", "server", "model", "status", "in_tps", "out_tps", "watts", "tok_per_j",
              "cost_per_mtok", "idle", "kv", "waiting")  # fmt: skip
     for row in rows:
-        pairs = (f"{k}={_logfmt(v)}" for k, v in zip(names, _cells(row), strict=False))
+        pairs = [f"{k}={_logfmt(v)}" for k, v in zip(names, _cells(row), strict=False)]
+        if row.detail:
+            pairs.append(f"error={_logfmt(row.detail)}")
         lines.append(f"{stamp} " + " ".join(pairs))
     return lines
