@@ -186,8 +186,9 @@ def top_rows(nodes: Sequence[Node], now: float) -> list[TopRow]:
         if not node.series:
             out.append(
                 TopRow(
-                    node.url, "-", "-", status, None, None, None, None, None, None, None, None, ()
-                )
+                    node.url, "-", "-", status, None, None, None, None, None, None, None, None,
+                    history=(), detail=detail,
+                )  # fmt: skip
             )
             continue
         for key, s in sorted(node.series.items()):
