@@ -184,12 +184,11 @@ def top_rows(nodes: Sequence[Node], now: float) -> list[TopRow]:
             status = "up"
         reading = node.reading
         if not node.series:
-            out.append(
-                TopRow(
-                    node.url, "-", "-", status, None, None, None, None, None, None, None, None,
-                    history=(), detail=detail,
-                )  # fmt: skip
-            )
+            blank = TopRow(
+                node.url, "-", "-", status, None, None, None, None, None, None, None, None,
+                history=(), detail=detail,
+            )  # fmt: skip
+            out.append(blank)
             continue
         for key, s in sorted(node.series.items()):
             server, model = key
