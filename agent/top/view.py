@@ -268,19 +268,22 @@ HEADERS = (
 )  # fmt: skip
 
 
-def _cells(row: TopRow) -> tuple[str, ...]:
+def _cells(row: TopRow, plain: bool = False) -> tuple[str, ...]:
+    """Display cells; ``plain`` drops thousands separators and percent signs (for parsing)."""
+    count = ".0f" if plain else ",.0f"
+    share = ".3f" if plain else ".0%"
     return (
         row.node,
         row.server,
         row.model or "-",
         row.status,
-        _f(row.in_tps, ",.0f"),
-        _f(row.out_tps, ",.0f"),
-        _f(row.watts, ",.0f"),
+        _f(row.in_tps, count),
+        _f(row.out_tps, count),
+        _f(row.watts, count),
         _f(row.tokens_per_joule, ".2f"),
         _f(row.cost_per_million, ".3f"),
-        _f(row.idle_share, ".0%"),
-        _f(row.kv_cache, ".0%"),
+        _f(row.idle_share, share),
+        _f(row.kv_cache, share),
         _f(row.waiting, ".0f"),
         sparkline(row.history),
     )
@@ -335,7 +338,7 @@ def plain_lines(rows: Sequence[TopRow], stamp: str) -> list[str]:
     names = ("node", "server", "model", "status", "in_tps", "out_tps", "watts", "tok_per_j",
              "cost_per_mtok", "idle", "kv", "waiting")  # fmt: skip
     for row in rows:
-        pairs = [f"{k}={_logfmt(v)}" for k, v in zip(names, _cells(row), strict=False)]
+        pairs = [f"{k}={_logfmt(v)}" for k, v in zip(names, _cells(row, plain=True), strict=False)]
         if row.detail:
             pairs.append(f"error={_logfmt(row.detail)}")
         lines.append(f"{stamp} " + " ".join(pairs))
