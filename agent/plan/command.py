@@ -20,7 +20,7 @@ from rich.console import Console
 
 from agent.clock import Clock
 from agent.plan.client import ClientConfig, ClientConfigError, load_client_config
-from agent.plan.model import scenario_grid
+from agent.plan.model import Measurement, scenario_grid
 from agent.plan.render import render_html, render_tables
 from agent.plan.report import Options, build_report, report_json
 from agent.plan.scenario import (
@@ -32,7 +32,7 @@ from agent.plan.scenario import (
     parse_hourly_list,
     parse_range,
 )
-from agent.plan.sources import Measurement, SourceError, from_agent, from_prometheus
+from agent.plan.sources import SourceError, from_agent, from_prometheus
 
 __all__ = ["add_arguments", "parse_options", "run_plan"]
 
@@ -197,7 +197,9 @@ def run_plan(
     if args.json:
         stdout.write(json.dumps(report_json(report), indent=2) + "\n")
     else:
-        render_tables(report, Console(file=stdout, width=200, soft_wrap=False))
+        # A pipe gets wide lines (rich would wrap at 80 columns); a terminal its own width.
+        width = None if stdout.isatty() else 200
+        render_tables(report, Console(file=stdout, width=width, soft_wrap=False))
         if args.html is not None:
             stdout.write(f"report written to {args.html}\n")
     if report.capacity_problem and options.demand_tps is not None:

@@ -24,6 +24,7 @@ __all__ = [
     "CapacityMonth",
     "CostScenario",
     "Measured",
+    "Measurement",
     "Ratios",
     "ScenarioCost",
     "WhatIf",
@@ -423,3 +424,22 @@ def what_if_cache(row: Measured, hit_ratio: float, scenario: CostScenario) -> Wh
     return WhatIf(
         name, changed, _div(changed.output_tps, new_watts), cost_per_million(changed, scenario)
     )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Measured rates and where they come from.
+
+    Attributes:
+        rows: Per (server, model).
+        seconds: Length of the range or window the rates average over, s.
+        source: ``prometheus (raw counters)``, ``prometheus (recording rules)`` or ``agent``.
+        currency: Currency of the agents' prices, or None when not exported.
+        skipped: (server, model, reason) of series left out, e.g. no tokens in the range.
+    """
+
+    rows: tuple[Measured, ...]
+    seconds: float
+    source: str
+    currency: str | None
+    skipped: tuple[tuple[str, str, str], ...] = ()

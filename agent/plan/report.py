@@ -13,6 +13,7 @@ from agent.plan.model import (
     CapacityMonth,
     CostScenario,
     Measured,
+    Measurement,
     Ratios,
     ScenarioCost,
     WhatIf,
@@ -23,7 +24,6 @@ from agent.plan.model import (
     what_if_cache,
     what_if_idle,
 )
-from agent.plan.sources import Measurement
 
 __all__ = ["Options", "Report", "Row", "build_report", "report_json"]
 

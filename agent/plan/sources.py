@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 
 from agent.clock import Clock
 from agent.plan.exposition import AgentReading, rates, read_agent
-from agent.plan.model import Measured
+from agent.plan.model import Measured, Measurement
 from agent.servers.parser import ExpositionError
 
 __all__ = ["Measurement", "SourceError", "from_agent", "from_prometheus"]
@@ -38,25 +37,6 @@ Source = Literal["auto", "raw", "recorded"]
 
 class SourceError(Exception):
     """The source cannot give a measurement; ``str(exc)`` is the one line for the user."""
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """Measured rates and where they come from.
-
-    Attributes:
-        rows: Per (server, model).
-        seconds: Length of the range or window the rates average over, s.
-        source: ``prometheus (raw counters)``, ``prometheus (recording rules)`` or ``agent``.
-        currency: Currency of the agents' prices, or None when not exported.
-        skipped: (server, model, reason) of series left out, e.g. no tokens in the range.
-    """
-
-    rows: tuple[Measured, ...]
-    seconds: float
-    source: str
-    currency: str | None
-    skipped: tuple[tuple[str, str, str], ...] = ()
 
 
 # quantity -> (raw expression with {r} for the range, recorded rule name or None)
