@@ -288,3 +288,16 @@ def test_cli_main_wires_plan(capsys: pytest.CaptureFixture[str]) -> None:
         "tokenergy plan: --demand: 'lots' is not a demand; use tokens per period, "
         "e.g. 2e9/day, 2.5e7/h or 5000/s\n"
     )
+
+
+def test_capacity_for_one_model() -> None:
+    base = ["--prometheus", "http://fake", "--json", "--demand", "3600/h", "--utilization", "1"]
+    code, out, err = run([*base, "--capacity-model", "m1"], factory(fake_prometheus(RAW)))
+    assert code == 0, err
+    capacity = json.loads(out)["capacity"]
+    # m1: 2,000 tok/s on 2 GPUs; 1 tok/s demanded needs one GPU.
+    assert capacity["for"] == "m1" and capacity["months"][0]["gpus"] == 1
+    code, out, err = run([*base, "--capacity-model", "nope"], factory(fake_prometheus(RAW)))
+    assert code == 0
+    assert json.loads(out)["capacity"]["problem"] == "--capacity-model 'nope' not measured (m1)"
+    assert "tokenergy plan: capacity: --capacity-model 'nope' not measured (m1)" in err
