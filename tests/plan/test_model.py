@@ -1,6 +1,8 @@
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.plan.model import (
     CapacityError,
@@ -150,3 +152,52 @@ def test_no_nan_anywhere() -> None:
     row = Measured("s", "m", output_tps=1e-9, watts=1e-9, gpus=1e-9, idle_watts=0.0)
     values = [v for v in vars(ratios(row, 1.0)).values() if v is not None]
     assert all(math.isfinite(v) for v in values)
+
+
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.floats(1.0, 1e5), st.floats(1.0, 1e4), st.floats(0.1, 16), st.floats(0.0, 1.0)
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    electricity=st.floats(0.01, 1.0),
+    pue=st.floats(1.0, 2.0),
+    hourly=st.floats(0.1, 10.0),
+)
+def test_fleet_cost_is_a_token_weighted_mean_of_the_rows(
+    rows: list[tuple[float, float, float, float]], electricity: float, pue: float, hourly: float
+) -> None:
+    measured = [
+        Measured(f"s{i}", "m", output_tps=t, watts=w, gpus=g, idle_watts=w * idle)
+        for i, (t, w, g, idle) in enumerate(rows)
+    ]
+    scenario = CostScenario(electricity, pue, hourly)
+    costs = [cost_per_million(m, scenario).total for m in measured]
+    whole = cost_per_million(fleet(measured), scenario).total
+    assert whole is not None and all(c is not None for c in costs)
+    # Ratio of sums: the mean of the rows' costs weighted by their output tokens.
+    weighted = sum(c * m.output_tps for c, m in zip(costs, measured, strict=True) if c) / sum(
+        m.output_tps for m in measured
+    )
+    assert whole == pytest.approx(weighted, rel=1e-9)
+    assert (
+        min(c for c in costs if c) * (1 - 1e-9) <= whole <= max(c for c in costs if c) * (1 + 1e-9)
+    )
+    idle = ratios(fleet(measured), pue).idle_share
+    assert idle is not None and 0.0 <= idle <= 1.0
+
+
+@given(growth=st.floats(0.0, 1.0), months=st.integers(0, 24), utilization=st.floats(0.05, 1.0))
+def test_capacity_never_shrinks_with_growth(growth: float, months: int, utilization: float) -> None:
+    row = Measured("s", "m", output_tps=1234.0, watts=700.0, gpus=3.0)
+    plan = capacity(row, 5000.0, growth, months, utilization, PRICES)
+    assert len(plan) == months + 1
+    gpus = [m.gpus for m in plan]
+    assert gpus == sorted(gpus)
+    for m in plan:
+        # Enough GPUs for the month's demand, and not one more than needed.
+        per_day = 1234.0 / 3.0 * utilization * 86400.0
+        assert m.gpus * per_day >= m.tokens_per_day * (1 - 1e-9)
+        assert (m.gpus - 1) * per_day < m.tokens_per_day
