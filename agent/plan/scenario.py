@@ -106,7 +106,7 @@ def parse_growth(text: str, option: str = "--growth") -> float:
         )
     raw = match.group(1)
     sign = -1.0 if raw.startswith("-") else 1.0
-    value = sign * _number(raw.lstrip("+-"), option, "percent per month") / 100.0
+    value = sign * _number(raw[1:] if raw[0] in "+-" else raw, option, "percent per month") / 100
     if value <= -1.0:
         raise ScenarioError(f"{option}: {text!r} would shrink demand to nothing")
     return value

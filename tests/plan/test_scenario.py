@@ -51,7 +51,9 @@ def test_growth(text: str, growth: float) -> None:
     assert parse_growth(text) == pytest.approx(growth)
 
 
-@pytest.mark.parametrize("text", ["15%", "15/month", "15%/year", "x%/month", "-100%/month"])
+@pytest.mark.parametrize(
+    "text", ["15%", "15/month", "15%/year", "x%/month", "-100%/month", "--5%/month", "+-5%/month"]
+)
 def test_bad_growth(text: str) -> None:
     with pytest.raises(ScenarioError, match=r"^--growth: "):
         parse_growth(text)
