@@ -21,7 +21,6 @@ from rich.console import Console
 from agent.clock import Clock
 from agent.plan.client import ClientConfig, ClientConfigError, load_client_config
 from agent.plan.model import Measurement, scenario_grid
-from agent.plan.render import render_html, render_tables
 from agent.plan.report import Options, build_report, report_json
 from agent.plan.scenario import (
     ScenarioError,
@@ -186,6 +185,9 @@ def run_plan(
         return fail(str(exc), EXIT_USAGE)
     except SourceError as exc:
         return fail(str(exc), EXIT_SOURCE)
+    # pygal is imported only when plan runs, not whenever the command line is built.
+    from agent.plan.render import render_html, render_tables
+
     report = build_report(measurement, options)
     for problem in report.problems:
         stderr.write(f"tokenergy plan: {problem}\n")
