@@ -1,7 +1,8 @@
 """Command line and composition root: the only place objects are built and wired together.
 
 Commands: ``tokenergy run`` (the agent), ``tokenergy demo`` (everything simulated, no GPU),
-``tokenergy inspect SOURCE`` (read one server's exposition), ``tokenergy check-config FILE``.
+``tokenergy inspect SOURCE`` (read one server's exposition), ``tokenergy check-config FILE``,
+``tokenergy plan`` (agent/plan) and ``tokenergy top`` (agent/top).
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
+
+    from agent.plan.command import add_arguments as add_plan_arguments
+    from agent.top.command import add_arguments as add_top_arguments
+
+    add_plan_arguments(
+        sub.add_parser("plan", help="cost, capacity and breakeven from measurements")
+    )
+    add_top_arguments(sub.add_parser("top", help="live view of running agents"))
     return parser
 
 
@@ -106,6 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_command(args, log)
         if args.command == "demo":
             return demo_command(args, log)
+        if args.command == "plan":
+            from agent.plan.client import make_http_client
+            from agent.plan.command import run_plan
+
+            return run_plan(args, make_http_client, SystemClock(), sys.stdout, sys.stderr)
+        if args.command == "top":
+            from agent.plan.client import make_http_client
+            from agent.top.command import run_top
+
+            return run_top(args, make_http_client, SystemClock(), sys.stdin, sys.stdout, sys.stderr)
     except ConfigError as exc:
         print(f"tokenergy: invalid configuration in {exc.source}:", file=sys.stderr)
         for line in exc.lines:

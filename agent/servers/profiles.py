@@ -545,7 +545,7 @@ def _evidence(exp: Exposition, profile: EngineProfile) -> tuple[int, bool]:
     sources = profile.token_sources
     if any(_select(exp, s, profile) for s in sources):
         score = 2
-    elif any(exp.declared(s.name) and not _help_excluded(exp, s) for s in sources):
+    elif _declared(exp, sources):
         score = 1
     else:
         score = 0
