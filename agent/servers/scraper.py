@@ -485,7 +485,7 @@ class ServerScraper:
             decoder = zlib.decompressobj()
         parts: list[bytes] = []
         size = 0
-        while chunk := response.read1(_CHUNK):
+        while chunk := response.read(_CHUNK):
             if self._clock.monotonic() > deadline:
                 raise DeadlineExceededError("deadline passed while reading the body")
             pieces = [chunk] if decoder is None else _inflate(decoder, chunk, limit - size + 1)
