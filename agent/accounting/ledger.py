@@ -136,16 +136,12 @@ class Ledger:
         self._window = RatioWindow(window_seconds, max_intervals)
         self._tokens = TokenCounters(limits)
         self._gpu_energy: dict[str, float] = {}
+        self._gpu_energy_all = 0.0
         self._gpus_listed: frozenset[str] = frozenset()
         self._accounts: dict[Key, _Account] = {}
         self._unattributed = _Account()
         self._events: list[AccountingEvent] = []
         self._last_t: float | None = None
-
-    @property
-    def window_seconds(self) -> float:
-        """Window of the ratio gauges, s."""
-        return self._window.window_seconds
 
     def advance(
         self,
@@ -268,12 +264,14 @@ class Ledger:
             uuid = gpu.device.uuid
             joules = self._gpu_energy_delta(gpu)
             total = self._gpu_energy.get(uuid, 0.0)
-            if not math.isfinite(total + joules):
+            # Every account holds a part of the grand total: keeping it finite keeps them all.
+            if not math.isfinite(self._gpu_energy_all + joules):
                 self._events.append(
                     AccountingEvent("implausible", uuid, detail="GPU energy total would overflow")
                 )
                 joules = 0.0
             self._gpu_energy[uuid] = total + joules
+            self._gpu_energy_all += joules
             gpu_seconds = dt if uuid in listed_before else 0.0
             hardware = self._cost.hardware_cost(gpu_seconds, gpu.device.name)
             split = gpu_split(users.get(uuid, []), gpu.reading, gpu.up, process_owners)

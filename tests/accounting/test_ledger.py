@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from agent.accounting.counters import CounterLimits
 from agent.accounting.ledger import Ledger
 from agent.config import PricingSettings
 from agent.readings import (
@@ -316,3 +317,25 @@ def test_bad_input_is_a_clear_error(
     ledger.advance(0.0, [], [], {})
     with pytest.raises(ValueError, match=match):
         ledger.advance(t2, gpus, servers, {})
+
+
+def test_totals_stay_finite_by_construction() -> None:
+    """Deltas that would overflow a total are refused and reported, never booked as +Inf.
+
+    The glitch ceiling keeps real deltas far from this; here it is off (infinite) to reach
+    the last guard.
+    """
+    limits = CounterLimits(max_tokens_per_second_per_gpu=math.inf)
+    ledger = Ledger(PRICING, 60.0, limits=limits)
+    a = {"a": ["GPU-0"]}
+    ledger.advance(0.0, [gpu(0, 0.0)], [srv("a", {"x": (0, 0)})], a)
+    events = []
+    for i, raw in enumerate((1.5e308, 0.0, 1.7e308), start=1):
+        t = ledger.advance(float(i), [gpu(0, 1.7e308)], [srv("a", {"x": (raw, 0)})], a)
+        events += [e.reason for e in t.events]
+    m = by_key(t)[("a", "x")]
+    assert m.input_tokens_total == 1.5e308
+    assert dict(t.gpu_energy_joules_total)["GPU-0"] == 1.7e308
+    assert events.count("implausible") == 3, "1.7e308 tokens, then two GPU deltas refused"
+    for value in (m.energy_joules_total, m.energy_cost_total, m.hardware_cost_total):
+        assert math.isfinite(value)
