@@ -9,10 +9,12 @@ composition root.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from typing import Protocol
 
 from agent.clock import Clock
@@ -158,6 +160,7 @@ class Sampler:
         self._scrape_deadline = scrape_deadline_seconds
         self._discovery_interval = discovery_interval_seconds
         self._log = log
+        self._workers = {name: _ScrapeWorker(name, s) for name, s in self._servers.items()}
         self._inflight: dict[str, Future[ServerReading]] = {}
         self._closed = False
         self._last_server: dict[str, ServerStatus] = {}
@@ -167,6 +170,8 @@ class Sampler:
         self._seen_warnings: set[str] = set()
         self._logged_events: set[tuple[str, str, str, str]] = set()
         self._last_gpus: tuple[GpuStatus, ...] = ()
+        # GPU UUID -> joules polled between cycles, not yet handed to the ledger.
+        self._carry: dict[str, float] = {}
         self._snapshot: Snapshot | None = None
         self._cycle_lock = threading.Lock()
         self._stop = threading.Event()
@@ -221,8 +226,10 @@ class Sampler:
             self._thread = None
 
     def close(self) -> None:
-        """Start no more scrapes; running ones are daemon threads and are not waited for."""
+        """Start no more scrapes and end the scrape threads; stuck ones are not waited for."""
         self._closed = True
+        for name, worker in self._workers.items():
+            worker.close(0.0 if name in self._inflight else 1.0)
 
     def _run(self) -> None:
         # A cycle run by hand before start() (the start-up log line) counts as the first one.
@@ -245,7 +252,7 @@ class Sampler:
                 next_gpu = self._clock.monotonic() + self._gpu_interval
             elif now >= next_gpu:
                 try:
-                    self._last_gpus = self._gpus.poll()
+                    self._poll_between_cycles()
                 except Exception:
                     self._log.exception("GPU poll failed")
                 next_gpu += self._gpu_interval
@@ -254,6 +261,15 @@ class Sampler:
             wait = min(next_cycle, next_gpu) - self._clock.monotonic()
             if wait > 0:
                 self._stop.wait(wait)
+
+    def _poll_between_cycles(self) -> None:
+        """Poll the GPUs between cycles (power integration); the next cycle books the joules."""
+        with self._cycle_lock:
+            statuses = self._gpus.poll()
+            for g in statuses:
+                uuid = g.device.uuid
+                self._carry[uuid] = self._carry.get(uuid, 0.0) + g.energy_joules_added
+            self._last_gpus = tuple(replace(g, energy_joules_added=0.0) for g in statuses)
 
     def run_cycle(self) -> Snapshot:
         """Run one full cycle now and publish its Snapshot.
@@ -266,9 +282,9 @@ class Sampler:
 
     def _cycle(self) -> Snapshot:
         started = self._clock.monotonic()
-        for name, scraper in self._servers.items():
+        for name in self._servers:
             if name not in self._inflight and not self._closed:
-                self._inflight[name] = _start_scrape(name, scraper)
+                self._inflight[name] = self._workers[name].submit()
         collectors: list[CollectorHealth] = []
 
         gpu_started = self._clock.monotonic()
@@ -278,7 +294,14 @@ class Sampler:
         except Exception:
             self._log.exception("GPU poll failed")
             gpus, gpu_ok = self._last_gpus, False
-        self._last_gpus = gpus
+        # The joules of the polls since the last cycle go to the ledger with this one.
+        gpus = tuple(
+            replace(
+                g, energy_joules_added=g.energy_joules_added + self._carry.pop(g.device.uuid, 0.0)
+            )
+            for g in gpus
+        )
+        self._last_gpus = tuple(replace(g, energy_joules_added=0.0) for g in gpus)
         collectors.append(CollectorHealth("nvml", gpu_ok, self._clock.monotonic() - gpu_started))
 
         servers = self._collect_scrapes(started, collectors)
@@ -416,19 +439,45 @@ def _normalise(assignment: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, 
     return {k: tuple(sorted(v)) for k, v in sorted(assignment.items())}
 
 
-def _start_scrape(name: str, scraper: ServerSource) -> Future[ServerReading]:
-    """Run one scrape on its own daemon thread; its outcome arrives in the future."""
-    future: Future[ServerReading] = Future()
+class _ScrapeWorker:
+    """One server's scrape thread (a daemon), started at its first scrape and then reused.
 
-    def run() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(scraper.scrape())
-        except BaseException as exc:  # delivered to the sampler, which classifies it
-            # Without its traceback: the frames (this one holds the future, a cycle) would
-            # keep a failed scrape's buffers, up to max_body_bytes, alive until a GC pass.
-            future.set_exception(exc.with_traceback(None))
+    The sampler submits at most one scrape at a time per server, so a stuck scrape holds only
+    this thread. Reusing the thread (rather than one per scrape) keeps glibc from spreading
+    the bodies over new malloc arenas: measured +6 MB RSS with a thread per scrape.
+    """
 
-    threading.Thread(target=run, name=f"scrape-{name}", daemon=True).start()
-    return future
+    def __init__(self, name: str, scraper: ServerSource) -> None:
+        self._name = name
+        self._scraper = scraper
+        self._jobs: queue.SimpleQueue[Future[ServerReading] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self) -> Future[ServerReading]:
+        """Queue one scrape; its outcome arrives in the future."""
+        future: Future[ServerReading] = Future()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"scrape-{self._name}", daemon=True
+            )
+            self._thread.start()
+        self._jobs.put(future)
+        return future
+
+    def close(self, wait_seconds: float) -> None:
+        """End the thread once its current scrape (if any) returns; wait a little for it."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(wait_seconds)
+
+    def _run(self) -> None:
+        while (future := self._jobs.get()) is not None:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._scraper.scrape())
+            except BaseException as exc:  # delivered to the sampler, which classifies it
+                # Without its traceback: its frames would keep a failed scrape's buffers (up
+                # to max_body_bytes) alive as long as the future is held.
+                future.set_exception(exc.with_traceback(None))
+            del future
