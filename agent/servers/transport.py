@@ -1,7 +1,7 @@
 """One kept-alive HTTP/1.1 connection to one origin, with a deadline over the whole exchange.
 
 An edge (does I/O). Built on the standard library's ``http.client``: it parses status lines,
-headers (at most 100, each at most 64 KiB), chunked bodies and ``100 Continue``; this module
+headers (at most 100, each at most 64 KiB), chunked bodies and ``100 Continue``. This module
 adds what the scraper needs and ``http.client`` (like httpx and urllib3) lacks: **every**
 socket operation of an exchange (connect, TLS handshake, send, each receive of the status
 line, the headers, any number of ``100 Continue`` answers and the body) waits at most until
@@ -152,7 +152,7 @@ class OriginConnection:
         port: TCP port.
         tls: TLS context for https, None for plain http.
         connect_timeout: Longest wait for the TCP connect and the TLS handshake, each, s.
-        monotonic: Monotonic clock, s; the deadline given to :meth:`get` is on it.
+        monotonic: Monotonic clock, s; the deadline given to :meth:`request` is on it.
     """
 
     def __init__(

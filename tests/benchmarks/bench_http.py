@@ -17,7 +17,7 @@ Connections are counted by the servers (accepted sockets). Requests per connecti
 minutes at the default 5 s interval = 120 scrapes / connections opened per server.
 
 Rerun: ``.venv/bin/python tests/benchmarks/bench_http.py [ROUNDS]`` (default 30 rounds = 240
-scrapes per client).
+scrapes per batch, 3 batches per client; CPU of the quietest batch).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from agent.config import ScrapeSettings, ServerSettings
 from agent.servers.scraper import ServerScraper
 
 SERVERS = 8
+BATCHES = 3
 BODY_BYTES = 1_370_000
 FIXTURE = Path(__file__).parents[1] / "servers" / "fixtures" / "vllm_v1.prom"
 HEADERS = {"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "identity"}
@@ -239,25 +240,28 @@ def measure(name: str, servers: Servers, body_bytes: int, rounds: int) -> Row:
     try:
         for fetch in fetches:  # warm up: imports, first connection
             assert len(fetch()) == body_bytes
-        accepted0, cpu0 = servers.accepted(), time.process_time()
+        accepted0 = servers.accepted()
         sizes: list[int] = []
 
         def scrape(fetch: Fetch) -> None:
             sizes.append(len(fetch()))
 
-        for _ in range(rounds):
-            threads = [threading.Thread(target=scrape, args=(f,)) for f in fetches]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        assert sizes == [body_bytes] * len(fetches) * rounds
-        cpu = time.process_time() - cpu0
+        batches = []
+        for _ in range(BATCHES):
+            cpu0 = time.process_time()
+            for _ in range(rounds):
+                threads = [threading.Thread(target=scrape, args=(f,)) for f in fetches]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            batches.append(time.process_time() - cpu0)
+        assert sizes == [body_bytes] * len(fetches) * rounds * BATCHES
         connections = servers.accepted() - accepted0
     finally:
         close()
-    scrapes = rounds * len(fetches)
-    return Row(name, scrapes, 1000 * cpu / scrapes, connections)
+    # The quietest batch: the host is shared, other jobs only ever add CPU time.
+    return Row(name, len(sizes), 1000 * min(batches) / (rounds * len(fetches)), connections)
 
 
 def table(rows: Sequence[Row], body_bytes: int, servers: int) -> str:
@@ -281,8 +285,8 @@ def table(rows: Sequence[Row], body_bytes: int, servers: int) -> str:
         )
     lines += [
         "",
-        "CPU = process time of the client process (every thread) / scrapes; vs before = CPU of"
-        " the shared httpx client / this row's",
+        f"CPU = process time of the client process (every thread) per scrape, best of {BATCHES}"
+        " batches; vs before = CPU of the shared httpx client / this row's",
         "connections = TCP connections the servers accepted during the run (after a warm-up"
         " scrape of each server)",
         "req/conn 10 min = 120 scrapes per server (5 s interval) / (1 + the connections the"
