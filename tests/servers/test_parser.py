@@ -11,13 +11,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import ScrapeSettings
 from agent.servers.parser import (
+    Exposition,
     ExpositionError,
     ParseError,
     ParseLimits,
     Scanner,
     family_candidates,
-    parse_exposition,
 )
+
+
+def parse_exposition(
+    body: str | bytes, names: list[str], limits: ParseLimits | None = None
+) -> Exposition:
+    return Scanner(names).parse(body, limits or ParseLimits())
 
 
 def _values(body: str | bytes, name: str) -> list[tuple[dict[str, str], float]]:
