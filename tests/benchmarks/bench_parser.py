@@ -1,13 +1,13 @@
-"""Benchmark: reading token counters from a large vLLM V1 exposition, and hostile lines.
+r"""Benchmark: reading token counters from a large vLLM V1 exposition, and hostile lines.
 
 Compares, on the same body and in the same run (best of ``REPEATS`` runs, ms):
 
 * prometheus_client: ``text_string_to_metric_families`` over the whole body, then the same
   extraction (prompt, generation and cached tokens summed per model, running, waiting and KV
   gauges) - the do-it-yourself baseline every ratio is taken against;
-* naive line scan: ``body.split(b"\\n")`` and ``startswith`` of the wanted names (finds the
+* naive line scan: ``body.split(b"\n")`` and ``startswith`` of the wanted names (finds the
   lines, parses nothing) - a floor for any Python per-line loop;
-* anchored regex: one ``\\n``-anchored regex pulling only the token lines (parses nothing) -
+* anchored regex: one ``\n``-anchored regex pulling only the token lines (parses nothing) -
   a floor for a regex that visits every line start;
 * ours (old): the parser before issue 16 (``bench_extract_old_parser.py``, a frozen copy)
   with the vLLM profile's interpretation;
@@ -122,7 +122,7 @@ _ANCHORED = re.compile(
 
 
 def anchored_regex(body: bytes) -> list[bytes]:
-    """One ``\\n``-anchored regex that pulls only the token lines."""
+    r"""One ``\n``-anchored regex that pulls only the token lines."""
     return _ANCHORED.findall(body)
 
 
@@ -166,9 +166,9 @@ def check_same(body: bytes, old: Any) -> None:
             assert r.kv_cache_usage_ratio is not None
             assert abs(r.kv_cache_usage_ratio - values[5]) < 1e-12
     wanted = sum(1 for line in body.split(b"\n") if line.startswith(b"vllm:prompt_tokens_total"))
-    assert len([x for x in anchored_regex(body) if x.startswith(b"\nvllm:prompt_tokens_total")]) == (
-        wanted
-    )
+    assert len(
+        [x for x in anchored_regex(body) if x.startswith(b"\nvllm:prompt_tokens_total")]
+    ) == (wanted)
 
 
 def extraction_rows(sizes: tuple[int, ...], old: Any, repeats: int = REPEATS) -> list[list[str]]:
@@ -210,7 +210,9 @@ def hostile_lines(size: int) -> dict[str, bytes]:
         "name + blanks, no value": b"vllm:prompt_tokens_total" + b" " * size + b"\n",
         "name + '{' characters": b"vllm:prompt_tokens_total" + b"{" * size + b" 1\n",
         "name + blanks + junk": b"vllm:prompt_tokens_total 1" + b" " * size + b"x y\n",
-        "many label pairs": b"vllm:prompt_tokens_total{" + pairs[: pairs.rfind(b",", 0, size - 40)] + b"} 1\n",
+        "many label pairs": b"vllm:prompt_tokens_total{"
+        + pairs[: pairs.rfind(b",", 0, size - 40)]
+        + b"} 1\n",
     }
 
 
@@ -266,7 +268,9 @@ def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
