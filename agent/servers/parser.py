@@ -315,8 +315,6 @@ _NON_BLANK_RE = re.compile(rb"\S")
 _VALUES_CODE_RE = re.compile(r"_(?:_|([0-9a-fA-F]{1,6})_)")
 
 # Groups of a line-start match (see Scanner._compile).
-# A match's lastindex is the group that closed last: _FAMILY for a HELP/TYPE line.
-_SAMPLE, _REST, _QUOTED_SAMPLE, _META, _FAMILY, _EOF, _ODD = 1, 2, 3, 4, 5, 6, 7
 
 
 _Node = dict[str, "_Node"]
@@ -394,6 +392,14 @@ class _Compiled:
     rest: re.Pattern[bytes]  # searched: every other line start, after its b"\n"
     samples: Mapping[str, tuple[str, ...]]  # wanted name -> spellings, preferred first
     families: Mapping[str, tuple[str, ...]]  # wanted family -> spellings
+    # Group numbers; a match's lastindex (the group that closed last) says the line kind.
+    # Groups 1..quoted-1 hold the rest of a sample line after its name, one per first
+    # character of the wanted spellings.
+    quoted: int  # a quoted sample name
+    meta: int  # HELP or TYPE
+    family: int  # the family of a HELP/TYPE line (its lastindex)
+    eof: int  # `# EOF`
+    odd: int  # blanks, `\v`, `\f`, or a character that cannot start a line
 
 
 class Scanner:
@@ -428,22 +434,36 @@ class Scanner:
     def _compile(self, escaping: str) -> _Compiled:
         samples = {n: name_spellings(n, escaping) for n in self.names}
         families = {f: name_spellings(f, escaping) for f in self._families}
-        sample_trie = _trie({s for spellings in samples.values() for s in spellings})
-        family_trie = _trie({s for spellings in families.values() for s in spellings})
-        # Branches start with distinct literal characters, which the regex engine tests
-        # before entering them; a line of an unwanted family costs a few character tests.
-        inner = (
-            rb"(?:(" + sample_trie + rb")(?=[ \t{\r\n])([^\n]*)"
-            rb'|\{[ \t]*"(' + sample_trie + rb')"'
-            rb'|#(?:[ \t]+(HELP|TYPE)[ \t]+"?(' + family_trie + rb')"?(?=[ \t\r\n])| (EOF))'
+        spellings = {s for spelled in samples.values() for s in spelled}
+        family_trie = _trie({s for spelled in families.values() for s in spelled})
+        # Every top-level branch starts with a literal character or a set, which the regex
+        # engine tests before entering the branch: a line of an unwanted family costs a few
+        # character tests. Hence one branch per first character of the wanted spellings,
+        # each with its own group for the rest of the line (the name ends where it starts).
+        branches = [
+            re.escape(first).encode()
+            + _trie(s[1:] for s in spellings if s[0] == first)
+            + rb"(?=[ \t{\r\n])([^\n]*)"
+            for first in sorted({s[0] for s in spellings})
+        ]
+        quoted = len(branches) + 1
+        branches += [
+            rb'\{[ \t]*"(' + _trie(spellings) + rb')"',
+            rb'#(?:[ \t]+(HELP|TYPE)[ \t]+"?(' + family_trie + rb')"?(?=[ \t\r\n])| (EOF))',
             # Anything else but a newline: blanks, `\v`, `\f`, or not an exposition.
-            rb"|([^\n\r#a-zA-Z_:{]))"
-        )
+            rb"[^\n\r#a-zA-Z_:{]()",
+        ]
+        inner = rb"(?:" + rb"|".join(branches) + rb")"
         return _Compiled(
             first=re.compile(inner),
             rest=re.compile(rb"\n" + inner),
             samples=samples,
             families=families,
+            quoted=quoted,
+            meta=quoted + 1,
+            family=quoted + 2,
+            eof=quoted + 3,
+            odd=quoted + 4,
         )
 
     def parse(
@@ -509,11 +529,12 @@ class _Scan:
 
     def run(self) -> Exposition:
         raw = self.raw
+        compiled = self.compiled
         eof = False
         for start, match in self._matches():
-            group = match.lastindex
+            group = match.lastindex or 0  # every branch has a group
             name_at = start
-            if group == _ODD:
+            if group == compiled.odd:
                 odd = raw[start : start + 1]
                 if odd in b"\x0b\x0c":
                     continue  # whitespace, as prometheus_client reads it
@@ -532,15 +553,15 @@ class _Scan:
                 relocated = self.compiled.first.match(raw, name_at)
                 if relocated is None:
                     continue
-                group, match = relocated.lastindex, relocated
-                if group == _ODD:
+                group, match = relocated.lastindex or 0, relocated
+                if group == compiled.odd:
                     continue  # `\v`/`\f` after blanks: prometheus_client strips those too
-            if group == _EOF:
+            if group == compiled.eof:
                 if self._at_eof(start):
                     eof = True
                     break
                 continue
-            if group == _FAMILY:
+            if group == compiled.family:
                 self._read_meta(start, match)
             else:
                 self._read_sample(start, name_at, match, group)
@@ -568,19 +589,19 @@ class _Scan:
         raw = self.raw
         end = raw.find(b"\n", start)
         line = raw[start : end if end >= 0 else len(raw)].decode("utf-8")
-        kind = match.group(_META).decode("ascii")
-        _read_meta(line, kind, match.group(_FAMILY).decode("utf-8"), self.types, self.helps)
+        compiled = self.compiled
+        kind = match.group(compiled.meta).decode("ascii")
+        family = match.group(compiled.family).decode("utf-8")
+        _read_meta(line, kind, family, self.types, self.helps)
 
-    def _read_sample(
-        self, start: int, name_at: int, match: re.Match[bytes], group: int | None
-    ) -> None:
+    def _read_sample(self, start: int, name_at: int, match: re.Match[bytes], group: int) -> None:
         raw = self.raw
         parsed: tuple[Labels, float] | str | None = None
-        if group == _REST:
-            spelling = match.group(_SAMPLE)
+        if group != self.compiled.quoted:
+            spelling = raw[name_at : match.start(group)]
             end = match.end()
             # Fast path, most lines of a real body: `name{labels seen before} value`.
-            rest = match.group(_REST)
+            rest = match.group(group)
             if rest[:1] == b"{":
                 close = rest.find(b"}")
                 labels = self.label_cache.get(rest[: close + 1]) if close > 0 else None
@@ -592,7 +613,7 @@ class _Scan:
                 line = raw[name_at:end].decode("utf-8").rstrip(" \t\r")
                 parsed = _parse_sample(line, len(spelling), self.label_cache, self.escaping)
         else:
-            spelling = match.group(_QUOTED_SAMPLE)
+            spelling = match.group(group)
             end = raw.find(b"\n", start)
             line = raw[name_at : end if end >= 0 else len(raw)].decode("utf-8")
             parsed = _parse_quoted_sample(line.rstrip(" \t\r"), self.escaping)
