@@ -66,7 +66,7 @@ read. ``tests/servers/test_parser.py`` holds the hostile lines that used to take
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import AnyStr, NamedTuple
 
@@ -393,8 +393,8 @@ class _Compiled:
     samples: Mapping[str, tuple[str, ...]]  # wanted name -> spellings, preferred first
     families: Mapping[str, tuple[str, ...]]  # wanted family -> spellings
     # Group numbers; a match's lastindex (the group that closed last) says the line kind.
-    # Groups 1..quoted-1 hold the rest of a sample line after its name, one per first
-    # character of the wanted spellings.
+    # Groups 1..quoted-1 are sample lines, three per first character of the wanted
+    # spellings: label text and value of the common shape, or the rest of the line.
     quoted: int  # a quoted sample name
     meta: int  # HELP or TYPE
     family: int  # the family of a HELP/TYPE line (its lastindex)
@@ -443,10 +443,13 @@ class Scanner:
         branches = [
             re.escape(first).encode()
             + _trie(s[1:] for s in spellings if s[0] == first)
-            + rb"(?=[ \t{\r\n])([^\n]*)"
+            + rb"(?=[ \t{\r\n])"
+            # The common shape `{labels} value` (no timestamp, one space, no `}` in a value)
+            # in groups 3i+1 and 3i+2; anything else in group 3i+3.
+            + rb"(?:(\{[^}\n]*\}) ([^ \t\r\n#_][^ \t\n#_]*)(?![^\n])|([^\n]*))"
             for first in sorted({s[0] for s in spellings})
         ]
-        quoted = len(branches) + 1
+        quoted = 3 * len(branches) + 1
         branches += [
             rb'\{[ \t]*"(' + _trie(spellings) + rb')"',
             rb'#(?:[ \t]+(HELP|TYPE)[ \t]+"?(' + family_trie + rb')"?(?=[ \t\r\n])| (EOF))',
@@ -519,58 +522,87 @@ class _Scan:
         # set per rank in every family.
         self.label_cache: dict[bytes, Labels] = {}
 
-    def _matches(self) -> Iterator[tuple[int, re.Match[bytes]]]:
-        """(line start, match) for every line start the scanner stops at, in body order."""
-        first = self.compiled.first.match(self.raw)
-        if first is not None:
-            yield 0, first
-        for match in self.compiled.rest.finditer(self.raw):
-            yield match.start() + 1, match
-
     def run(self) -> Exposition:
         raw = self.raw
         compiled = self.compiled
-        eof = False
-        for start, match in self._matches():
+        quoted = compiled.quoted
+        cache_get = self.label_cache.get
+        first = compiled.first.match(raw)
+        if first is not None and self._line(0, first):
+            return self._finish(eof=True)
+        for match in compiled.rest.finditer(raw):
             group = match.lastindex or 0  # every branch has a group
-            name_at = start
-            if group == compiled.odd:
-                odd = raw[start : start + 1]
-                if odd in b"\x0b\x0c":
-                    continue  # whitespace, as prometheus_client reads it
-                if odd not in b" \t":
-                    end = raw.find(b"\n", start)
-                    raise ParseError(
-                        "not a Prometheus exposition: line starts with "
-                        f"{_describe_start(raw[start : end if end >= 0 else len(raw)])}, "
-                        "expected a metric name or '#'",
-                        _line_no(raw, start),
-                    )
-                # Leading blanks (rare): match again after them; the line starts at `start`.
-                name_at = _skip(_RAW_BLANKS_RE, raw, start)
-                if name_at == len(raw) or raw[name_at] in b"\r\n":
-                    continue
-                relocated = self.compiled.first.match(raw, name_at)
-                if relocated is None:
-                    continue
-                group, match = relocated.lastindex or 0, relocated
-                if group == compiled.odd:
-                    continue  # `\v`/`\f` after blanks: prometheus_client strips those too
-            if group == compiled.eof:
-                if self._at_eof(start):
-                    eof = True
-                    break
-                continue
-            if group == compiled.family:
-                self._read_meta(start, match)
-            else:
-                self._read_sample(start, name_at, match, group)
+            if group < quoted and group % 3 == 2:
+                # The common shape: labels parsed once per distinct label text.
+                labels = cache_get(match.group(group - 1))
+                if labels is None:
+                    labels = self._new_labels(match.group(group - 1))
+                if labels is not None:
+                    try:
+                        value = float(match.group(group))  # a trailing \r is stripped
+                    except ValueError:
+                        pass
+                    else:
+                        spelling = raw[match.start() + 1 : match.start(group - 1)]
+                        self._add(spelling, labels, value, match.start() + 1)
+                        continue
+            if self._line(match.start() + 1, match):
+                return self._finish(eof=True)
+        return self._finish(eof=False)
+
+    def _new_labels(self, text: bytes) -> Labels | None:
+        """Parse and cache one label text ``{...}``; None when it is not a whole valid set."""
+        decoded = text.decode("utf-8")
+        parsed = _parse_labels(decoded, 0, self.escaping)
+        if isinstance(parsed, str) or parsed[1] != len(decoded):
+            return None  # the slow path reports the problem with its line
+        self.label_cache[text] = parsed[0]
+        return parsed[0]
+
+    def _finish(self, eof: bool) -> Exposition:
         if self.fmt == "openmetrics" and not eof:
+            raw = self.raw
             raise ParseError(
                 "OpenMetrics body does not end with '# EOF' (truncated?)",
                 _line_no(raw, len(raw.rstrip())),
             )
         return self._result()
+
+    def _line(self, start: int, match: re.Match[bytes]) -> bool:
+        """Read the line starting at ``start`` that ``match`` stopped at; True at ``# EOF``."""
+        raw = self.raw
+        compiled = self.compiled
+        group = match.lastindex or 0
+        name_at = start
+        if group == compiled.odd:
+            odd = raw[start : start + 1]
+            if odd in b"\x0b\x0c":
+                return False  # whitespace, as prometheus_client reads it
+            if odd not in b" \t":
+                end = raw.find(b"\n", start)
+                raise ParseError(
+                    "not a Prometheus exposition: line starts with "
+                    f"{_describe_start(raw[start : end if end >= 0 else len(raw)])}, "
+                    "expected a metric name or '#'",
+                    _line_no(raw, start),
+                )
+            # Leading blanks (rare): match again after them; the line starts at `start`.
+            name_at = _skip(_RAW_BLANKS_RE, raw, start)
+            if name_at == len(raw) or raw[name_at] in b"\r\n":
+                return False
+            relocated = compiled.first.match(raw, name_at)
+            if relocated is None:
+                return False
+            group, match = relocated.lastindex or 0, relocated
+            if group == compiled.odd:
+                return False  # `\v`/`\f` after blanks: prometheus_client strips those too
+        if group == compiled.eof:
+            return self._at_eof(start)
+        if group == compiled.family:
+            self._read_meta(start, match)
+        else:
+            self._read_sample(start, name_at, match, group)
+        return False
 
     def _at_eof(self, start: int) -> bool:
         """True at an OpenMetrics ``# EOF`` line; refuse text after it."""
@@ -596,30 +628,22 @@ class _Scan:
 
     def _read_sample(self, start: int, name_at: int, match: re.Match[bytes], group: int) -> None:
         raw = self.raw
-        parsed: tuple[Labels, float] | str | None = None
-        if group != self.compiled.quoted:
-            spelling = raw[name_at : match.start(group)]
-            end = match.end()
-            # Fast path, most lines of a real body: `name{labels seen before} value`.
-            rest = match.group(group)
-            if rest[:1] == b"{":
-                close = rest.find(b"}")
-                labels = self.label_cache.get(rest[: close + 1]) if close > 0 else None
-                if labels is not None:
-                    value = _fast_value(rest[close + 1 :])
-                    if value is not None:
-                        parsed = labels, value
-            if parsed is None:
-                line = raw[name_at:end].decode("utf-8").rstrip(" \t\r")
-                parsed = _parse_sample(line, len(spelling), self.label_cache, self.escaping)
-        else:
+        end = raw.find(b"\n", start)
+        end = len(raw) if end < 0 else end
+        if group == self.compiled.quoted:
             spelling = match.group(group)
-            end = raw.find(b"\n", start)
-            line = raw[name_at : end if end >= 0 else len(raw)].decode("utf-8")
-            parsed = _parse_quoted_sample(line.rstrip(" \t\r"), self.escaping)
+            line = raw[name_at:end].decode("utf-8").rstrip(" \t\r")
+            parsed = _parse_quoted_sample(line, self.escaping)
+        else:
+            # The name ends where the label text (fast shape) or the rest of the line starts.
+            spelling = raw[name_at : match.start(group - 1 if group % 3 == 2 else group)]
+            line = raw[name_at:end].decode("utf-8").rstrip(" \t\r")
+            parsed = _parse_sample(line, len(spelling), self.label_cache, self.escaping)
         if isinstance(parsed, str):
             raise ParseError(parsed, _line_no(raw, start))
-        labels = parsed[0]
+        self._add(spelling, parsed[0], parsed[1], start)
+
+    def _add(self, spelling: bytes, labels: Labels, value: float, start: int) -> None:
         known = self.seen.get(spelling)
         if known is None:
             known = self.seen[spelling] = set()
@@ -631,10 +655,10 @@ class _Scan:
             raise ParseError(
                 f"more than max_series_per_family={self.max_series} series of "
                 f"{spelling.decode('utf-8')}",
-                _line_no(raw, start),
+                _line_no(self.raw, start),
             )
         known.add(labels)
-        self.series[spelling].append(parsed)
+        self.series[spelling].append((labels, value))
 
     def _result(self) -> Exposition:
         samples: dict[str, tuple[Sample, ...]] = {}
@@ -751,17 +775,6 @@ def _read_meta(
     else:
         rest = rest.rstrip("\r")  # CRLF line ends
         helps.setdefault(family, _unescape(rest, quotes=False))
-
-
-def _fast_value(tail: bytes) -> float | None:
-    """The value of a tail that is exactly one space and a number, else None (slow path)."""
-    parts = tail.split(b" ")
-    if len(parts) != 2 or parts[0] or b"_" in parts[1] or parts[1][:1] in b"\r\t#":
-        return None
-    try:
-        return float(parts[1])  # strips a trailing \r, as the grammar allows
-    except ValueError:
-        return None
 
 
 def _parse_sample(
