@@ -527,6 +527,9 @@ class _Scan:
         compiled = self.compiled
         quoted = compiled.quoted
         cache_get = self.label_cache.get
+        seen_get = self.seen.get
+        series = self.series
+        max_series = self.max_series
         first = compiled.first.match(raw)
         if first is not None and self._line(0, first):
             return self._finish(eof=True)
@@ -543,8 +546,15 @@ class _Scan:
                     except ValueError:
                         pass
                     else:
-                        spelling = raw[match.start() + 1 : match.start(group - 1)]
-                        self._add(spelling, labels, value, match.start() + 1)
+                        start = match.start() + 1
+                        spelling = raw[start : match.start(group - 1)]
+                        known = seen_get(spelling)
+                        # First series of a name, a duplicate or the limit: the long way.
+                        if known is None or labels in known or len(known) >= max_series:
+                            self._add(spelling, labels, value, start)
+                        else:
+                            known.add(labels)
+                            series[spelling].append((labels, value))
                         continue
             if self._line(match.start() + 1, match):
                 return self._finish(eof=True)
@@ -662,12 +672,13 @@ class _Scan:
 
     def _result(self) -> Exposition:
         samples: dict[str, tuple[Sample, ...]] = {}
-        for name, spellings in self.compiled.samples.items():
-            for spelling in spellings:
-                found = self.series.get(spelling.encode("utf-8"))
-                if found:
-                    samples[name] = tuple(map(Sample._make, found))
-                    break
+        if self.series:
+            for name, spellings in self.compiled.samples.items():
+                for spelling in spellings:
+                    found = self.series.get(spelling.encode("utf-8"))
+                    if found:
+                        samples[name] = tuple(map(Sample._make, found))
+                        break
         types: dict[str, str] = {}
         helps: dict[str, str] = {}
         for family, spellings in self.compiled.families.items():
