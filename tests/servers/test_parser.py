@@ -582,7 +582,14 @@ def _module_patterns(module: ModuleType) -> dict[str, re.Pattern[Any]]:
 
 # Any call that runs or compiles a pattern (re.escape of trusted names is not one).
 _USES_RE = re.compile(r"\bre\.(?:compile|match|search|fullmatch|sub|subn|findall|finditer|split)\(")
-_AUDITED = ("agent.servers.parser", "agent.discovery", "exporters.http", "exporters.webconfig")
+_AUDITED = (
+    "agent.servers.parser",
+    "agent.servers.inspect",
+    "agent.plan.scenario",
+    "agent.discovery",
+    "exporters.http",
+    "exporters.webconfig",
+)
 
 
 def test_every_regex_module_is_audited() -> None:
