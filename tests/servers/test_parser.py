@@ -699,9 +699,21 @@ def test_reads_real_prometheus_client_output_for_every_accept(accept: str) -> No
         assert exp.types.get("sglang:prompt_tokens_total") == "counter"
 
 
-def test_the_scraper_accept_gets_escaped_names_from_the_installed_client() -> None:
-    # The case of issue 11: names of sample lines lose their colon, TYPE lines keep it.
+def test_the_scraper_accept_gets_the_classic_text_with_colons() -> None:
+    # The scraper asks for what every engine serves: prometheus_client answers the classic
+    # text format and keeps the colons, whatever its version.
     encoder, content_type = choose_encoder(ACCEPT)
+    body = encoder(_sglang_registry()).decode()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert 'sglang:prompt_tokens_total{model_name="m1"} 42.0' in body
+    reading = read_exposition(body, "sglang", content_type=content_type)
+    assert {m.model: m.input_tokens for m in reading.models} == {"m1": 42.0, "m2": 7.0}
+
+
+def test_an_openmetrics_answer_with_escaped_names_reads_the_same() -> None:
+    # The case of issue 11: a server that answers OpenMetrics anyway (prometheus_client >=
+    # 0.23 whenever Accept lists it): sample names lose their colon, TYPE lines keep it.
+    encoder, content_type = choose_encoder("application/openmetrics-text;version=1.0.0")
     body = encoder(_sglang_registry()).decode()
     assert "escaping=underscores" in content_type
     assert 'sglang_prompt_tokens_total{model_name="m1"} 42.0' in body
