@@ -79,9 +79,9 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, certs: A
 @pytest.mark.parametrize(
     ("text", "named"),
     [
-        ("tls_server_config:\n  cert_fle: x\n", "tls_server_config.cert_fle: unknown key"),
-        ("basic_auth_user:\n  a: b\n", "basic_auth_user: unknown key"),
-        ("http_server_config:\n  http3: true\n", "http_server_config.http3: unknown key"),
+        ("tls_server_config:\n  cert_fle: x\n", "tls_server_config.cert_fle: unknown field"),
+        ("basic_auth_user:\n  a: b\n", "basic_auth_user: unknown field"),
+        ("http_server_config:\n  http3: true\n", "http_server_config.http3: unknown field"),
         ("rate_limit:\n  burst: 1\n", "rate_limit: not supported"),
         ("tls_server_config:\n  cert: inline\n  key_file: k\n  cert_file: c\n",
          "tls_server_config.cert: inline keys are not supported"),
