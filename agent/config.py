@@ -380,9 +380,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """
     source = str(path)
     if path.is_dir():
-        raise ConfigError(source, [f"{path} is a directory; give the config file itself"])
+        raise ConfigError(source, ["is a directory; give the config file itself"])
     if not path.is_file():
-        raise ConfigError(source, [f"no such file: {path}"])
+        raise ConfigError(source, ["no such file"])
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError(source, [f"unknown file type {suffix!r}: use .toml, .yaml or .yml"])
