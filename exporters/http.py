@@ -70,7 +70,7 @@ from prometheus_client.exposition import (
 from prometheus_client.registry import Collector
 
 from agent.config import HttpSettings, split_listen
-from agent.logs import OncePer
+from agent.logs import OncePer, describe
 from exporters.webconfig import (
     BasicAuth,
     WebConfig,
@@ -410,7 +410,7 @@ class MetricsServer:
         web_config: TLS and basic auth (see :mod:`exporters.webconfig`); None = plain HTTP.
             When None, ``settings.web_config_file`` is loaded if set.
         max_open_connections: Most connections open at once (reading, queued, being
-            served or written); default ``max(64, 32 * max_connections)``, lowered to fit
+            served or written); default ``max(64, 64 * max_connections)``, lowered to fit
             the process's open-file limit less ``reserved_fds``.
         max_head_bytes: Largest request line plus headers accepted, bytes.
         reserved_fds: File descriptors kept free for scraping servers, NVML and logs.
@@ -446,11 +446,18 @@ class MetricsServer:
         self._timeout = settings.client_timeout_seconds
         self._header_timeout = min(settings.header_timeout_seconds, self._timeout)
         self._workers = settings.max_connections
-        wanted = max_open_connections or max(64, 32 * settings.max_connections)
+        wanted = max_open_connections or max(64, 64 * settings.max_connections)
         limit = _open_file_limit() if open_file_limit is None else open_file_limit
-        self._fd_budget = max(8, limit - _open_fds() - reserved_fds) if limit > 0 else wanted
-        self._max_open = max(1, min(wanted, self._fd_budget))
-        self._max_rejected = 16
+        budget = max(16, limit - _open_fds() - reserved_fds) if limit > 0 else 4 * wanted
+        # asyncio accepts a batch per wake-up and may accept ~3 batches before admitting any;
+        # those, and the 503s still draining, must fit in the budget as well.
+        self._accept_batch = max(1, min(64, budget // 16))
+        self._max_rejected = max(1, min(16, budget // 16))
+        room = budget - 3 * self._accept_batch - self._max_rejected
+        self._max_open = max(1, min(wanted, room))
+        # A connection younger than this is not shed: it is likely a scraper whose request
+        # is on its way; idle attackers are older.
+        self._min_idle_age = min(1.0, self._header_timeout / 2)
         self._max_head_bytes = max_head_bytes
         self._auth_workers = auth_workers
         self._max_pending_auth = max_pending_auth
@@ -596,9 +603,8 @@ class MetricsServer:
         # asyncio accepts up to ``backlog`` sockets per wake-up before any is admitted; a
         # small batch keeps a storm from taking every descriptor at once. The kernel queue
         # is then widened again, so a burst waits there instead of being refused.
-        batch = max(1, min(64, self._fd_budget // 4))
         self._aserver = await loop.create_server(
-            lambda: _Conn(self), sock=self._sock, backlog=batch
+            lambda: _Conn(self), sock=self._sock, backlog=self._accept_batch
         )
         self._sock.listen(min(socket.SOMAXCONN, 4096))
 
@@ -628,7 +634,7 @@ class MetricsServer:
 
     def _trouble(self, what: str, exc: BaseException | None) -> None:
         """Log an unexpected condition once per interval, without a traceback."""
-        reason = f"{type(exc).__name__}: {exc}" if exc is not None else ""
+        reason = describe(exc) if exc is not None else ""
         key = f"{what}|{type(exc).__name__}|{getattr(exc, 'errno', '')}"
         left_out = self._once.ready(key)
         if left_out is None:
@@ -690,7 +696,13 @@ class MetricsServer:
         if not self._idle:
             return
         busiest = max(self._idle.values(), key=len)
-        self._shed(next(iter(busiest)), "open-connection limit")
+        oldest = next(iter(busiest))
+        if time.monotonic() - oldest.accepted_at < self._min_idle_age:
+            # The busiest address only has fresh connections; try the oldest of any address.
+            oldest = min((next(iter(d)) for d in self._idle.values()), key=lambda c: c.accepted_at)
+            if time.monotonic() - oldest.accepted_at < self._min_idle_age:
+                return
+        self._shed(oldest, "open-connection limit")
 
     def _shed(self, conn: _Conn, why: str) -> None:
         self._trouble(f"{why} reached; oldest idle connection shed", None)
