@@ -30,7 +30,7 @@ from agent.config import (
     load_settings,
     split_listen,
 )
-from agent.logs import redact
+from agent.logs import describe, redact
 from agent.readings import PricingInfo
 from exporters.webconfig import WebConfigError
 
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # e.g. no memory for a thread: still one line, never a traceback
-        log.error("cannot run", extra={"error": f"{type(exc).__name__}: {exc}"})
+        log.error("cannot run", extra={"error": describe(exc)})
         return 1
 
 

@@ -138,13 +138,20 @@ def install_excepthooks(log: logging.Logger) -> None:
     """
 
     def main_hook(kind: type[BaseException], exc: BaseException, tb: object) -> None:
-        log.error("failed: %s: %s", kind.__name__, exc)
+        log.error("failed", extra={"error": describe(exc)})
 
     def thread_hook(args: threading.ExceptHookArgs) -> None:
         if args.exc_type is SystemExit:
             return
         name = args.thread.name if args.thread is not None else "?"
-        log.error("thread %s failed: %s: %s", name, args.exc_type.__name__, args.exc_value)
+        error = describe(args.exc_value) if args.exc_value is not None else args.exc_type.__name__
+        log.error("thread failed", extra={"thread": name, "error": error})
 
     sys.excepthook = main_hook
     threading.excepthook = thread_hook
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``, or the type alone when the message is empty (``MemoryError``)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

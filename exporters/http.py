@@ -3,7 +3,8 @@
 Why asyncio from the standard library, and not prometheus_client's server or a WSGI server:
 
 - prometheus_client's ``start_http_server`` starts one thread per connection with no bound and
-  no timeouts, and has no basic auth (reliability-security.md §1.1, §7.D.31).
+  no timeouts, and has no basic auth (prometheus/client_python:
+  prometheus_client/exposition.py, ``ThreadingWSGIServer``).
 - waitress buffers requests well but has no TLS; cheroot does TLS but its built-in adapter
   performs the handshake on the accept thread and a worker sits in a blocking read while a
   slow client trickles in its request; gunicorn is a process manager, not an embeddable
@@ -15,28 +16,44 @@ Why asyncio from the standard library, and not prometheus_client's server or a W
 
 How a connection is served:
 
-1. Accept (event loop). Over ``max_open_connections`` open connections, a plain-HTTP client
-   gets an immediate ``503`` and a TLS client is closed: the count is the only unbounded-
-   looking resource and it is bounded here.
+1. Accept (event loop), in small batches so a storm cannot take every descriptor at once.
+   The open-connection limit (default ``64 * max_connections``) is lowered to fit the
+   process's open-file limit, less ``reserved_fds`` kept for scraping servers and NVML. At
+   the limit, the oldest connection that has not sent a complete request (idle or slow),
+   taken from the client address holding the most of them, is shed to make room; only
+   connections younger than a second are spared, since a scraper's request is on its way.
+   When every open connection is already working on a request, a plain-HTTP client gets an
+   immediate ``503`` and a TLS client is closed.
 2. TLS handshake, if configured, and reading the request head (event loop, non-blocking).
-   One deadline, ``client_timeout_seconds``, covers both from accept; a client that has not
-   sent a complete head by then is dropped. Heads over ``max_head_bytes`` get ``431``.
-3. Handling (a ``ThreadPoolExecutor`` of ``max_connections`` threads): basic auth (bcrypt,
-   serialized), routing, rendering. Requests beyond ``max_connections`` queue in the pool; the
-   queue is bounded by the open-connection limit, and a request that waited longer than
+   One short deadline, ``header_timeout_seconds`` (capped at ``client_timeout_seconds``),
+   covers both from accept; a client that has not sent a complete head by then is dropped.
+   Heads over ``max_head_bytes`` get ``431``. Lines may end in CRLF or a bare LF.
+3. Parsing and basic auth (event loop): a credential verified before is answered from the
+   cache at once; an unknown one goes to a small bcrypt pool (``auth_workers`` threads, at
+   most ``max_pending_auth`` checks queued, more get ``429``), never to the rendering
+   workers, so a flood of wrong passwords cannot queue in front of a valid scraper. A
+   refusal is held as long as a check at the file's highest bcrypt cost takes.
+4. Rendering (a ``ThreadPoolExecutor`` of ``max_connections`` threads). Requests beyond
+   ``max_connections`` queue in the pool; a request that waited longer than
    ``client_timeout_seconds`` gets ``503`` (its scraper has given up by then).
-4. Writing (event loop): the response is written, the connection closed (``Connection:
+5. Writing (event loop): the response is written, the connection closed (``Connection:
    close``, no keep-alive, so an idle client never holds anything). A client that does not
    read it within ``client_timeout_seconds`` is aborted.
 
-Threads: one event-loop thread and at most ``max_connections`` workers, whatever the load.
+Failures never become tracebacks: errors asyncio reports (an accept out of descriptors) and
+unexpected errors in a connection's callbacks end that connection and are logged as one
+logfmt line per kind per 10 s, with the count of repeats left out.
+
+Threads: one event-loop thread, at most ``max_connections`` rendering workers and
+``auth_workers`` bcrypt workers, whatever the load.
 
 Requests: ``GET`` and ``HEAD`` only (405 otherwise); query strings are ignored, so there is
 no way to make the agent fetch anything (no SSRF surface) and no ``name[]`` filtering work.
 Basic auth, when configured, applies to every path except ``auth_excluded_paths``.
 
 The web config file is re-read when it, or a certificate, key or CA file it names, changes:
-each new connection compares their size, inode and mtime (a few ``stat`` calls). A change
+each new connection compares their size, inode and mtime (a few ``stat`` calls), and on
+:meth:`MetricsServer.reload_web_config` (the CLI calls it on SIGHUP). A change
 that does not load (bad YAML, unreadable key) is logged and the previous config stays in
 force, so a botched rotation never turns TLS or auth off.
 """

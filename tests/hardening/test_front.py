@@ -252,7 +252,7 @@ def test_wrong_password_flood_does_not_delay_a_verified_scraper(
 
     flooder = threading.Thread(target=flood)
     flooder.start()
-    results = []
+    results: list[tuple[int, float]] = []
     try:
         time.sleep(0.5)  # the bcrypt queue is full by now
         deadline = time.monotonic() + 20.0
