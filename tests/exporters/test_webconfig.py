@@ -260,7 +260,7 @@ def test_refusals_are_held_as_long_as_the_costliest_hash() -> None:
         "basic_auth_users:\n  alice: 84736251\n",
         "basic_auth_users:\n  alice: [pw-84736251]\n",
         "basic_auth_users:\n  alice: pw-84736251: x\n",
-        "basic_auth_users: {alice: \"pw-84736251\n",
+        'basic_auth_users: {alice: "pw-84736251\n',
     ],
 )
 def test_no_error_quotes_a_pasted_password(write_web_config: Write, text: str) -> None:
