@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from agent.logs import OncePer, configure_logging, redact
+from agent.logs import LogfmtFormatter, OncePer, redact
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,11 @@ def test_redact_masks_url_passwords_and_credentials(text: str, expected: str) ->
 
 def test_every_logfmt_field_is_redacted() -> None:
     stream = io.StringIO()
-    log = configure_logging("debug", stream).getChild("t")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(LogfmtFormatter())
+    # A logger of its own: configure_logging would change the shared "tokenergy" logger.
+    log = logging.Logger("redaction-test")
+    log.addHandler(handler)
     try:
         raise ValueError("cannot reach http://u:pw-2@h/")
     except ValueError:
@@ -34,7 +38,6 @@ def test_every_logfmt_field_is_redacted() -> None:
     line = stream.getvalue()
     assert line.count("\n") == 1 and "u:***@h" in line
     assert "pw-1" not in line and "pw-2" not in line and "pw-3" not in line
-    logging.getLogger("tokenergy").handlers.clear()
 
 
 def test_once_per_lets_one_through_per_interval_and_counts_the_rest() -> None:
