@@ -428,6 +428,10 @@ def run_command(args: argparse.Namespace, log: logging.Logger) -> int:
     _install_stop_handlers(stop, hup)
     try:
         agent.start()
+    except BaseException:
+        agent.stop()  # what did start (threads, NVML) is stopped; the error is logged by main
+        raise
+    try:
         _log_start(agent, log)
         while not stop.wait(0.2):
             if hup.is_set():

@@ -1,10 +1,15 @@
-"""Configuration: one pydantic-settings root, env prefix ``TOKENERGY_``, sections behind ``__``.
+"""Configuration: one pydantic model root, env prefix ``TOKENERGY_``, sections behind ``__``.
 
 Sources, highest priority first: command-line flags (passed as init values), environment
 variables (``TOKENERGY_SAMPLING__INTERVAL_SECONDS=5``), an optional TOML or YAML file, defaults.
-Unknown fields are errors everywhere, so a typo never silently falls back to a default.
+Unknown fields are errors everywhere, an unknown ``TOKENERGY_*`` variable included, so a typo
+never silently falls back to a default.
 
-This module reads a file only in :func:`load_settings`; validation itself is pure.
+The file and the environment are read here, not by pydantic-settings' sources, so that every
+problem is one line naming its place: a syntax error with its line and column (never a
+snippet of the file, which may hold a password), a variable with its name, bad JSON with its
+position. Only :func:`load_settings` reads (a file, ``os.environ``); validation is pure.
+Every duration has a floor (no busy loop) and a ceiling; URLs are checked as httpx reads them.
 """
 
 from __future__ import annotations
