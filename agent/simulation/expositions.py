@@ -3,7 +3,7 @@
 Pure module: builds text from counters; no I/O, no clock, no threads.
 
 Each renderer writes what the real server writes, as far as the reference
-(``/work/shared/reference/inference-metrics.md``) and the servers' source tell: real metric
+and the servers' source tell: real metric
 names, HELP and TYPE lines, label names, number formatting, the real vLLM V1 histogram bucket
 boundaries (``vllm/v1/metrics/loggers.py``, ``PrometheusStatLogger``), ``_created`` series
 where the server's registry emits them, and ``process_*``/``python_*``/``http_*`` noise. The
@@ -13,7 +13,13 @@ demo's simulated servers render on every request, so the renderers are written f
 Token totals are split across ranks (vLLM ``engine``, SGLang ``dp_rank``, LMDeploy
 ``engine``) so that the matching engine profile's sum equals the input exactly. The one
 exception is llama.cpp, which prints values with six significant digits like the real server:
-from 1e6 tokens up the rendered counter is rounded (to 10 tokens at 1e6, 100 at 1e7).
+from 1e6 tokens up the rendered counter is rounded (to 10 tokens at 1e6, 100 at 1e7). Its
+``prompt_tokens_total`` excludes the prompt-cache hits, which ``prompt_tokens_cached_total``
+counts (as llama-server does).
+
+vLLM, SGLang and LMDeploy are also built from prometheus_client registries served by the
+engines' own apps (:mod:`agent.simulation.engines`); the demo's servers use those. The text
+renderers here stay for fixtures and the parser benchmarks.
 """
 
 # The metric tables below keep each real HELP string on one line, next to its name.
@@ -763,20 +769,27 @@ def _tgi(models: Sequence[SimModelCounters]) -> str:
 
 
 def _llamacpp(models: Sequence[SimModelCounters]) -> str:
-    # No labels at all; values through a default C++ stream (6 significant digits, like %g).
+    # tools/server/server-context.cpp, the metrics handler: no labels at all; values through a
+    # default C++ stream (six significant digits, like %g); prompt_tokens_total counts the
+    # prompt tokens evaluated, the cache hits apart in prompt_tokens_cached_total.
     m = models[0] if models else SimModelCounters(model="")
+    evaluated = m.prompt_tokens - m.cached_prompt_tokens
     rows: tuple[tuple[str, str, str, float], ...] = (
-        ("prompt_tokens_total", "counter", "Number of prompt tokens processed.", m.prompt_tokens),
-        ("prompt_seconds_total", "counter", "Prompt process time", m.prompt_tokens / 2500.0),
-        ("tokens_predicted_total", "counter", "Number of generation tokens processed.", m.generation_tokens),
-        ("tokens_predicted_seconds_total", "counter", "Predict process time", m.generation_tokens / 45.0),
-        ("n_decode_total", "counter", "Total number of llama_decode() calls", m.generation_tokens // 2),
-        ("n_tokens_max", "counter", "Largest observed n_tokens.", 8192),
-        ("n_busy_slots_per_decode", "counter", "Average number of busy slots per llama_decode() call", 1.73),
-        ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s.", 2500.0),
-        ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s.", 45.0),
-        ("requests_processing", "gauge", "Number of requests processing.", m.requests_running),
-        ("requests_deferred", "gauge", "Number of requests deferred.", m.requests_waiting),
+        ("prompt_tokens_total", "counter", "Number of prompt tokens processed, excluding cached tokens", evaluated),
+        ("prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache", m.cached_prompt_tokens),
+        ("prompt_seconds_total", "counter", "Total time spent processing prompts", evaluated / 2500.0),
+        ("tokens_predicted_total", "counter", "Number of generation tokens processed", m.generation_tokens),
+        ("tokens_predicted_seconds_total", "counter", "Total time spent generating tokens", m.generation_tokens / 45.0),
+        ("n_decode_total", "counter", "Total number of llama_decode() calls, excluding speculative decoding and multimodal decoding", m.generation_tokens // 2),
+        ("n_tokens_max", "counter", "Largest observed sequence length (prompt + generation)", 8192 if m.prompt_tokens else 0),
+        ("spec_decode_num_draft_tokens_total", "counter", "Speculative: Total draft tokens generated", 0),
+        ("spec_decode_num_accepted_tokens_total", "counter", "Speculative: Total draft tokens accepted by the target model", 0),
+        ("spec_decode_num_drafts_total", "counter", "Speculative: Total speculative decoding verification steps", 0),
+        ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s", 2500.0),
+        ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s", 45.0),
+        ("requests_processing", "gauge", "Number of requests processing", m.requests_running),
+        ("requests_deferred", "gauge", "Number of requests deferred", m.requests_waiting),
+        ("n_busy_slots_per_decode", "gauge", "Average number of busy slots per llama_decode() call", 1.67362),
     )  # fmt: skip
     return "".join(
         f"# HELP llamacpp:{name} {help_text}\n# TYPE llamacpp:{name} {kind}\n"
