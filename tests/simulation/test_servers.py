@@ -116,9 +116,7 @@ def test_unknown_path_is_404(vllm: SimulatedServer, llamacpp: SimulatedServer) -
 
 
 def test_llamacpp_sends_its_start_as_monotonic_microseconds(clock: ManualClock) -> None:
-    server = SimulatedServer(
-        "l", "llamacpp", [""], wall=clock.wall, monotonic=clock.monotonic
-    )
+    server = SimulatedServer("l", "llamacpp", [""], wall=clock.wall, monotonic=clock.monotonic)
     server.start()
     try:
         header = httpx.get(server.url, timeout=5).headers["Process-Start-Time-Unix"]
