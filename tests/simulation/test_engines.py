@@ -446,3 +446,45 @@ def test_run_counts_the_engine_over_http(clock: ManualClock, tmp_path: Path, eng
         reader.join(5)
         for s in servers:
             s.stop()
+
+
+@pytest.mark.parametrize("engine", ["sglang", "vllm"])
+def test_in_process_registry_serves_what_multiprocess_mode_serves(
+    clock: ManualClock, tmp_path: Path, engine: str
+) -> None:
+    # The demo's engines run in-process, where multiprocess mode cannot be switched on: their
+    # engine series must be the ones a real multiprocess registry serves for the same counts.
+    server = _started(clock, engine)
+    try:
+        _advance(server)
+        in_process = httpx.get(server.url, headers={"Accept": "text/plain"}, timeout=5).text
+        state = server.state()
+    finally:
+        server.stop()
+    shown = [
+        (
+            r,
+            SimModelCounters(
+                model=MODEL,
+                prompt_tokens=c.prompt_tokens,
+                generation_tokens=c.generation_tokens,
+                cached_prompt_tokens=c.cached_prompt_tokens,
+                requests_finished=c.requests_finished,
+                requests_running=7 // 2 + (1 if r == 0 else 0),
+            ),
+        )
+        for r, c in enumerate(state.ranks[MODEL])
+    ]
+    with EngineSubprocess(engine, ranks=2, multiprocess_dir=str(tmp_path), cwd=str(ROOT)) as child:
+        child.apply(shown)
+        multi = httpx.get(child.url, headers={"Accept": "text/plain"}, timeout=10).text
+
+    def engine_series(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name.startswith(f"{engine}:") and not s.name.endswith("_created")
+        }
+
+    assert engine_series(in_process) == engine_series(multi)
