@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("source", help="file, URL or - for standard input")
     inspect.add_argument("--engine", default="auto", choices=ENGINES)
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument("--ca-file", type=Path, help="CA bundle (PEM) to verify an https URL")
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
@@ -93,7 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agent.servers.inspect import inspect_command
 
             return inspect_command(
-                args.source, args.engine, args.json, sys.stdin.buffer, sys.stdout, sys.stderr
+                args.source,
+                args.engine,
+                args.json,
+                sys.stdin.buffer,
+                sys.stdout,
+                sys.stderr,
+                ca_file=args.ca_file,
             )
         if args.command == "run":
             return run_command(args, log)
@@ -161,7 +168,7 @@ class Agent:
     sampler: Any
     monitor: Any
     server: Any
-    client: Any
+    scrapers: dict[str, Any]
     registry: Any
 
     @property
@@ -182,7 +189,8 @@ class Agent:
         self.sampler.close()
         self.server.stop()
         self.monitor.close()
-        self.client.close()
+        for scraper in self.scrapers.values():
+            scraper.close()
 
 
 def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger) -> Agent:
@@ -203,14 +211,14 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     from agent.gpu.nvml import NvmlBackend
     from agent.readings import GpuStatus
     from agent.sampler import Sampler
-    from agent.servers.scraper import ServerScraper, make_client
+    from agent.servers.scraper import ServerScraper
     from exporters.http import MetricsServer
     from exporters.prometheus import SnapshotCollector, build_registry
     from exporters.webconfig import load_web_config
 
     monitor = GpuMonitor(NvmlBackend(nvml), clock, settings.gpu, log.getChild("gpu"))
-    client = make_client(settings.scrape)
-    scrapers = {s.name: ServerScraper(s, settings.scrape, client) for s in settings.servers}
+    # One scraper, connection and TLS context per server: no server can hold another's.
+    scrapers = {s.name: ServerScraper(s, settings.scrape) for s in settings.servers}
     processes = PsutilProcessTable()
 
     def discover_now(gpus: Sequence[GpuStatus]) -> Any:
@@ -253,7 +261,7 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
         sampler=sampler,
         monitor=monitor,
         server=server,
-        client=client,
+        scrapers=scrapers,
         registry=registry,
     )
 

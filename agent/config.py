@@ -86,6 +86,22 @@ class ServerSettings(_Section):
         None, description="File holding a bearer token; re-read at every scrape."
     )
     ca_file: Path | None = Field(None, description="CA bundle to verify an https server.")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description=(
+            "llama.cpp router mode (`llama-server --models-dir`): the model to scrape; adds "
+            "`model=NAME&autoload=false` to the URL's query, so a scrape never loads a model."
+        ),
+    )
+    cross_origin_redirects: bool = Field(
+        False,
+        description=(
+            "Follow a redirect to another scheme, host or port (never with the bearer token); "
+            "off by default, so a server cannot make the agent probe other addresses."
+        ),
+    )
 
     @field_validator("url")
     @classmethod

@@ -178,8 +178,9 @@ class ServerStatus:
         name: Configured server name (the ``server`` label).
         up: True when the last scrape succeeded and parsed.
         reading: The last successful reading, or None when the last scrape failed.
-        error_reason: One of ``timeout``, ``refused``, ``http_status``, ``too_large``,
-            ``parse`` (or ``error``), when the last scrape failed.
+        error_reason: One of ``timeout``, ``dns``, ``refused``, ``http_status``,
+            ``too_large``, ``parse`` or ``error`` (token or CA file unusable), when the last
+            scrape failed.
     """
 
     name: str

@@ -1,7 +1,8 @@
 """The sampling loop: read GPUs and scrape servers -> ledger -> immutable Snapshot.
 
-Impure edge: owns one thread for the loop and a small bounded pool for scrapes. Everything it
-touches (GPU monitor, scrapers, ledger, discovery, clock) is passed in by the composition root.
+Impure edge: owns one thread for the loop and, per server, at most one scrape thread at a time.
+Everything it touches (GPU monitor, scrapers, ledger, discovery, clock) is passed in by the
+composition root.
 /metrics never calls into this module's sources: it renders the latest published Snapshot.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Protocol
 
@@ -96,9 +97,11 @@ class Sampler:
     """Runs sampling cycles on its own thread and publishes immutable Snapshots.
 
     GPUs are polled every ``gpu_interval_seconds`` (power integration needs it), servers are
-    scraped and the ledger advanced every ``interval_seconds``. Every source has a deadline;
-    a scrape that overruns it is reported as ``timeout`` and is not started again until the
-    stuck one returns, so stuck calls never pile up.
+    scraped and the ledger advanced every ``interval_seconds``. Every source has a deadline.
+    Each server's scrape runs on a thread of its own (a daemon, so a scrape stuck in a
+    system call never holds up shutdown): a stuck server occupies only its own slot, never a
+    shared pool. A scrape that overruns the deadline is reported as ``timeout`` and is not
+    started again until the stuck one returns, so stuck calls never pile up.
 
     Args:
         gpus: The GPU monitor.
@@ -144,10 +147,8 @@ class Sampler:
         self._scrape_deadline = scrape_deadline_seconds
         self._discovery_interval = discovery_interval_seconds
         self._log = log
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, min(8, len(self._servers))), thread_name_prefix="scrape"
-        )
         self._inflight: dict[str, Future[ServerReading]] = {}
+        self._closed = False
         self._last_server: dict[str, ServerStatus] = {}
         self._scrape_errors: dict[tuple[str, str], int] = {}
         self._mapping: Discovery | None = None
@@ -208,8 +209,8 @@ class Sampler:
             self._thread = None
 
     def close(self) -> None:
-        """Release the scrape pool without waiting for stuck scrapes."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Start no more scrapes; running ones are daemon threads and are not waited for."""
+        self._closed = True
 
     def _run(self) -> None:
         # A cycle run by hand before start() (the start-up log line) counts as the first one.
@@ -254,8 +255,8 @@ class Sampler:
     def _cycle(self) -> Snapshot:
         started = self._clock.monotonic()
         for name, scraper in self._servers.items():
-            if name not in self._inflight:
-                self._inflight[name] = self._pool.submit(scraper.scrape)
+            if name not in self._inflight and not self._closed:
+                self._inflight[name] = _start_scrape(name, scraper)
         collectors: list[CollectorHealth] = []
 
         gpu_started = self._clock.monotonic()
@@ -374,3 +375,21 @@ class Sampler:
 
 def _normalise(assignment: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
     return {k: tuple(sorted(v)) for k, v in sorted(assignment.items())}
+
+
+def _start_scrape(name: str, scraper: ServerSource) -> Future[ServerReading]:
+    """Run one scrape on its own daemon thread; its outcome arrives in the future."""
+    future: Future[ServerReading] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(scraper.scrape())
+        except BaseException as exc:  # delivered to the sampler, which classifies it
+            # Without its traceback: the frames (this one holds the future, a cycle) would
+            # keep a failed scrape's buffers, up to max_body_bytes, alive until a GC pass.
+            future.set_exception(exc.with_traceback(None))
+
+    threading.Thread(target=run, name=f"scrape-{name}", daemon=True).start()
+    return future

@@ -318,8 +318,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         "",
         ("server", "reason"),
-        "Failed scrapes of a server since the agent started, by reason: timeout, refused, "
-        "http_status, too_large, parse.",
+        "Failed scrapes of a server since the agent started, by reason: timeout, dns, refused, "
+        "http_status, too_large, parse, error.",
     ),
     MetricSpec(
         "tokenergy_nvml_errors_total",

@@ -13,15 +13,15 @@ import json
 import math
 from pathlib import Path
 from typing import BinaryIO, TextIO
+from urllib.parse import urlsplit
 
-import httpx
 from pydantic import ValidationError
 
 from agent.config import ScrapeSettings, ServerSettings
 from agent.readings import ServerReading
 from agent.servers.parser import ExpositionError, ParseLimits
 from agent.servers.profiles import ENGINE_NAMES, read_exposition_detailed
-from agent.servers.scraper import ScrapeError, ServerScraper, make_client
+from agent.servers.scraper import ScrapeError, ServerScraper
 
 __all__ = ["inspect_command", "render_json", "render_table"]
 
@@ -40,6 +40,7 @@ def inspect_command(
     stdin: BinaryIO,
     stdout: TextIO,
     stderr: TextIO,
+    ca_file: Path | None = None,
 ) -> int:
     """Run ``tokenergy inspect``.
 
@@ -50,6 +51,7 @@ def inspect_command(
         stdin: Binary standard input (read when ``source`` is ``-``).
         stdout: Where the result goes.
         stderr: Where the one-line error goes.
+        ca_file: CA bundle (PEM) to verify an https source; None = the system store.
 
     Returns:
         0 on success, 1 when the source cannot be read or is not a readable exposition.
@@ -61,9 +63,8 @@ def inspect_command(
             raise _InputError(
                 f"unknown engine {engine!r}; use auto or one of: {', '.join(ENGINE_NAMES)}"
             )
-        start_header: float | None = None
         if source.startswith(("http://", "https://")):
-            body, start_header = _fetch(source, engine, scrape)
+            body = _fetch(source, engine, scrape, ca_file)
         elif source == "-":
             body = _read_limited(stdin, limits.max_body_bytes, "standard input")
         else:
@@ -76,8 +77,6 @@ def inspect_command(
         stderr.write(f"tokenergy inspect: {_where(source)}: {exc}\n")
         return EXIT_BAD_INPUT
     reading = result.reading
-    if reading.start_time_seconds is None and start_header is not None:
-        reading = ServerReading(reading.engine, reading.models, start_header)
     if as_json:
         stdout.write(render_json(reading) + "\n")
     else:
@@ -89,21 +88,26 @@ def _where(source: str) -> str:
     return "standard input" if source == "-" else source
 
 
-def _fetch(url: str, engine: str, scrape: ScrapeSettings) -> tuple[bytes, float | None]:
+def _fetch(url: str, engine: str, scrape: ScrapeSettings, ca_file: Path | None = None) -> bytes:
     try:
-        server = ServerSettings.model_validate({"name": "inspect", "url": url, "engine": engine})
-        host = httpx.URL(url).host
+        server = ServerSettings.model_validate(
+            {"name": "inspect", "url": url, "engine": engine, "ca_file": ca_file}
+        )
+        host = urlsplit(url).hostname
     except ValidationError as exc:
         raise _InputError(f"bad URL {url!r}: {exc.errors()[0]['msg']}") from None
-    except httpx.InvalidURL as exc:
+    except ValueError as exc:
         raise _InputError(f"bad URL {url!r}: {exc}") from None
     if not host:
         raise _InputError(f"bad URL {url!r}: no host")
-    with make_client(scrape) as client:
-        try:
-            return ServerScraper(server, scrape, client).fetch()
-        except ScrapeError as exc:
-            raise _InputError(f"{url}: {exc}") from None
+    scraper = ServerScraper(server, scrape)
+    try:
+        # TODO(parser): hand fetched.content_type to the parser once it takes one.
+        return scraper.fetch().body
+    except ScrapeError as exc:
+        raise _InputError(f"{url}: {exc}") from None
+    finally:
+        scraper.close()
 
 
 def _read_limited(stream: BinaryIO, limit: int, what: str) -> bytes:

@@ -228,3 +228,28 @@ def test_reason_is_taken_from_the_error(reason: str) -> None:
     sampler, _, _ = make({"a": FakeScraper(fail=reason)})
     assert sampler.run_cycle().servers[0].error_reason == reason
     sampler.close()
+
+
+def test_stuck_scrapes_hold_only_their_own_slot() -> None:
+    # Issue 12: 8 servers stuck (a FIFO token file, a hung mount) used to fill the shared pool
+    # of 8 threads, so every other server was reported `timeout` without being scraped.
+    release = threading.Event()
+    stuck = {f"stuck{i}": FakeScraper(block=release) for i in range(9)}
+    healthy, failing = FakeScraper(), FakeScraper(fail="refused")
+    servers = {**stuck, "ok": healthy, "bad": failing}
+    sampler, _, _ = make(servers, clock=SystemClock(), deadline=0.3)
+    try:
+        for cycle in range(1, 4):
+            by_name = {s.name: s for s in sampler.run_cycle().servers}
+            assert by_name["ok"].up
+            # A server that fails fast is reported by its own reason, not `timeout`.
+            assert by_name["bad"].error_reason == "refused"
+            assert {by_name[n].error_reason for n in stuck} == {"timeout"}
+            assert (healthy.calls, failing.calls) == (cycle, cycle)
+        assert all(s.calls == 1 for s in stuck.values())
+        scrape_threads = [t for t in threading.enumerate() if t.name.startswith("scrape-stuck")]
+        # Daemons: a scrape stuck in a system call never holds up the process at exit.
+        assert len(scrape_threads) == 9 and all(t.daemon for t in scrape_threads)
+    finally:
+        release.set()
+        sampler.close()
