@@ -205,6 +205,7 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     Returns:
         The wired, not yet started, agent.
     """
+    from agent.accounting.counters import counter_limits
     from agent.accounting.ledger import Ledger
     from agent.discovery import PsutilProcessTable, discover
     from agent.gpu.monitor import GpuMonitor
@@ -228,7 +229,11 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     sampler = Sampler(
         gpus=monitor,
         servers=scrapers,
-        ledger=Ledger(pricing, settings.sampling.window_seconds),
+        ledger=Ledger(
+            pricing,
+            settings.sampling.window_seconds,
+            limits=counter_limits(settings.accounting),
+        ),
         discover=discover_now,
         clock=clock,
         pricing=PricingInfo(

@@ -18,6 +18,7 @@ from typing import Protocol
 from agent.clock import Clock
 from agent.discovery import Discovery, describe_mapping
 from agent.readings import (
+    AccountingEvent,
     CollectorHealth,
     GpuDevice,
     GpuStatus,
@@ -74,6 +75,16 @@ class LedgerLike(Protocol):
     ) -> LedgerTotals:
         """Account the interval ending at monotonic time ``t``, s."""
         ...
+
+
+COUNTED_REASONS = frozenset({"implausible", "too_many_models", "too_many_series", "label_too_long"})
+"""Accounting events counted in ``tokenergy_scrape_errors_total`` (values the agent refused)."""
+
+GROUPED_REASONS = frozenset({"too_many_models", "too_many_series", "label_too_long"})
+"""Events logged once per server whatever the model or series (they churn by nature)."""
+
+MAX_LOGGED_EVENTS = 4096
+"""Distinct (source, reason, model, series) logged; past it events are counted, not logged."""
 
 
 Discover = Callable[[Sequence[GpuStatus]], Discovery]
@@ -154,6 +165,7 @@ class Sampler:
         self._mapping: Discovery | None = None
         self._next_discovery = float("-inf")
         self._seen_warnings: set[str] = set()
+        self._logged_events: set[tuple[str, str, str, str]] = set()
         self._last_gpus: tuple[GpuStatus, ...] = ()
         self._snapshot: Snapshot | None = None
         self._cycle_lock = threading.Lock()
@@ -279,6 +291,7 @@ class Sampler:
         totals = self._ledger.advance(
             now, gpus, servers, mapping.assignment, mapping.process_owners
         )
+        self._account_events(totals.events)
         snap = Snapshot(
             taken_at_seconds=self._clock.monotonic(),
             gpus=gpus,
@@ -343,6 +356,32 @@ class Sampler:
         status = ServerStatus(name=name, up=False, reading=None, error_reason=reason)
         self._last_server[name] = status
         return status
+
+    def _account_events(self, events: Sequence[AccountingEvent]) -> None:
+        """Count what the accounting refused and log each kind of event once per series."""
+        for event in events:
+            if event.reason in COUNTED_REASONS:
+                key = (event.source, event.reason)
+                self._scrape_errors[key] = self._scrape_errors.get(key, 0) + event.count
+            if event.reason in GROUPED_REASONS:  # e.g. new model names every scrape: log once
+                logged = (event.source, event.reason, "", "")
+            else:
+                logged = (event.source, event.reason, event.model, event.series)
+            if logged in self._logged_events or len(self._logged_events) >= MAX_LOGGED_EVENTS:
+                continue
+            self._logged_events.add(logged)
+            log = self._log.warning if event.reason in COUNTED_REASONS else self._log.info
+            log(
+                "accounting: %s",
+                event.reason,
+                extra={
+                    "server": event.source,
+                    "model": event.model,
+                    "series": event.series,
+                    "count": event.count,
+                    "detail": event.detail,
+                },
+            )
 
     def _refresh_mapping(self, gpus: Sequence[GpuStatus]) -> None:
         try:

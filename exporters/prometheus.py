@@ -133,11 +133,16 @@ def snapshot_families(
             out.add("tokenergy_gpu_memory_total_bytes", ids, reading.memory_total_bytes)
             out.add("tokenergy_gpu_power_limit_watts", ids, reading.power_limit_watts)
 
+    # Per-model gauges only for the models the ledger tracks: the cardinality bound holds
+    # for every family, whatever a server lists.
+    tracked = {(m.server, m.model) for m in snapshot.ledger.models}
     for server in snapshot.servers:
         out.add("tokenergy_server_up", [server.name], 1 if server.up else 0)
         if server.reading is None:
             continue
         for tokens in server.reading.models:
+            if (server.name, tokens.model) not in tracked:
+                continue
             key = [server.name, tokens.model]
             out.add("tokenergy_server_info", [server.name, server.reading.engine, tokens.model], 1)
             out.add("tokenergy_server_requests", [*key, "running"], tokens.requests_running)
