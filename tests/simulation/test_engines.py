@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.clock import ManualClock
 from agent.config import ScrapeSettings, ServerSettings
 from agent.servers.profiles import read_exposition
-from agent.servers.scraper import ServerScraper, make_client
+from agent.servers.scraper import ServerScraper
 from agent.simulation.engines import APP_ENGINES, EngineSubprocess
 from agent.simulation.expositions import SimModelCounters
 from agent.simulation.servers import SimulatedServer
@@ -76,25 +76,6 @@ REAL_FAMILIES: dict[str, list[tuple[str, str, set[str]]]] = {
     ],
 }
 PROMPT = {e: f"{e}:prompt_tokens_total" for e in APP_ENGINES}
-
-# prometheus_client >= 0.23 answers an Accept that lists OpenMetrics (the scraper's lists it at
-# q=0.5) in OpenMetrics with escaped sample names (`sglang_prompt_tokens_total`), which the
-# parser does not map back yet.
-NEEDS_SCRAPER_FIX = pytest.mark.xfail(
-    strict=True,
-    reason="needs branch `scraper` (Accept: text/plain;version=0.0.4) or branch `parser` "
-    "(OpenMetrics escaped names)",
-)
-
-
-def _by_engine(engines: tuple[str, ...]) -> list[object]:
-    """Parameters, with the engines served by prometheus_client's ASGI app marked."""
-    return [
-        pytest.param(e, marks=NEEDS_SCRAPER_FIX) if e in ("sglang", "lmdeploy") else e
-        for e in engines
-    ]
-
-
 GENERATION = {e: f"{e}:generation_tokens_total" for e in APP_ENGINES}
 
 
@@ -270,11 +251,11 @@ def _expected(counts: list[tuple[int, SimModelCounters]]) -> tuple[int, int, int
 
 
 def _scrape(url: str, engine: str) -> tuple[float | None, float | None, float | None]:
-    scrape = ScrapeSettings()
-    with make_client(scrape) as client:
-        reading = ServerScraper(
-            ServerSettings(name="sim", url=url, engine=engine), scrape, client
-        ).scrape()
+    scraper = ServerScraper(ServerSettings(name="sim", url=url, engine=engine), ScrapeSettings())
+    try:
+        reading = scraper.scrape()
+    finally:
+        scraper.close()
     (m,) = reading.models
     return m.input_tokens, m.output_tokens, m.cached_input_tokens
 
@@ -338,7 +319,6 @@ def test_scraper_reads_engines_on_an_older_prometheus_client(
     assert got == _expected(counts)
 
 
-@NEEDS_SCRAPER_FIX
 def test_scraper_reads_multiprocess_sglang_on_the_newest_prometheus_client(
     tmp_path: Path,
 ) -> None:
@@ -355,7 +335,7 @@ def test_scraper_reads_multiprocess_sglang_on_the_newest_prometheus_client(
 # -- `tokenergy inspect` and `tokenergy run` over HTTP, newest prometheus_client ----------------
 
 
-@pytest.mark.parametrize("engine", _by_engine(APP_ENGINES))
+@pytest.mark.parametrize("engine", APP_ENGINES)
 def test_inspect_reads_the_engine_over_http(clock: ManualClock, engine: str) -> None:
     server = _started(clock, engine)
     try:
@@ -387,7 +367,7 @@ def _agent_tokens(url: str) -> dict[tuple[str, str], float]:
     }
 
 
-@pytest.mark.parametrize("engine", _by_engine(APP_ENGINES))
+@pytest.mark.parametrize("engine", APP_ENGINES)
 def test_run_counts_the_engine_over_http(clock: ManualClock, tmp_path: Path, engine: str) -> None:
     servers = [_started(clock, engine)]
     config = tmp_path / "agent.toml"

@@ -308,11 +308,6 @@ def test_served_expositions_sum_to_truth(started: tuple[DemoWorld, ManualClock])
                 assert served == expected[key] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs branch `profiles`: llama.cpp input = prompt_tokens_total + "
-    "prompt_tokens_cached_total (the real server counts cache hits apart)",
-)
 def test_engine_profiles_read_the_truth(started: tuple[DemoWorld, ManualClock]) -> None:
     profiles = pytest.importorskip("agent.servers.profiles")
     world, clock = started
