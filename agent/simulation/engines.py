@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -785,11 +784,12 @@ class EngineApp:
 
 def _mount_metrics(app: Any, registry: CollectorRegistry) -> None:
     """prometheus_client's ASGI app on ``/metrics``, as vLLM, SGLang and LMDeploy mount it."""
-    from starlette.routing import Mount
+    from starlette.routing import Mount, compile_path
 
     route = Mount("/metrics", make_asgi_app(registry=registry))
-    # The engines' workaround for the 307 redirect of /metrics to /metrics/.
-    route.path_regex = re.compile("^/metrics(?P<path>.*)$")
+    # The engines' workaround for the 307 redirect of /metrics to /metrics/: they set the
+    # pattern ^/metrics(?P<path>.*)$, which starlette's own path compiler gives.
+    route.path_regex, _, _ = compile_path("/metrics{path:path}")
     app.routes.append(route)
 
 
