@@ -20,11 +20,14 @@ are served by the app the engine mounts:
   ``mount_metrics``, ``lmdeploy/metrics/loggers.py``).
 
 Multiprocess mode is chosen by ``PROMETHEUS_MULTIPROC_DIR`` when prometheus_client is
-imported, for the whole process. So the in-process engines (the demo's, and most tests') run
-without it: SGLang and LMDeploy then serve a registry that drops ``_created`` and has no
-process collector, which is what their real registries show; exact multiprocess output comes
-from :class:`EngineSubprocess`, which runs an engine in a child process with the variable set
-(and, for tests, with another prometheus_client release on its path).
+imported, for the whole process, and ``disable_created_metrics()`` is process-wide too. So
+the in-process engines (the demo's, and most tests') use neither: in-process SGLang serves its
+metrics alone and without ``_created``, which is what its MultiProcessCollector registry
+shows (``tests/simulation/test_engines.py`` checks that the two serve the same engine series,
+value for value); in-process LMDeploy keeps the default registry's collectors and drops
+``_created``. Real multiprocess output comes from :class:`EngineSubprocess`, which runs an
+engine in a child process with the variable set (and, for tests, with another
+prometheus_client release first on its path).
 
 Values move the way an engine moves them: counters by increments (a counter that would go
 down means the rank restarted: its series are removed and created again, with a new
