@@ -319,16 +319,15 @@ def test_scraper_reads_engines_on_an_older_prometheus_client(
     assert got == _expected(counts)
 
 
-def test_scraper_reads_multiprocess_sglang_on_the_newest_prometheus_client(
-    tmp_path: Path,
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_scraper_reads_multiprocess_mode_on_the_newest_prometheus_client(
+    tmp_path: Path, engine: str
 ) -> None:
     counts = _counts(2)
-    with EngineSubprocess(
-        "sglang", ranks=2, multiprocess_dir=str(tmp_path), cwd=str(ROOT)
-    ) as child:
+    with EngineSubprocess(engine, ranks=2, multiprocess_dir=str(tmp_path), cwd=str(ROOT)) as child:
         assert child.prometheus_client_version == version("prometheus_client")
         child.apply(counts)
-        got = _scrape(child.url, "sglang")
+        got = _scrape(child.url, engine)
     assert got == _expected(counts)
 
 
