@@ -8,9 +8,10 @@ begin with a wanted name (in any spelling the escaping scheme allows, also as an
 quoted name ``{"name", ...}``), at ``# HELP``/``# TYPE`` of a wanted family, at ``# EOF`` and
 at lines that cannot start an exposition line. Only those lines are decoded and parsed in
 Python, so families can be interleaved or unordered and samples may precede their TYPE line.
-The body stays bytes: it is never decoded or split whole. A 1.3 MB vLLM body with thousands
-of histogram buckets costs about 1.5 ms, over 100x less than prometheus_client (see
-``tests/benchmarks/bench_parser.py``).
+The body stays bytes: it is never decoded or split whole. Lines of the common shape
+``name{labels} value`` are split by the scan itself, and each distinct label text is parsed
+once. A 1.3 MB vLLM body with thousands of histogram buckets costs about 1.5 ms of CPU, over
+100x less than prometheus_client (see ``tests/benchmarks/bench_parser.py``).
 
 Formats and name escaping (:meth:`Scanner.parse` ``content_type``):
 
@@ -53,20 +54,29 @@ Validation policy (what is refused, and where):
 
 Every refusal is a :class:`ParseError` naming the line number (1-based) and the problem.
 
-Work bound (the CPU-time budget): every regular expression here is unambiguous (no two
-quantifiers that can match the same characters are nested or adjacent), so a match attempt
-is linear in the bytes it reads and never backtracks over a run twice; the line-start scan
-tries one attempt per newline, each confined to its line; each wanted line is parsed once,
-in time linear in its length. A parse is therefore O(body bytes), bounded by
-``max_body_bytes`` (and no line by more than ``max_line_bytes``): about 1 ms per MB of body,
-and a 256 KiB hostile line costs about a millisecond. The limits are the budget; no clock is
-read. ``tests/servers/test_parser.py`` holds the hostile lines that used to take minutes.
+Why one scan over every line start rather than ``bytes.find`` of each family's block: a
+family's lines may be anywhere, so finding them all takes a full pass per spelling (5.5 ms
+for the 23 spellings of the vLLM profiles on a 1.3 MB body), while the scan finds every
+spelling in one pass (0.9 ms) and keeps the whole-body checks above at no extra cost.
+
+Work bound (the CPU-time budget): every repeat in these regular expressions is of a single
+character class, and what follows a run can never start with a character of that run (no
+nested or adjacent quantifiers matching the same characters; ``tests/servers/
+test_parser.py`` checks this on the compiled patterns). So the engine never gives a run back
+successfully: a match attempt is linear in the bytes it reads, and it keeps no backtracking
+stack that grows with the line. The scan makes one attempt per newline, confined to its
+line; each wanted line is parsed once, in time linear in its length, with no regex call
+holding the GIL for longer than one line. A parse is therefore O(body bytes), bounded by
+``max_body_bytes`` and ``max_line_bytes``: about 1 ms per MB of a real body; the worst
+hostile line measured (256 KiB of distinct label pairs, all parsed) costs about 35 ms, so a
+16 MiB body of such lines about 2 s, in slices that release the GIL. The limits are the
+budget: no clock is read. ``tests/benchmarks/bench_parser.py`` times the hostile lines.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import AnyStr, NamedTuple
 
@@ -315,8 +325,6 @@ _NON_BLANK_RE = re.compile(rb"\S")
 _VALUES_CODE_RE = re.compile(r"_(?:_|([0-9a-fA-F]{1,6})_)")
 
 # Groups of a line-start match (see Scanner._compile).
-# A match's lastindex is the group that closed last: _FAMILY for a HELP/TYPE line.
-_SAMPLE, _REST, _QUOTED_SAMPLE, _META, _FAMILY, _EOF, _ODD = 1, 2, 3, 4, 5, 6, 7
 
 
 _Node = dict[str, "_Node"]
@@ -394,6 +402,14 @@ class _Compiled:
     rest: re.Pattern[bytes]  # searched: every other line start, after its b"\n"
     samples: Mapping[str, tuple[str, ...]]  # wanted name -> spellings, preferred first
     families: Mapping[str, tuple[str, ...]]  # wanted family -> spellings
+    # Group numbers; a match's lastindex (the group that closed last) says the line kind.
+    # Groups 1..quoted-1 are sample lines, three per first character of the wanted
+    # spellings: label text and value of the common shape, or the rest of the line.
+    quoted: int  # a quoted sample name
+    meta: int  # HELP or TYPE
+    family: int  # the family of a HELP/TYPE line (its lastindex)
+    eof: int  # `# EOF`
+    odd: int  # blanks, `\v`, `\f`, or a character that cannot start a line
 
 
 class Scanner:
@@ -428,22 +444,39 @@ class Scanner:
     def _compile(self, escaping: str) -> _Compiled:
         samples = {n: name_spellings(n, escaping) for n in self.names}
         families = {f: name_spellings(f, escaping) for f in self._families}
-        sample_trie = _trie({s for spellings in samples.values() for s in spellings})
-        family_trie = _trie({s for spellings in families.values() for s in spellings})
-        # Branches start with distinct literal characters, which the regex engine tests
-        # before entering them; a line of an unwanted family costs a few character tests.
-        inner = (
-            rb"(?:(" + sample_trie + rb")(?=[ \t{\r\n])([^\n]*)"
-            rb'|\{[ \t]*"(' + sample_trie + rb')"'
-            rb'|#(?:[ \t]+(HELP|TYPE)[ \t]+"?(' + family_trie + rb')"?(?=[ \t\r\n])| (EOF))'
+        spellings = {s for spelled in samples.values() for s in spelled}
+        family_trie = _trie({s for spelled in families.values() for s in spelled})
+        # Every top-level branch starts with a literal character or a set, which the regex
+        # engine tests before entering the branch: a line of an unwanted family costs a few
+        # character tests. Hence one branch per first character of the wanted spellings,
+        # each with its own group for the rest of the line (the name ends where it starts).
+        branches = [
+            re.escape(first).encode()
+            + _trie(s[1:] for s in spellings if s[0] == first)
+            + rb"(?=[ \t{\r\n])"
+            # The common shape `{labels} value` (no timestamp, one space, no `}` in a value)
+            # in groups 3i+1 and 3i+2; anything else in group 3i+3.
+            + rb"(?:(\{[^}\n]*\}) ([^ \t\r\n#_][^ \t\n#_]*)(?![^\n])|([^\n]*))"
+            for first in sorted({s[0] for s in spellings})
+        ]
+        quoted = 3 * len(branches) + 1
+        branches += [
+            rb'\{[ \t]*"(' + _trie(spellings) + rb')"',
+            rb'#(?:[ \t]+(HELP|TYPE)[ \t]+"?(' + family_trie + rb')"?(?=[ \t\r\n])| (EOF))',
             # Anything else but a newline: blanks, `\v`, `\f`, or not an exposition.
-            rb"|([^\n\r#a-zA-Z_:{]))"
-        )
+            rb"[^\n\r#a-zA-Z_:{]()",
+        ]
+        inner = rb"(?:" + rb"|".join(branches) + rb")"
         return _Compiled(
             first=re.compile(inner),
             rest=re.compile(rb"\n" + inner),
             samples=samples,
             families=families,
+            quoted=quoted,
+            meta=quoted + 1,
+            family=quoted + 2,
+            eof=quoted + 3,
+            odd=quoted + 4,
         )
 
     def parse(
@@ -499,57 +532,97 @@ class _Scan:
         # set per rank in every family.
         self.label_cache: dict[bytes, Labels] = {}
 
-    def _matches(self) -> Iterator[tuple[int, re.Match[bytes]]]:
-        """(line start, match) for every line start the scanner stops at, in body order."""
-        first = self.compiled.first.match(self.raw)
-        if first is not None:
-            yield 0, first
-        for match in self.compiled.rest.finditer(self.raw):
-            yield match.start() + 1, match
-
     def run(self) -> Exposition:
         raw = self.raw
-        eof = False
-        for start, match in self._matches():
-            group = match.lastindex
-            name_at = start
-            if group == _ODD:
-                odd = raw[start : start + 1]
-                if odd in b"\x0b\x0c":
-                    continue  # whitespace, as prometheus_client reads it
-                if odd not in b" \t":
-                    end = raw.find(b"\n", start)
-                    raise ParseError(
-                        "not a Prometheus exposition: line starts with "
-                        f"{_describe_start(raw[start : end if end >= 0 else len(raw)])}, "
-                        "expected a metric name or '#'",
-                        _line_no(raw, start),
-                    )
-                # Leading blanks (rare): match again after them; the line starts at `start`.
-                name_at = _skip(_RAW_BLANKS_RE, raw, start)
-                if name_at == len(raw) or raw[name_at] in b"\r\n":
-                    continue
-                relocated = self.compiled.first.match(raw, name_at)
-                if relocated is None:
-                    continue
-                group, match = relocated.lastindex, relocated
-                if group == _ODD:
-                    continue  # `\v`/`\f` after blanks: prometheus_client strips those too
-            if group == _EOF:
-                if self._at_eof(start):
-                    eof = True
-                    break
-                continue
-            if group == _FAMILY:
-                self._read_meta(start, match)
-            else:
-                self._read_sample(start, name_at, match, group)
+        compiled = self.compiled
+        quoted = compiled.quoted
+        cache_get = self.label_cache.get
+        seen_get = self.seen.get
+        series = self.series
+        max_series = self.max_series
+        first = compiled.first.match(raw)
+        if first is not None and self._line(0, first):
+            return self._finish(eof=True)
+        for match in compiled.rest.finditer(raw):
+            group = match.lastindex or 0  # every branch has a group
+            if group < quoted and group % 3 == 2:
+                # The common shape: labels parsed once per distinct label text.
+                labels = cache_get(match.group(group - 1))
+                if labels is None:
+                    labels = self._new_labels(match.group(group - 1))
+                if labels is not None:
+                    try:
+                        value = float(match.group(group))  # a trailing \r is stripped
+                    except ValueError:
+                        pass
+                    else:
+                        start = match.start() + 1
+                        spelling = raw[start : match.start(group - 1)]
+                        known = seen_get(spelling)
+                        # First series of a name, a duplicate or the limit: the long way.
+                        if known is None or labels in known or len(known) >= max_series:
+                            self._add(spelling, labels, value, start)
+                        else:
+                            known.add(labels)
+                            series[spelling].append((labels, value))
+                        continue
+            if self._line(match.start() + 1, match):
+                return self._finish(eof=True)
+        return self._finish(eof=False)
+
+    def _new_labels(self, text: bytes) -> Labels | None:
+        """Parse and cache one label text ``{...}``; None when it is not a whole valid set."""
+        decoded = text.decode("utf-8")
+        parsed = _parse_labels(decoded, 0, self.escaping)
+        if isinstance(parsed, str) or parsed[1] != len(decoded):
+            return None  # the slow path reports the problem with its line
+        self.label_cache[text] = parsed[0]
+        return parsed[0]
+
+    def _finish(self, eof: bool) -> Exposition:
         if self.fmt == "openmetrics" and not eof:
+            raw = self.raw
             raise ParseError(
                 "OpenMetrics body does not end with '# EOF' (truncated?)",
                 _line_no(raw, len(raw.rstrip())),
             )
         return self._result()
+
+    def _line(self, start: int, match: re.Match[bytes]) -> bool:
+        """Read the line starting at ``start`` that ``match`` stopped at; True at ``# EOF``."""
+        raw = self.raw
+        compiled = self.compiled
+        group = match.lastindex or 0
+        name_at = start
+        if group == compiled.odd:
+            odd = raw[start : start + 1]
+            if odd in b"\x0b\x0c":
+                return False  # whitespace, as prometheus_client reads it
+            if odd not in b" \t":
+                end = raw.find(b"\n", start)
+                raise ParseError(
+                    "not a Prometheus exposition: line starts with "
+                    f"{_describe_start(raw[start : end if end >= 0 else len(raw)])}, "
+                    "expected a metric name or '#'",
+                    _line_no(raw, start),
+                )
+            # Leading blanks (rare): match again after them; the line starts at `start`.
+            name_at = _skip(_RAW_BLANKS_RE, raw, start)
+            if name_at == len(raw) or raw[name_at] in b"\r\n":
+                return False
+            relocated = compiled.first.match(raw, name_at)
+            if relocated is None:
+                return False
+            group, match = relocated.lastindex or 0, relocated
+            if group == compiled.odd:
+                return False  # `\v`/`\f` after blanks: prometheus_client strips those too
+        if group == compiled.eof:
+            return self._at_eof(start)
+        if group == compiled.family:
+            self._read_meta(start, match)
+        else:
+            self._read_sample(start, name_at, match, group)
+        return False
 
     def _at_eof(self, start: int) -> bool:
         """True at an OpenMetrics ``# EOF`` line; refuse text after it."""
@@ -568,37 +641,29 @@ class _Scan:
         raw = self.raw
         end = raw.find(b"\n", start)
         line = raw[start : end if end >= 0 else len(raw)].decode("utf-8")
-        kind = match.group(_META).decode("ascii")
-        _read_meta(line, kind, match.group(_FAMILY).decode("utf-8"), self.types, self.helps)
+        compiled = self.compiled
+        kind = match.group(compiled.meta).decode("ascii")
+        family = match.group(compiled.family).decode("utf-8")
+        _read_meta(line, kind, family, self.types, self.helps)
 
-    def _read_sample(
-        self, start: int, name_at: int, match: re.Match[bytes], group: int | None
-    ) -> None:
+    def _read_sample(self, start: int, name_at: int, match: re.Match[bytes], group: int) -> None:
         raw = self.raw
-        parsed: tuple[Labels, float] | str | None = None
-        if group == _REST:
-            spelling = match.group(_SAMPLE)
-            end = match.end()
-            # Fast path, most lines of a real body: `name{labels seen before} value`.
-            rest = match.group(_REST)
-            if rest[:1] == b"{":
-                close = rest.find(b"}")
-                labels = self.label_cache.get(rest[: close + 1]) if close > 0 else None
-                if labels is not None:
-                    value = _fast_value(rest[close + 1 :])
-                    if value is not None:
-                        parsed = labels, value
-            if parsed is None:
-                line = raw[name_at:end].decode("utf-8").rstrip(" \t\r")
-                parsed = _parse_sample(line, len(spelling), self.label_cache, self.escaping)
+        end = raw.find(b"\n", start)
+        end = len(raw) if end < 0 else end
+        if group == self.compiled.quoted:
+            spelling = match.group(group)
+            line = raw[name_at:end].decode("utf-8").rstrip(" \t\r")
+            parsed = _parse_quoted_sample(line, self.escaping)
         else:
-            spelling = match.group(_QUOTED_SAMPLE)
-            end = raw.find(b"\n", start)
-            line = raw[name_at : end if end >= 0 else len(raw)].decode("utf-8")
-            parsed = _parse_quoted_sample(line.rstrip(" \t\r"), self.escaping)
+            # The name ends where the label text (fast shape) or the rest of the line starts.
+            spelling = raw[name_at : match.start(group - 1 if group % 3 == 2 else group)]
+            line = raw[name_at:end].decode("utf-8").rstrip(" \t\r")
+            parsed = _parse_sample(line, len(spelling), self.label_cache, self.escaping)
         if isinstance(parsed, str):
             raise ParseError(parsed, _line_no(raw, start))
-        labels = parsed[0]
+        self._add(spelling, parsed[0], parsed[1], start)
+
+    def _add(self, spelling: bytes, labels: Labels, value: float, start: int) -> None:
         known = self.seen.get(spelling)
         if known is None:
             known = self.seen[spelling] = set()
@@ -610,19 +675,20 @@ class _Scan:
             raise ParseError(
                 f"more than max_series_per_family={self.max_series} series of "
                 f"{spelling.decode('utf-8')}",
-                _line_no(raw, start),
+                _line_no(self.raw, start),
             )
         known.add(labels)
-        self.series[spelling].append(parsed)
+        self.series[spelling].append((labels, value))
 
     def _result(self) -> Exposition:
         samples: dict[str, tuple[Sample, ...]] = {}
-        for name, spellings in self.compiled.samples.items():
-            for spelling in spellings:
-                found = self.series.get(spelling.encode("utf-8"))
-                if found:
-                    samples[name] = tuple(map(Sample._make, found))
-                    break
+        if self.series:
+            for name, spellings in self.compiled.samples.items():
+                for spelling in spellings:
+                    found = self.series.get(spelling.encode("utf-8"))
+                    if found:
+                        samples[name] = tuple(map(Sample._make, found))
+                        break
         types: dict[str, str] = {}
         helps: dict[str, str] = {}
         for family, spellings in self.compiled.families.items():
@@ -730,17 +796,6 @@ def _read_meta(
     else:
         rest = rest.rstrip("\r")  # CRLF line ends
         helps.setdefault(family, _unescape(rest, quotes=False))
-
-
-def _fast_value(tail: bytes) -> float | None:
-    """The value of a tail that is exactly one space and a number, else None (slow path)."""
-    parts = tail.split(b" ")
-    if len(parts) != 2 or parts[0] or b"_" in parts[1] or parts[1][:1] in b"\r\t#":
-        return None
-    try:
-        return float(parts[1])  # strips a trailing \r, as the grammar allows
-    except ValueError:
-        return None
 
 
 def _parse_sample(
