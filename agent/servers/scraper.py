@@ -256,7 +256,8 @@ class ServerScraper:
         """
         fetched = self.fetch()
         try:
-            # TODO(parser): pass content_type=fetched.content_type once read_exposition takes it.
+            # TODO(parser): pass content_type=fetched.content_type once read_exposition takes
+            # it (the parser branch adds it to Scanner.parse), so OpenMetrics is told apart.
             return read_exposition(fetched.body, self._server.engine, self._limits)
         except ExpositionError as exc:
             if fetched.redirected_from is not None:
@@ -279,7 +280,7 @@ class ServerScraper:
         """
         timeout = self._scrape.read_timeout_seconds
         deadline = self._clock.monotonic() + timeout
-        url = _parse_url(self._url_text)
+        url = configured = _parse_url(self._url_text)
         home = url.origin
         auth = self._authorization(url)
         if self._clock.monotonic() > deadline:
@@ -303,18 +304,18 @@ class ServerScraper:
             if isinstance(result, Fetched):
                 if same:
                     return result
-                return Fetched(result.body, result.content_type, _parse_url(self._url_text).shown())
+                return Fetched(result.body, result.content_type, configured.shown())
             url = result
             if url.origin != home and not self._server.cross_origin_redirects:
                 raise ScrapeError(
                     "http_status",
-                    f"{_parse_url(self._url_text).shown()} redirects to another origin "
+                    f"{configured.shown()} redirects to another origin "
                     f"({url.origin_text()}); not followed (set cross_origin_redirects = true "
                     "for this server to allow it)",
                 )
         raise ScrapeError(
             "http_status",
-            f"more than {MAX_REDIRECTS} redirects from {_parse_url(self._url_text).shown()}",
+            f"more than {MAX_REDIRECTS} redirects from {configured.shown()}",
         )
 
     # -- pieces ------------------------------------------------------------------------------
@@ -485,7 +486,7 @@ class ServerScraper:
             decoder = zlib.decompressobj()
         parts: list[bytes] = []
         size = 0
-        while chunk := response.read1(_CHUNK):
+        while chunk := response.read(_CHUNK):
             if self._clock.monotonic() > deadline:
                 raise DeadlineExceededError("deadline passed while reading the body")
             pieces = [chunk] if decoder is None else _inflate(decoder, chunk, limit - size + 1)

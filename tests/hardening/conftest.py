@@ -209,11 +209,14 @@ class Upstream:
     Attributes:
         reply: Called with (path, headers) for every GET; returns the answer.
         requests: ``(path, headers)`` of every request received, in order.
+        client_ports: The client's source port of every request, in order.
     """
 
     reply: Callable[[str, dict[str, str]], Reply]
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     server: http.server.ThreadingHTTPServer | None = None
+    client_ports: list[int] = field(default_factory=list)
+    """The agent's source port of every request (one per TCP connection it used)."""
 
     @property
     def port(self) -> int:
@@ -251,6 +254,7 @@ def make_upstream() -> Iterator[MakeUpstream]:
                     return
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 upstream.requests.append((self.path, headers))
+                upstream.client_ports.append(int(self.client_address[1]))
                 answer = upstream.reply(self.path, headers)
                 self.send_response(answer.status)
                 for name, val in answer.headers.items():

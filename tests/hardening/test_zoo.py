@@ -418,6 +418,7 @@ def test_each_server_keeps_one_connection_across_cycles(make_agent: Any, make_vl
         harness.cycle()
     for name, vllm in zip(("v0", "v1", "v2"), vllms, strict=True):
         assert len(vllm.upstream.requests) == 30
+        assert len(set(vllm.upstream.client_ports)) == 1, "one connection carried every scrape"
         assert harness.agent.scrapers[name].connections_opened == 1
 
 
@@ -427,7 +428,7 @@ def test_slow_servers_do_not_hold_a_healthy_ones_scrape(
     """Issue 12: two servers that take the full deadline leave a healthy one untouched."""
 
     def slow(path: str, headers: dict[str, str]) -> Any:
-        time.sleep(0.9)  # inside the 1.0 s deadline: a slow but successful server
+        time.sleep(1.3)  # past the 1.0 s deadline: both time out, every cycle
         return kit.Reply(200, kit.vllm_body(1))
 
     good = make_vllm(generation=1)
@@ -443,6 +444,7 @@ def test_slow_servers_do_not_hold_a_healthy_ones_scrape(
         snap = harness.cycle()
         by_name = {s.name: s for s in snap.servers}
         assert by_name["good"].up, by_name["good"].error_reason
+        assert (by_name["slow1"].error_reason, by_name["slow2"].error_reason) == ("timeout",) * 2
     assert len(good.upstream.requests) == 4
 
 

@@ -578,3 +578,30 @@ def test_llamacpp_router_mode_scrapes_one_model_without_loading_it(serve: Serve)
     assert server.seen[-1].path == "/metrics?model=qwen%2FQwen3%208B&autoload=false"
     _scraper(server.url("/metrics?model=a"), engine="llamacpp").scrape()
     assert server.seen[-1].path == "/metrics?model=a&autoload=false"
+
+
+def _chunked(body: bytes) -> bytes:
+    pieces = [body[i : i + 7000] for i in range(0, len(body), 7000)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("framing", ["gzip", "chunked", "gzip+chunked"])
+def test_connection_is_kept_after_gzip_and_chunked_bodies(
+    raw_server: Callable[[Behaviour], RawServer], framing: str
+) -> None:
+    body = gzip.compress(VLLM) if "gzip" in framing else VLLM
+    head = b"HTTP/1.1 200 OK\r\n" + (b"Content-Encoding: gzip\r\n" if "gzip" in framing else b"")
+    if "chunked" in framing:
+        answer = head + b"Transfer-Encoding: chunked\r\n\r\n" + _chunked(body)
+    else:
+        answer = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    def keep_alive(conn: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set() and _read_request(conn):
+            conn.sendall(answer)
+
+    server = raw_server(keep_alive)
+    scraper = _scraper(server.url)
+    for _ in range(3):
+        assert scraper.scrape().models[0].output_tokens == 456_789
+    assert scraper.connections_opened == server.accepted == 1
