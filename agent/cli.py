@@ -217,7 +217,13 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     from exporters.prometheus import SnapshotCollector, build_registry
     from exporters.webconfig import load_web_config
 
-    monitor = GpuMonitor(NvmlBackend(nvml), clock, settings.gpu, log.getChild("gpu"))
+    monitor = GpuMonitor(
+        NvmlBackend(nvml),
+        clock,
+        settings.gpu,
+        log.getChild("gpu"),
+        max_power_ratio=settings.accounting.max_power_ratio,
+    )
     # One scraper, connection and TLS context per server: no server can hold another's.
     scrapers = {s.name: ServerScraper(s, settings.scrape) for s in settings.servers}
     processes = PsutilProcessTable()

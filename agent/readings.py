@@ -62,7 +62,7 @@ class GpuReading:
         power_watts: Board power draw, W.
         energy_joules: Raw NVML energy counter, J since driver load; None when unsupported.
             This raw value resets on a driver reload; the agent-owned monotonic counter is
-            ``GpuStatus.energy_joules_total``.
+            ``LedgerTotals.gpu_energy_joules_total``.
         utilization_ratio: GPU (SM) utilization, 0..1.
         memory_used_bytes: Device memory in use, bytes.
         memory_total_bytes: Device memory size, bytes.
@@ -89,15 +89,16 @@ class GpuStatus:
         device: Identity and capabilities.
         up: True when the last read succeeded within its deadline.
         reading: The latest successful reading (may be stale when ``up`` is False).
-        energy_joules_total: Agent-owned energy counter, J; never decreases, survives
-            driver reloads; grows by NVML counter deltas or by integrated power.
+        energy_joules_added: Energy measured since this GPU's previous status, J (>= 0): NVML
+            counter deltas (resets and glitches absorbed) or integrated power. Handed out once;
+            the ledger accumulates it into ``LedgerTotals.gpu_energy_joules_total``.
         error: Short class of the last error (e.g. ``gpu_lost``, ``timeout``), or None.
     """
 
     device: GpuDevice
     up: bool
     reading: GpuReading | None
-    energy_joules_total: float
+    energy_joules_added: float
     error: str | None = None
 
 

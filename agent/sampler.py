@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from typing import Protocol
 
 from agent.clock import Clock
@@ -169,6 +170,8 @@ class Sampler:
         self._seen_warnings: set[str] = set()
         self._logged_events: set[tuple[str, str, str, str]] = set()
         self._last_gpus: tuple[GpuStatus, ...] = ()
+        # GPU UUID -> joules polled between cycles, not yet handed to the ledger.
+        self._carry: dict[str, float] = {}
         self._snapshot: Snapshot | None = None
         self._cycle_lock = threading.Lock()
         self._stop = threading.Event()
@@ -249,7 +252,7 @@ class Sampler:
                 next_gpu = self._clock.monotonic() + self._gpu_interval
             elif now >= next_gpu:
                 try:
-                    self._last_gpus = self._gpus.poll()
+                    self._poll_between_cycles()
                 except Exception:
                     self._log.exception("GPU poll failed")
                 next_gpu += self._gpu_interval
@@ -258,6 +261,15 @@ class Sampler:
             wait = min(next_cycle, next_gpu) - self._clock.monotonic()
             if wait > 0:
                 self._stop.wait(wait)
+
+    def _poll_between_cycles(self) -> None:
+        """Poll the GPUs between cycles (power integration); the next cycle books the joules."""
+        with self._cycle_lock:
+            statuses = self._gpus.poll()
+            for g in statuses:
+                uuid = g.device.uuid
+                self._carry[uuid] = self._carry.get(uuid, 0.0) + g.energy_joules_added
+            self._last_gpus = tuple(replace(g, energy_joules_added=0.0) for g in statuses)
 
     def run_cycle(self) -> Snapshot:
         """Run one full cycle now and publish its Snapshot.
@@ -282,7 +294,14 @@ class Sampler:
         except Exception:
             self._log.exception("GPU poll failed")
             gpus, gpu_ok = self._last_gpus, False
-        self._last_gpus = gpus
+        # The joules of the polls since the last cycle go to the ledger with this one.
+        gpus = tuple(
+            replace(
+                g, energy_joules_added=g.energy_joules_added + self._carry.pop(g.device.uuid, 0.0)
+            )
+            for g in gpus
+        )
+        self._last_gpus = tuple(replace(g, energy_joules_added=0.0) for g in gpus)
         collectors.append(CollectorHealth("nvml", gpu_ok, self._clock.monotonic() - gpu_started))
 
         servers = self._collect_scrapes(started, collectors)

@@ -118,12 +118,13 @@ def snapshot_families(
     if nvml:
         out.add("tokenergy_nvml_up", [], 1 if nvml[0].success else 0)
 
+    gpu_energy = dict(snapshot.ledger.gpu_energy_joules_total)
     for gpu in snapshot.gpus:
         dev = gpu.device
         ids = [str(dev.index), dev.uuid]
         out.add("tokenergy_gpu_info", [*ids, dev.name, dev.energy_source], 1)
         out.add("tokenergy_gpu_up", ids, 1 if gpu.up else 0)
-        out.add("tokenergy_gpu_energy_joules_total", ids, gpu.energy_joules_total)
+        out.add("tokenergy_gpu_energy_joules_total", ids, gpu_energy.get(dev.uuid))
         reading = gpu.reading
         # A stale reading of a GPU that is down would pass for live data: show none.
         if gpu.up and reading is not None:

@@ -17,11 +17,11 @@ Rules (DESIGN.md, "Accounting rules"):
 - **Finite by construction.** Token deltas are bounded by the glitch ceiling times the
   interval, GPU deltas are finite; an addition whose result would not be finite is refused
   and reported, so no total can ever become Inf or NaN.
-- **GPU energy.** The delta of ``GpuStatus.energy_joules_total`` (agent-owned, monotonic)
-  between advances. The first sight of a GPU is its baseline. A value that is not finite is
-  not used (the base is kept); a value lower than the base (which the monitor should never
-  produce) becomes the new base and counts nothing, so a bug upstream can never book an
-  earlier lifetime's energy twice.
+- **GPU energy.** ``GpuStatus.energy_joules_added``: the joules the GPU's meter measured
+  since the previous cycle (counter resets and glitches already absorbed there). The ledger
+  is the only place that accumulates energy: per GPU (``gpu_energy_joules_total``, monotonic
+  across driver reloads) and per account. A value that is not finite or is negative (which
+  the meter never hands out) counts nothing.
 - **Attribution.** Each GPU's delta goes to the servers whose assignment lists its UUID,
   split by per-process utilization where known, else evenly (:func:`shares.gpu_split`); with
   no server it goes to ``unattributed``. A server's part is split among its models by input
@@ -135,18 +135,13 @@ class Ledger:
         self._cost = CostModel(pricing)
         self._window = RatioWindow(window_seconds, max_intervals)
         self._tokens = TokenCounters(limits)
-        self._gpu_base: dict[str, float] = {}
         self._gpu_energy: dict[str, float] = {}
+        self._gpu_energy_all = 0.0
         self._gpus_listed: frozenset[str] = frozenset()
         self._accounts: dict[Key, _Account] = {}
         self._unattributed = _Account()
         self._events: list[AccountingEvent] = []
         self._last_t: float | None = None
-
-    @property
-    def window_seconds(self) -> float:
-        """Window of the ratio gauges, s."""
-        return self._window.window_seconds
 
     def advance(
         self,
@@ -242,16 +237,13 @@ class Ledger:
 
     # -- energy and GPU time ------------------------------------------------------------
 
-    def _gpu_energy_delta(self, gpu: GpuStatus) -> float:
-        uuid = gpu.device.uuid
-        value = gpu.energy_joules_total
-        if not math.isfinite(value) or value < 0:
+    @staticmethod
+    def _gpu_energy_delta(gpu: GpuStatus) -> float:
+        joules = gpu.energy_joules_added
+        # The meter never hands out a bad value; a bug upstream must still not book one.
+        if not math.isfinite(joules) or joules < 0:
             return 0.0
-        base = self._gpu_base.get(uuid)
-        self._gpu_base[uuid] = value
-        if base is None or value < base:
-            return 0.0
-        return value - base
+        return joules
 
     def _split_gpus(
         self,
@@ -272,12 +264,14 @@ class Ledger:
             uuid = gpu.device.uuid
             joules = self._gpu_energy_delta(gpu)
             total = self._gpu_energy.get(uuid, 0.0)
-            if not math.isfinite(total + joules):
+            # Every account holds a part of the grand total: keeping it finite keeps them all.
+            if not math.isfinite(self._gpu_energy_all + joules):
                 self._events.append(
                     AccountingEvent("implausible", uuid, detail="GPU energy total would overflow")
                 )
                 joules = 0.0
             self._gpu_energy[uuid] = total + joules
+            self._gpu_energy_all += joules
             gpu_seconds = dt if uuid in listed_before else 0.0
             hardware = self._cost.hardware_cost(gpu_seconds, gpu.device.name)
             split = gpu_split(users.get(uuid, []), gpu.reading, gpu.up, process_owners)

@@ -129,7 +129,7 @@ class ServerTruth:
     counted: dict[str, list[float]] = field(default_factory=dict)
 
 
-def _gpu_status(world: World, i: int, step: GpuStep, energy: float) -> GpuStatus:
+def _gpu_status(world: World, i: int, step: GpuStep, energy: float, added: float) -> GpuStatus:
     procs = tuple(
         GpuProcess(100 + s, utilization_ratio=u)
         for s, u in enumerate(step.utilization)
@@ -137,7 +137,7 @@ def _gpu_status(world: World, i: int, step: GpuStep, energy: float) -> GpuStatus
     ) + ((GpuProcess(999, utilization_ratio=step.utilization[-1]),) if step.utilization else ())
     reading = GpuReading(i, f"GPU-{i}", 100.0, energy, 0.5, None, None, None, processes=procs)
     device = GpuDevice(i, f"GPU-{i}", world.gpu_names[i], "counter")
-    return GpuStatus(device, step.state == "up", reading, energy)
+    return GpuStatus(device, step.state == "up", reading, added)
 
 
 def _check(
@@ -260,7 +260,10 @@ def test_invariants_over_random_histories(world: World) -> None:
             if g.state == "missing":
                 continue
             listed_now.add(i)
-            gpus.append(_gpu_status(world, i, g, energy[i]))
+            # What the monitor hands over: joules since the GPU's previous listing (0 at first).
+            previous_listing = last_listed[i]
+            added = 0.0 if previous_listing is None else energy[i] - previous_listing
+            gpus.append(_gpu_status(world, i, g, energy[i], added))
             if first_listed[i] is None:
                 first_listed[i] = energy[i]
             last_listed[i] = energy[i]
@@ -354,7 +357,7 @@ def test_unassigned_gpus_go_only_to_unattributed() -> None:
     ledger = Ledger(PricingSettings(), 60.0)
     device = GpuDevice(0, "GPU-0", "NVIDIA L4", "counter")
     for i in range(5):
-        status = GpuStatus(device, True, None, 100.0 * i)
+        status = GpuStatus(device, True, None, 100.0 if i else 0.0)
         server = ServerStatus(
             "a", True, ServerReading("vllm", (TokenReading("x", 10.0 * i, 5.0 * i),))
         )
