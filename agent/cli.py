@@ -341,6 +341,7 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     Returns:
         The wired, not yet started, agent.
     """
+    from agent.accounting.counters import counter_limits
     from agent.accounting.ledger import Ledger
     from agent.discovery import PsutilProcessTable, discover
     from agent.gpu.monitor import GpuMonitor
@@ -351,7 +352,13 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     from exporters.http import MetricsServer
     from exporters.prometheus import SnapshotCollector, build_registry
 
-    monitor = GpuMonitor(NvmlBackend(nvml), clock, settings.gpu, log.getChild("gpu"))
+    monitor = GpuMonitor(
+        NvmlBackend(nvml),
+        clock,
+        settings.gpu,
+        log.getChild("gpu"),
+        max_power_ratio=settings.accounting.max_power_ratio,
+    )
     # One scraper, connection and TLS context per server: no server can hold another's.
     scrapers = {s.name: ServerScraper(s, settings.scrape) for s in settings.servers}
     processes = PsutilProcessTable()
@@ -363,7 +370,11 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     sampler = Sampler(
         gpus=monitor,
         servers=scrapers,
-        ledger=Ledger(pricing, settings.sampling.window_seconds),
+        ledger=Ledger(
+            pricing,
+            settings.sampling.window_seconds,
+            limits=counter_limits(settings.accounting),
+        ),
         discover=discover_now,
         clock=clock,
         pricing=PricingInfo(

@@ -187,6 +187,59 @@ class ScrapeSettings(_Section):
     )
 
 
+class AccountingSettings(_Section):
+    """Guards of the accounting: glitches, restart evidence and cardinality bounds."""
+
+    max_tokens_per_second_per_gpu: float = Field(
+        1e7,
+        gt=0,
+        description=(
+            "Largest plausible token rate per GPU of a server, tokens/s; a counter increase "
+            "above it for its interval is a glitch and is not counted."
+        ),
+    )
+    max_phase_seconds_per_second_per_gpu: float = Field(
+        1e5,
+        gt=0,
+        description=(
+            "Largest plausible growth of a prefill/decode time counter per GPU, s/s (the "
+            "requests in one phase at once); above it the increase is not counted."
+        ),
+    )
+    max_power_ratio: float = Field(
+        2.0,
+        ge=1.0,
+        description=(
+            "An NVML energy increase above this many times the power limit over its interval "
+            "is a glitch and is not counted."
+        ),
+    )
+    start_time_tolerance_seconds: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "A server start time that moves by less than this is the same process, s (worker "
+            "processes and now-minus-uptime start times differ by seconds)."
+        ),
+    )
+    max_models_per_server: int = Field(
+        100, ge=1, description="Most models tracked per server; more fold into model `_other`."
+    )
+    max_series_per_model: int = Field(
+        512, ge=1, description="Most raw counter series (ranks, label sets) tracked per model."
+    )
+    max_label_length: int = Field(
+        256, ge=1, description="Longest model name tracked, characters; longer ones are dropped."
+    )
+    model_expiry_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description=(
+            "A model absent this long leaves /metrics; its totals fold into model `_other`, s."
+        ),
+    )
+
+
 class PricingSettings(_Section):
     """Cost model settings (see README, Pricing)."""
 
@@ -300,6 +353,7 @@ class Settings(BaseSettings):
     servers: list[ServerSettings] = Field(default_factory=list)
     sampling: SamplingSettings = SamplingSettings()
     scrape: ScrapeSettings = ScrapeSettings()
+    accounting: AccountingSettings = AccountingSettings()
     pricing: PricingSettings = PricingSettings()
     http: HttpSettings = HttpSettings()
 

@@ -14,11 +14,13 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from typing import Protocol
 
 from agent.clock import Clock
 from agent.discovery import Discovery, describe_mapping
 from agent.readings import (
+    AccountingEvent,
     CollectorHealth,
     GpuDevice,
     GpuStatus,
@@ -75,6 +77,16 @@ class LedgerLike(Protocol):
     ) -> LedgerTotals:
         """Account the interval ending at monotonic time ``t``, s."""
         ...
+
+
+COUNTED_REASONS = frozenset({"implausible", "too_many_models", "too_many_series", "label_too_long"})
+"""Accounting events counted in ``tokenergy_scrape_errors_total`` (values the agent refused)."""
+
+GROUPED_REASONS = frozenset({"too_many_models", "too_many_series", "label_too_long"})
+"""Events logged once per server whatever the model or series (they churn by nature)."""
+
+MAX_LOGGED_EVENTS = 4096
+"""Distinct (source, reason, model, series) logged; past it events are counted, not logged."""
 
 
 Discover = Callable[[Sequence[GpuStatus]], Discovery]
@@ -156,7 +168,10 @@ class Sampler:
         self._mapping: Discovery | None = None
         self._next_discovery = float("-inf")
         self._seen_warnings: set[str] = set()
+        self._logged_events: set[tuple[str, str, str, str]] = set()
         self._last_gpus: tuple[GpuStatus, ...] = ()
+        # GPU UUID -> joules polled between cycles, not yet handed to the ledger.
+        self._carry: dict[str, float] = {}
         self._snapshot: Snapshot | None = None
         self._cycle_lock = threading.Lock()
         self._stop = threading.Event()
@@ -237,7 +252,7 @@ class Sampler:
                 next_gpu = self._clock.monotonic() + self._gpu_interval
             elif now >= next_gpu:
                 try:
-                    self._last_gpus = self._gpus.poll()
+                    self._poll_between_cycles()
                 except Exception:
                     self._log.exception("GPU poll failed")
                 next_gpu += self._gpu_interval
@@ -246,6 +261,15 @@ class Sampler:
             wait = min(next_cycle, next_gpu) - self._clock.monotonic()
             if wait > 0:
                 self._stop.wait(wait)
+
+    def _poll_between_cycles(self) -> None:
+        """Poll the GPUs between cycles (power integration); the next cycle books the joules."""
+        with self._cycle_lock:
+            statuses = self._gpus.poll()
+            for g in statuses:
+                uuid = g.device.uuid
+                self._carry[uuid] = self._carry.get(uuid, 0.0) + g.energy_joules_added
+            self._last_gpus = tuple(replace(g, energy_joules_added=0.0) for g in statuses)
 
     def run_cycle(self) -> Snapshot:
         """Run one full cycle now and publish its Snapshot.
@@ -270,7 +294,14 @@ class Sampler:
         except Exception:
             self._log.exception("GPU poll failed")
             gpus, gpu_ok = self._last_gpus, False
-        self._last_gpus = gpus
+        # The joules of the polls since the last cycle go to the ledger with this one.
+        gpus = tuple(
+            replace(
+                g, energy_joules_added=g.energy_joules_added + self._carry.pop(g.device.uuid, 0.0)
+            )
+            for g in gpus
+        )
+        self._last_gpus = tuple(replace(g, energy_joules_added=0.0) for g in gpus)
         collectors.append(CollectorHealth("nvml", gpu_ok, self._clock.monotonic() - gpu_started))
 
         servers = self._collect_scrapes(started, collectors)
@@ -283,6 +314,7 @@ class Sampler:
         totals = self._ledger.advance(
             now, gpus, servers, mapping.assignment, mapping.process_owners
         )
+        self._account_events(totals.events)
         snap = Snapshot(
             taken_at_seconds=self._clock.monotonic(),
             gpus=gpus,
@@ -347,6 +379,32 @@ class Sampler:
         status = ServerStatus(name=name, up=False, reading=None, error_reason=reason)
         self._last_server[name] = status
         return status
+
+    def _account_events(self, events: Sequence[AccountingEvent]) -> None:
+        """Count what the accounting refused and log each kind of event once per series."""
+        for event in events:
+            if event.reason in COUNTED_REASONS:
+                key = (event.source, event.reason)
+                self._scrape_errors[key] = self._scrape_errors.get(key, 0) + event.count
+            if event.reason in GROUPED_REASONS:  # e.g. new model names every scrape: log once
+                logged = (event.source, event.reason, "", "")
+            else:
+                logged = (event.source, event.reason, event.model, event.series)
+            if logged in self._logged_events or len(self._logged_events) >= MAX_LOGGED_EVENTS:
+                continue
+            self._logged_events.add(logged)
+            log = self._log.warning if event.reason in COUNTED_REASONS else self._log.info
+            log(
+                "accounting: %s",
+                event.reason,
+                extra={
+                    "server": event.source,
+                    "model": event.model,
+                    "series": event.series,
+                    "count": event.count,
+                    "detail": event.detail,
+                },
+            )
 
     def _refresh_mapping(self, gpus: Sequence[GpuStatus]) -> None:
         try:
