@@ -88,7 +88,7 @@ def test_a_subcommand_is_one_more_command_entry() -> None:
     assert seen[0].horizon == 3.0 and seen[0].log_level == "debug"
     assert parser.parse_args(["--log-level", "error", "forecast"]).log_level == "error"
     assert parser.parse_args(["forecast"]).log_level == "info"
-    assert [c.name for c in COMMANDS] == ["run", "demo", "inspect", "check-config"]
+    assert [c.name for c in COMMANDS] == ["run", "demo", "inspect", "check-config", "plan", "top"]
 
 
 def test_failures_of_run_are_one_logfmt_line(tmp_path: Path) -> None:
