@@ -587,6 +587,7 @@ _AUDITED = (
     "agent.servers.inspect",
     "agent.plan.scenario",
     "agent.discovery",
+    "agent.logs",
     "exporters.http",
     "exporters.webconfig",
 )
