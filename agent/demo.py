@@ -303,7 +303,10 @@ def _write_truth(
     truth["exposition"] = generate_latest(agent.registry).decode()
     truth["notes"] = (
         "Every number counts from the agent's first (baseline) sample, as the agent's own "
-        "counters do; the world is held still for that sample and for the last one."
+        "counters do; the world is held still for that sample and for the last one. "
+        "lost_input_tokens and lost_output_tokens were made between a server's (or a "
+        "data-parallel rank's) last scrape and its restart: no scraper could see them, so the "
+        "agent's tokens_total should equal input_tokens - lost_input_tokens (likewise output)."
     )
     path.write_text(json.dumps(truth, indent=2, sort_keys=True))
 

@@ -62,7 +62,7 @@ class GpuReading:
         power_watts: Board power draw, W.
         energy_joules: Raw NVML energy counter, J since driver load; None when unsupported.
             This raw value resets on a driver reload; the agent-owned monotonic counter is
-            ``GpuStatus.energy_joules_total``.
+            ``LedgerTotals.gpu_energy_joules_total``.
         utilization_ratio: GPU (SM) utilization, 0..1.
         memory_used_bytes: Device memory in use, bytes.
         memory_total_bytes: Device memory size, bytes.
@@ -89,15 +89,16 @@ class GpuStatus:
         device: Identity and capabilities.
         up: True when the last read succeeded within its deadline.
         reading: The latest successful reading (may be stale when ``up`` is False).
-        energy_joules_total: Agent-owned energy counter, J; never decreases, survives
-            driver reloads; grows by NVML counter deltas or by integrated power.
+        energy_joules_added: Energy measured since this GPU's previous status, J (>= 0): NVML
+            counter deltas (resets and glitches absorbed) or integrated power. Handed out once;
+            the ledger accumulates it into ``LedgerTotals.gpu_energy_joules_total``.
         error: Short class of the last error (e.g. ``gpu_lost``, ``timeout``), or None.
     """
 
     device: GpuDevice
     up: bool
     reading: GpuReading | None
-    energy_joules_total: float
+    energy_joules_added: float
     error: str | None = None
 
 
@@ -178,8 +179,9 @@ class ServerStatus:
         name: Configured server name (the ``server`` label).
         up: True when the last scrape succeeded and parsed.
         reading: The last successful reading, or None when the last scrape failed.
-        error_reason: One of ``timeout``, ``refused``, ``http_status``, ``too_large``,
-            ``parse`` (or ``error``), when the last scrape failed.
+        error_reason: One of ``timeout``, ``dns``, ``refused``, ``http_status``,
+            ``too_large``, ``parse`` or ``error`` (token or CA file unusable), when the last
+            scrape failed.
     """
 
     name: str
@@ -249,6 +251,43 @@ class GpuShare:
     share: float
 
 
+AccountingReason = Literal[
+    "implausible",
+    "series_reset",
+    "restart",
+    "too_many_models",
+    "too_many_series",
+    "label_too_long",
+    "model_expired",
+]
+"""Why the accounting reports an event: a value it refused (``implausible``), a counter reset it
+absorbed (``series_reset``, ``restart``), or a model or series it did not track
+(``too_many_models``, ``too_many_series``, ``label_too_long``) or stopped tracking
+(``model_expired``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountingEvent:
+    """Something the pure accounting saw in one advance, for the edge to log and count.
+
+    Attributes:
+        reason: What happened.
+        source: The server name, or the GPU UUID for GPU energy events.
+        model: The model concerned ("" when none or for GPUs).
+        series: The series concerned (``kind:key``, e.g.
+            ``input:vllm:prompt_tokens_total{engine="3"}``), "" when none.
+        count: How many models or series the event stands for (drops are grouped per advance).
+        detail: One short human-readable line with the figures.
+    """
+
+    reason: AccountingReason
+    source: str
+    model: str = ""
+    series: str = ""
+    count: int = 1
+    detail: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerTotals:
     """The ledger's output after one advance.
@@ -260,6 +299,9 @@ class LedgerTotals:
         unattributed_energy_cost_total: Energy cost of that energy, configured currency.
         unattributed_hardware_cost_total: GPU-hour cost of GPUs serving no server.
         unattributed_carbon_grams_total: g CO2e of that energy, or None when carbon is off.
+        gpu_energy_joules_total: GPU UUID -> energy booked for that GPU since the agent
+            started, J; monotonic across driver reloads (the ledger is its only accumulator).
+        events: What this advance saw that the edge should log or count (empty mostly).
     """
 
     models: tuple[ModelTotals, ...] = ()
@@ -268,6 +310,8 @@ class LedgerTotals:
     unattributed_energy_cost_total: float = 0.0
     unattributed_hardware_cost_total: float = 0.0
     unattributed_carbon_grams_total: float | None = None
+    gpu_energy_joules_total: tuple[tuple[str, float], ...] = ()
+    events: tuple[AccountingEvent, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -318,8 +318,10 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         "",
         ("server", "reason"),
-        "Failed scrapes of a server since the agent started, by reason: timeout, refused, "
-        "http_status, too_large, parse.",
+        "Failed scrapes of a server since the agent started, by reason: timeout, dns, refused, "
+        "http_status, too_large, parse, error; and values the accounting refused: implausible "
+        "(a counter increase above the configured ceiling, not counted), too_many_models, "
+        "too_many_series, label_too_long (models or series not tracked, per scrape).",
     ),
     MetricSpec(
         "tokenergy_nvml_errors_total",

@@ -118,12 +118,13 @@ def snapshot_families(
     if nvml:
         out.add("tokenergy_nvml_up", [], 1 if nvml[0].success else 0)
 
+    gpu_energy = dict(snapshot.ledger.gpu_energy_joules_total)
     for gpu in snapshot.gpus:
         dev = gpu.device
         ids = [str(dev.index), dev.uuid]
         out.add("tokenergy_gpu_info", [*ids, dev.name, dev.energy_source], 1)
         out.add("tokenergy_gpu_up", ids, 1 if gpu.up else 0)
-        out.add("tokenergy_gpu_energy_joules_total", ids, gpu.energy_joules_total)
+        out.add("tokenergy_gpu_energy_joules_total", ids, gpu_energy.get(dev.uuid))
         reading = gpu.reading
         # A stale reading of a GPU that is down would pass for live data: show none.
         if gpu.up and reading is not None:
@@ -133,11 +134,16 @@ def snapshot_families(
             out.add("tokenergy_gpu_memory_total_bytes", ids, reading.memory_total_bytes)
             out.add("tokenergy_gpu_power_limit_watts", ids, reading.power_limit_watts)
 
+    # Per-model gauges only for the models the ledger tracks: the cardinality bound holds
+    # for every family, whatever a server lists.
+    tracked = {(m.server, m.model) for m in snapshot.ledger.models}
     for server in snapshot.servers:
         out.add("tokenergy_server_up", [server.name], 1 if server.up else 0)
         if server.reading is None:
             continue
         for tokens in server.reading.models:
+            if (server.name, tokens.model) not in tracked:
+                continue
             key = [server.name, tokens.model]
             out.add("tokenergy_server_info", [server.name, server.reading.engine, tokens.model], 1)
             out.add("tokenergy_server_requests", [*key, "running"], tokens.requests_running)

@@ -6,13 +6,22 @@ time ``t`` and returns new cumulative counters and windowed ratios as ``LedgerTo
 Rules (DESIGN.md, "Accounting rules"):
 
 - **Tokens.** Per (server, model): input, output and cached input tokens, monotonic across
-  server restarts; policy in :mod:`agent.accounting.counters` (first sight is a baseline and
-  is not counted; a restart rebases to zero; a down server contributes nothing).
-- **GPU energy.** The delta of ``GpuStatus.energy_joules_total`` (agent-owned, monotonic)
-  between advances. The first sight of a GPU is its baseline. A value that is not finite is
-  not used (the base is kept); a value lower than the base (which the monitor should never
-  produce) becomes the new base and counts nothing, so a bug upstream can never book an
-  earlier lifetime's energy twice.
+  server restarts; policy in :mod:`agent.accounting.counters` (per-series resets, first sight
+  is a baseline, a down server contributes nothing, implausible increases are not counted).
+- **Bounded cardinality.** A model the counters stop tracking (absent for
+  ``model_expiry_seconds``) leaves the output: its totals (tokens, energy, idle energy, cost,
+  carbon) are added to the server's ``_other`` model in the same advance, so every per-server
+  sum (what ``sum by (server)`` sees) is unchanged by the move and conservation still holds
+  exactly. Models over the per-server cap are not tracked at all: their tokens are not counted
+  and the server's energy goes to the models it tracks.
+- **Finite by construction.** Token deltas are bounded by the glitch ceiling times the
+  interval, GPU deltas are finite; an addition whose result would not be finite is refused
+  and reported, so no total can ever become Inf or NaN.
+- **GPU energy.** ``GpuStatus.energy_joules_added``: the joules the GPU's meter measured
+  since the previous cycle (counter resets and glitches already absorbed there). The ledger
+  is the only place that accumulates energy: per GPU (``gpu_energy_joules_total``, monotonic
+  across driver reloads) and per account. A value that is not finite or is negative (which
+  the meter never hands out) counts nothing.
 - **Attribution.** Each GPU's delta goes to the servers whose assignment lists its UUID,
   split by per-process utilization where known, else evenly (:func:`shares.gpu_split`); with
   no server it goes to ``unattributed``. A server's part is split among its models by input
@@ -43,7 +52,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.accounting.cost import CostModel
-from agent.accounting.counters import ServerObservation, TokenCounters
+from agent.accounting.counters import (
+    OTHER_MODEL,
+    CounterLimits,
+    ServerObservation,
+    TokenCounters,
+)
 from agent.accounting.shares import even_split, gpu_split, model_split
 from agent.accounting.window import (
     DEFAULT_MAX_INTERVALS,
@@ -53,7 +67,14 @@ from agent.accounting.window import (
     WindowRatios,
 )
 from agent.config import PricingSettings
-from agent.readings import GpuShare, GpuStatus, LedgerTotals, ModelTotals, ServerStatus
+from agent.readings import (
+    AccountingEvent,
+    GpuShare,
+    GpuStatus,
+    LedgerTotals,
+    ModelTotals,
+    ServerStatus,
+)
 
 
 @dataclass(slots=True)
@@ -68,6 +89,17 @@ class _Account:
     energy_cost: float = 0.0
     hardware_cost: float = 0.0
     carbon_grams: float = 0.0
+
+    def absorb(self, other: _Account) -> None:
+        """Add every total of ``other`` (a retired model folding into ``_other``)."""
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cached_input_tokens += other.cached_input_tokens
+        self.energy_joules += other.energy_joules
+        self.idle_energy_joules += other.idle_energy_joules
+        self.energy_cost += other.energy_cost
+        self.hardware_cost += other.hardware_cost
+        self.carbon_grams += other.carbon_grams
 
 
 @dataclass(slots=True)
@@ -86,6 +118,7 @@ class Ledger:
         pricing: Cost settings (price per kWh, PUE, hourly rates, carbon intensity).
         window_seconds: Window of the ratio gauges, s (> 0).
         max_intervals: Most intervals the ratio window keeps (memory bound).
+        limits: Glitch ceilings, restart tolerance and cardinality bounds of the counters.
 
     Raises:
         ValueError: When ``window_seconds`` is not a finite number > 0.
@@ -97,26 +130,18 @@ class Ledger:
         window_seconds: float,
         *,
         max_intervals: int = DEFAULT_MAX_INTERVALS,
+        limits: CounterLimits | None = None,
     ) -> None:
         self._cost = CostModel(pricing)
         self._window = RatioWindow(window_seconds, max_intervals)
-        self._tokens = TokenCounters()
-        self._gpu_base: dict[str, float] = {}
+        self._tokens = TokenCounters(limits)
+        self._gpu_energy: dict[str, float] = {}
+        self._gpu_energy_all = 0.0
         self._gpus_listed: frozenset[str] = frozenset()
         self._accounts: dict[Key, _Account] = {}
         self._unattributed = _Account()
-        self._gpu_energy_booked = 0.0
+        self._events: list[AccountingEvent] = []
         self._last_t: float | None = None
-
-    @property
-    def window_seconds(self) -> float:
-        """Window of the ratio gauges, s."""
-        return self._window.window_seconds
-
-    @property
-    def gpu_energy_booked_joules(self) -> float:
-        """Sum of every GPU energy delta booked so far, J (= attributed + unattributed)."""
-        return self._gpu_energy_booked
 
     def advance(
         self,
@@ -152,15 +177,17 @@ class Ledger:
         _check_unique("server name", (s.name for s in servers))
         dt = 0.0 if self._last_t is None else t - self._last_t
         self._last_t = t
+        self._events = []
         keys_before = frozenset(self._accounts)
         interval: dict[Key, IntervalDelta] = {}
 
-        observations = self._observe_servers(servers, assignment, interval)
+        observations = self._observe_servers(t, servers, assignment, interval)
         parts = self._split_gpus(dt, gpus, assignment, process_owners, observations)
         self._book_parts(parts, observations, interval)
 
         for key in keys_before:
-            interval.setdefault(key, IntervalDelta())
+            if key in self._accounts:  # not a model retired in this advance
+                interval.setdefault(key, IntervalDelta())
         self._window.add(t, dt, interval)
         return self._totals(parts)
 
@@ -168,6 +195,7 @@ class Ledger:
 
     def _observe_servers(
         self,
+        t: float,
         servers: Sequence[ServerStatus],
         assignment: Mapping[str, Sequence[str]],
         interval: dict[Key, IntervalDelta],
@@ -175,12 +203,29 @@ class Ledger:
         by_name = {s.name: s for s in servers}
         observations: dict[str, ServerObservation] = {}
         for name in sorted(by_name.keys() | assignment.keys()):
-            obs = self._tokens.observe(name, by_name.get(name))
+            gpus = len(set(assignment.get(name, ())))
+            obs = self._tokens.observe(name, by_name.get(name), t, gpus)
             observations[name] = obs
+            self._events.extend(obs.events)
+            for model in obs.retired:
+                retired = self._accounts.pop((name, model), None)
+                if retired is not None:
+                    self._accounts.setdefault((name, OTHER_MODEL), _Account()).absorb(retired)
             for model in obs.models:
                 self._accounts.setdefault((name, model), _Account())
             for model, delta in obs.deltas.items():
                 account = self._accounts.setdefault((name, model), _Account())
+                if not _all_finite(
+                    account.input_tokens + delta.input_tokens,
+                    account.output_tokens + delta.output_tokens,
+                    account.cached_input_tokens + delta.cached_input_tokens,
+                ):
+                    self._events.append(
+                        AccountingEvent(
+                            "implausible", name, model, detail="a token total would overflow"
+                        )
+                    )
+                    continue
                 account.input_tokens += delta.input_tokens
                 account.output_tokens += delta.output_tokens
                 account.cached_input_tokens += delta.cached_input_tokens
@@ -192,16 +237,13 @@ class Ledger:
 
     # -- energy and GPU time ------------------------------------------------------------
 
-    def _gpu_energy_delta(self, gpu: GpuStatus) -> float:
-        uuid = gpu.device.uuid
-        value = gpu.energy_joules_total
-        if not math.isfinite(value) or value < 0:
+    @staticmethod
+    def _gpu_energy_delta(gpu: GpuStatus) -> float:
+        joules = gpu.energy_joules_added
+        # The meter never hands out a bad value; a bug upstream must still not book one.
+        if not math.isfinite(joules) or joules < 0:
             return 0.0
-        base = self._gpu_base.get(uuid)
-        self._gpu_base[uuid] = value
-        if base is None or value < base:
-            return 0.0
-        return value - base
+        return joules
 
     def _split_gpus(
         self,
@@ -221,7 +263,15 @@ class Ledger:
         for gpu in sorted(gpus, key=lambda g: (g.device.index, g.device.uuid)):
             uuid = gpu.device.uuid
             joules = self._gpu_energy_delta(gpu)
-            self._gpu_energy_booked += joules
+            total = self._gpu_energy.get(uuid, 0.0)
+            # Every account holds a part of the grand total: keeping it finite keeps them all.
+            if not math.isfinite(self._gpu_energy_all + joules):
+                self._events.append(
+                    AccountingEvent("implausible", uuid, detail="GPU energy total would overflow")
+                )
+                joules = 0.0
+            self._gpu_energy[uuid] = total + joules
+            self._gpu_energy_all += joules
             gpu_seconds = dt if uuid in listed_before else 0.0
             hardware = self._cost.hardware_cost(gpu_seconds, gpu.device.name)
             split = gpu_split(users.get(uuid, []), gpu.reading, gpu.up, process_owners)
@@ -323,7 +373,13 @@ class Ledger:
             unattributed_energy_cost_total=u.energy_cost,
             unattributed_hardware_cost_total=u.hardware_cost,
             unattributed_carbon_grams_total=u.carbon_grams if carbon else None,
+            gpu_energy_joules_total=tuple(sorted(self._gpu_energy.items())),
+            events=tuple(self._events),
         )
+
+
+def _all_finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
 
 
 def _check_unique(what: str, values: Iterable[str]) -> None:

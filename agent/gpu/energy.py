@@ -1,21 +1,28 @@
-"""The agent-owned GPU energy meter: a monotonic joule counter fed one reading at a time.
+"""The GPU energy meter: how much energy one GPU used in each interval between two readings.
 
 Pure module: no I/O, no clock reads, no threads. The caller passes the monotonic time of each
 reading, so the meter runs the same in virtual time (tests) and real time (the agent).
 
-Each interval between two consecutive readings is counted exactly once:
+The meter hands out per-interval joules and keeps no total: the ledger is the only place that
+accumulates energy (``tokenergy_gpu_energy_joules_total`` is the ledger's per-GPU sum). Each
+interval between two consecutive readings is counted exactly once:
 
 * by the NVML energy counter when both readings carry it (Volta and newer): the delta;
 * else by the trapezoid rule on power when both readings carry power: ``(P0 + P1) / 2 * dt``;
-* else not at all (recorded in ``unmeasured_seconds``).
+* else not at all.
 
 A counter that goes down by more than a tiny glitch tolerance was reset (driver reload, GPU
 reset): NVML counts from 0 at the reload, so the new value itself is the energy since the
-reload and is added in full. Nothing is doubled and the total never decreases. When NVML had
-to be re-initialised (see :meth:`EnergyMeter.note_possible_reset`), a reload that left the
-counter above its old value is recognised by comparing with the integrated power. The energy
-spent between the last reading before a reload and the reload itself is not seen by the
-counter and is not guessed.
+reload and is counted in full. When NVML had to be re-initialised (see
+:meth:`EnergyMeter.note_possible_reset`), a reload that left the counter above its old value is
+recognised by comparing with the integrated power. The energy spent between the last reading
+before a reload and the reload itself is not seen by the counter and is not guessed.
+
+Glitch guard: a counter increase (or a reset value) larger than ``max_power_ratio`` times the
+power limit over the interval (at least 1 s) is physically impossible; it is not counted and
+the step says ``implausible``. The baseline stays on the last good value, so a lone absurd
+sample changes nothing; a counter that keeps counting from the new level (plausibly) is
+rebased there.
 """
 
 from __future__ import annotations
@@ -34,67 +41,70 @@ counter to about the energy since the reload, far below this band.
 """
 
 
+DEFAULT_MAX_POWER_RATIO = 2.0
+"""A counter increase above this many times the power limit over its interval is a glitch."""
+
+FALLBACK_POWER_LIMIT_WATTS = 2000.0
+"""Power limit assumed for the glitch guard when NVML reports none, W (above any GPU's)."""
+
+MIN_GUARD_INTERVAL_SECONDS = 1.0
+"""Shortest interval the glitch ceiling is computed over, s (the counter updates in steps)."""
+
+
 @dataclass(frozen=True, slots=True)
 class MeterStep:
     """How the meter counted the interval ending at one reading.
 
     Attributes:
-        added_joules: Energy added for the interval, J (>= 0).
+        added_joules: Energy used in the interval, J (>= 0).
         source: ``counter``, ``integrated``, or None when the interval was not measured.
         reset: True when the NVML counter was found reset in this interval.
+        implausible: True when the counter moved by more than the power limit allows; the
+            interval then counts nothing.
     """
 
     added_joules: float
     source: EnergySource | None
     reset: bool = False
+    implausible: bool = False
 
 
 class EnergyMeter:
-    """Monotonic energy of one GPU from NVML counter deltas or integrated power.
+    """Per-interval energy of one GPU from NVML counter deltas or integrated power.
 
     Args:
         glitch_tolerance_ratio: Largest counter decrease, as a fraction of the last counter
             value, read as a glitch (ignored) rather than a reset.
+        max_power_ratio: A counter increase above this many times the power limit over the
+            interval is not counted (``MeterStep.implausible``).
 
     Raises:
-        ValueError: When ``glitch_tolerance_ratio`` is negative or not finite.
+        ValueError: When a ratio is not finite, ``glitch_tolerance_ratio`` is negative or
+            ``max_power_ratio`` is below 1.
     """
 
-    def __init__(self, glitch_tolerance_ratio: float = DEFAULT_GLITCH_TOLERANCE_RATIO) -> None:
+    def __init__(
+        self,
+        glitch_tolerance_ratio: float = DEFAULT_GLITCH_TOLERANCE_RATIO,
+        max_power_ratio: float = DEFAULT_MAX_POWER_RATIO,
+    ) -> None:
         if not math.isfinite(glitch_tolerance_ratio) or glitch_tolerance_ratio < 0:
             raise ValueError(
                 f"glitch_tolerance_ratio must be a finite number >= 0, got {glitch_tolerance_ratio}"
             )
+        if not math.isfinite(max_power_ratio) or max_power_ratio < 1:
+            raise ValueError(f"max_power_ratio must be a finite number >= 1, got {max_power_ratio}")
         self._tolerance = glitch_tolerance_ratio
-        self._total_joules = 0.0
+        self._max_power_ratio = max_power_ratio
         self._last_t: float | None = None
         # Highest counter value since the last reset: the baseline for the next delta.
         self._last_counter_joules: float | None = None
+        # Time of that baseline, s, and a value refused by the glitch guard since.
+        self._counter_t = 0.0
+        self._refused_joules: float | None = None
         self._last_power_watts: float | None = None
-        self._resets = 0
-        self._unmeasured_seconds = 0.0
-        self._last_source: EnergySource | None = None
+        self._previous_good: float | None = None
         self._maybe_reset = False
-
-    @property
-    def total_joules(self) -> float:
-        """Energy counted since the first reading, J; never decreases."""
-        return self._total_joules
-
-    @property
-    def resets(self) -> int:
-        """How many NVML counter resets (driver reloads) were seen."""
-        return self._resets
-
-    @property
-    def unmeasured_seconds(self) -> float:
-        """Total length of intervals with neither counter nor power at both ends, s."""
-        return self._unmeasured_seconds
-
-    @property
-    def last_source(self) -> EnergySource | None:
-        """How the last interval was counted, or None before the second reading."""
-        return self._last_source
 
     def note_possible_reset(self) -> None:
         """Say that the next counter interval may span a driver reload (NVML was re-initialised).
@@ -107,38 +117,26 @@ class EnergyMeter:
         """
         self._maybe_reset = True
 
-    def update(
-        self, t_seconds: float, energy_joules: float | None, power_watts: float | None
-    ) -> float:
-        """Feed one reading and return the new total.
+    def step(
+        self,
+        t_seconds: float,
+        energy_joules: float | None,
+        power_watts: float | None,
+        power_limit_watts: float | None = None,
+    ) -> MeterStep:
+        """Feed one reading and return the energy of the interval it ends.
 
         Args:
             t_seconds: Monotonic time of the reading, s; never earlier than the previous one.
             energy_joules: Raw NVML energy counter, J since driver load, or None when
                 unsupported or unread.
             power_watts: Power draw, W, or None when unknown.
+            power_limit_watts: Enforced power limit, W, for the glitch guard; None = unknown
+                (:data:`FALLBACK_POWER_LIMIT_WATTS` is used).
 
         Returns:
-            The total energy counted so far, J.
-
-        Raises:
-            ValueError: When the time goes back, or a value is negative or not finite.
-        """
-        self.step(t_seconds, energy_joules, power_watts)
-        return self._total_joules
-
-    def step(
-        self, t_seconds: float, energy_joules: float | None, power_watts: float | None
-    ) -> MeterStep:
-        """Feed one reading and say how its interval was counted.
-
-        Args:
-            t_seconds: Monotonic time of the reading, s.
-            energy_joules: Raw NVML energy counter, J, or None.
-            power_watts: Power draw, W, or None.
-
-        Returns:
-            The energy added and how it was measured.
+            The energy used in the interval since the previous reading and how it was
+            measured (zero for the first reading).
 
         Raises:
             ValueError: When the time goes back, or a value is negative or not finite.
@@ -161,30 +159,52 @@ class EnergyMeter:
                 estimate = None
                 if power_watts is not None and self._last_power_watts is not None:
                     estimate = 0.5 * (power_watts + self._last_power_watts) * dt
-                result = self._counter_step(energy_joules, estimate)
+                limit = power_limit_watts or FALLBACK_POWER_LIMIT_WATTS
+                since = max(t_seconds - self._counter_t, MIN_GUARD_INTERVAL_SECONDS)
+                ceiling = self._max_power_ratio * limit * since
+                result = self._guarded(self._counter_step(energy_joules, estimate), ceiling)
+                if not result.implausible:
+                    self._counter_t = t_seconds
             elif power_watts is not None and self._last_power_watts is not None:
                 added = 0.5 * (power_watts + self._last_power_watts) * dt
                 result = MeterStep(added, "integrated")
-            else:
-                self._unmeasured_seconds += dt
 
         self._maybe_reset = False
-        self._total_joules += result.added_joules
         self._last_t = t_seconds
         self._last_power_watts = power_watts
-        if result.source is not None:
-            self._last_source = result.source
         if energy_joules is None:
             # A gap in the counter: the next counter value is a new baseline, so the interval
             # covered by power here is never counted again by a counter delta.
             self._last_counter_joules = None
+            self._refused_joules = None
         elif result.source != "counter":
             self._last_counter_joules = energy_joules
+            self._counter_t = t_seconds
+            self._refused_joules = None
         return result
+
+    def _guarded(self, step: MeterStep, ceiling_joules: float) -> MeterStep:
+        """Refuse a counter step above the ceiling, keeping the last good baseline."""
+        if step.added_joules <= ceiling_joules:
+            self._refused_joules = None
+            return step
+        value, self._last_counter_joules = self._last_counter_joules, self._previous_good
+        refused, self._refused_joules = self._refused_joules, value
+        if (
+            refused is not None
+            and value is not None
+            and refused < value
+            and value - refused <= ceiling_joules
+        ):
+            # The counter kept counting from the level it jumped to: rebase there.
+            self._last_counter_joules, self._refused_joules = value, None
+            return MeterStep(value - refused, "counter")
+        return MeterStep(0.0, "counter", implausible=True)
 
     def _counter_step(self, energy_joules: float, estimate_joules: float | None) -> MeterStep:
         last = self._last_counter_joules
         assert last is not None
+        self._previous_good = last
         maybe_reset, self._maybe_reset = self._maybe_reset, False
         if energy_joules >= last:
             self._last_counter_joules = energy_joules
@@ -194,13 +214,11 @@ class EnergyMeter:
                 and estimate_joules is not None
                 and abs(energy_joules - estimate_joules) < abs(delta - estimate_joules)
             ):
-                self._resets += 1
                 return MeterStep(energy_joules, "counter", reset=True)
             return MeterStep(delta, "counter")
         if last - energy_joules <= self._tolerance * last:
             # Glitch: keep the higher baseline so the next delta is not counted twice.
             return MeterStep(0.0, "counter")
-        self._resets += 1
         self._last_counter_joules = energy_joules
         return MeterStep(energy_joules, "counter", reset=True)
 

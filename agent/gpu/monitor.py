@@ -11,8 +11,11 @@
 * after a driver-level error, or when NVML is missing at start, NVML is initialised again with
   exponential backoff on the injected clock (``reinit_backoff_seconds`` doubling up to
   ``reinit_backoff_max_seconds``);
-* per GPU UUID an :class:`~agent.gpu.energy.EnergyMeter` turns readings into the agent-owned
-  monotonic energy counter, which survives driver reloads and NVML re-inits;
+* per GPU UUID an :class:`~agent.gpu.energy.EnergyMeter` turns readings into per-interval
+  joules; each poll hands over the joules measured since the previous poll
+  (``GpuStatus.energy_joules_added``) and keeps no total: the ledger accumulates;
+* an energy increase the power limit cannot explain is not counted, is counted in
+  ``nvml_errors_total{error="implausible"}`` and logged once;
 * each problem is logged once when it starts and once when it ends, not per cycle.
 """
 
@@ -30,7 +33,7 @@ from typing import Any, TypeVar
 from agent.clock import Clock
 from agent.config import GpuSettings
 from agent.gpu.backend import GpuBackend
-from agent.gpu.energy import EnergyMeter
+from agent.gpu.energy import DEFAULT_MAX_POWER_RATIO, EnergyMeter
 from agent.gpu.errors import GpuError, GpuReadError, GpuTimeout
 from agent.readings import GpuDevice, GpuReading, GpuStatus
 
@@ -84,6 +87,8 @@ class _Track:
 
     device: GpuDevice
     meter: EnergyMeter = field(default_factory=EnergyMeter)
+    # Joules measured since the last poll handed them over.
+    pending_joules: float = 0.0
     reading: GpuReading | None = None
     up: bool = False
     error: str | None = None
@@ -98,11 +103,19 @@ class GpuMonitor:
         settings: ``read_timeout_seconds`` (real-time deadline of one poll, s),
             ``reinit_backoff_seconds`` and ``reinit_backoff_max_seconds`` (clock time, s).
         log: Logger.
+        max_power_ratio: Energy-counter glitch guard: an increase above this many times the
+            power limit over its interval is not counted.
     """
 
     def __init__(
-        self, backend: GpuBackend, clock: Clock, settings: GpuSettings, log: logging.Logger
+        self,
+        backend: GpuBackend,
+        clock: Clock,
+        settings: GpuSettings,
+        log: logging.Logger,
+        max_power_ratio: float = DEFAULT_MAX_POWER_RATIO,
     ) -> None:
+        self._max_power_ratio = max_power_ratio
         self._backend = backend
         self._clock = clock
         self._deadline_seconds = settings.read_timeout_seconds
@@ -266,7 +279,8 @@ class GpuMonitor:
         for device in devices:
             known = self._tracks.get(device.uuid)
             if known is None:
-                self._tracks[device.uuid] = _Track(device)
+                meter = EnergyMeter(max_power_ratio=self._max_power_ratio)
+                self._tracks[device.uuid] = _Track(device, meter)
             else:
                 known.device = device
             self._index_to_uuid[device.index] = device.uuid
@@ -342,11 +356,28 @@ class GpuMonitor:
         if track is None:
             return  # a device from an earlier NVML session that is gone now
         try:
-            track.meter.update(t, reading.energy_joules, reading.power_watts)
+            step = track.meter.step(
+                t, reading.energy_joules, reading.power_watts, reading.power_limit_watts
+            )
         except ValueError as exc:
             self._count(str(index), GpuReadError.kind)
             self._problem(str(index), "meter", "GPU %d: reading rejected: %s", index, exc)
             return
+        if step.implausible:
+            self._count(str(index), "implausible")
+            self._problem(
+                str(index),
+                "implausible",
+                "GPU %d: energy counter %.6g J is more than the power limit allows since the "
+                "last good reading; not counted",
+                index,
+                reading.energy_joules,
+            )
+        else:
+            self._resolved(
+                str(index), "implausible", "GPU %d: energy counter plausible again", index
+            )
+        track.pending_joules += step.added_joules
         track.reading = reading
         track.up = True
         track.error = None
@@ -395,10 +426,11 @@ class GpuMonitor:
                     device=track.device,
                     up=up,
                     reading=track.reading,
-                    energy_joules_total=track.meter.total_joules,
+                    energy_joules_added=track.pending_joules,
                     error=None if up else (error or "down"),
                 )
             )
+            track.pending_joules = 0.0  # handed over: each joule goes out in one poll only
         return tuple(out)
 
     def _count(self, gpu: str, kind: str) -> None:

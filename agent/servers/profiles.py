@@ -4,29 +4,46 @@ Pure module: no I/O, no clock, no threads. Profiles and their compiled scanners 
 constants built at import.
 
 Each profile maps an engine's metric names (with their renames across versions) to a
-:class:`~agent.readings.TokenReading` per served model. The rules shared by every profile:
+:class:`~agent.readings.TokenReading` per served model. One meaning per field, for every
+engine (see ``agent/servers/README.md``):
+
+* ``input_tokens``: every prompt token the server accepted, prompt-cache hits included.
+* ``cached_input_tokens``: the prompt tokens served from a cache, read from the same family
+  as ``input_tokens`` (so ``cached <= input`` holds within one scrape).
+* ``output_tokens``: generated tokens.
+* ``None``: the server does not expose it. Never 0 as a stand-in.
+
+The rules shared by every profile:
 
 * **Sources in order of preference.** Each field lists candidate series; the first candidate
   with at least one series in the body is used, for every model (so one scrape never mixes
   two sources of the same field). A candidate whose family is declared (HELP/TYPE) but has no
-  series yet reads as 0. With none of them present the field is None (not exposed).
-  Engines whose token series are created lazily, on the first request (SGLang, TGI, Triton,
-  Dynamo), read 0 rather than None for a detected engine with no token series yet, so a
-  restart shows as a counter going down.
+  series yet reads as 0: the server exposes the counter and has counted nothing. With none of
+  them present or declared the field is None.
+* **Input families.** Each input candidate names the cached candidates of its own family
+  (SGLang ``realtime_tokens_total{mode="prefill_cache"}`` with the realtime input, llama.cpp
+  ``prompt_tokens_cached_total``, which its ``prompt_tokens_total`` excludes and input adds).
 * **Aggregation.** Series of one model are summed over every other label (vLLM/LMDeploy
   ``engine`` = data-parallel rank, SGLang ``dp_rank``, Triton ``version``). Replica labels
   whose series repeat the same values (SGLang ``tp_rank``, ``pp_rank``, ``moe_ep_rank``) are
   never summed: the lowest rank is kept. KV-cache usage is the mean over ranks (each rank has
-  its own cache of the same size).
+  its own cache of the same size). Every raw series added into a counter field is also
+  reported in :attr:`~agent.readings.TokenReading.series`, so resets are detected per rank.
 * **Never tokens:** ``_created``, ``_bucket`` and ``_count`` series and breakdowns such as
   vLLM ``prompt_tokens_by_source`` are not read as token counts.
-* **Bad values.** A token counter series that is NaN, infinite or negative makes that model's
-  field None (summing the other ranks would fake a counter reset) and adds a warning. A gauge
+* **Bad values.** A counter series that is NaN, infinite or negative makes that model's field
+  None (summing the other ranks would fake a counter reset) and adds a warning. A gauge
   series that is NaN, infinite or negative is ignored; a gauge with no valid series is None.
 * **Duplicates.** A repeated series keeps its first value (the parser drops the rest) and adds
   a warning.
-* **Model label.** The engine's model label (``model_name`` or ``model``); "" for servers
-  without one (llama.cpp, TGI).
+* **Model label.** Whichever model label the engine uses (``model_name``, ``model``,
+  ``name``), tried in order; "" for servers without one (llama.cpp, TGI). Names are kept
+  whole: shortening a path-like name is for display only.
+* **Detection.** Among the profiles whose marker families appear, the one whose token series
+  are present wins, then one whose token families are declared, then one with markers only;
+  a generic profile (NIM's unprefixed names) must show its required markers and loses ties
+  to a prefixed one. A detected engine with no token counters at all reads None everywhere, with
+  a ``no token counters`` warning.
 """
 
 from __future__ import annotations
@@ -36,7 +53,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from agent.readings import ServerReading, TokenReading
+from agent.readings import CounterKind, CounterSeries, ServerReading, TokenReading
 from agent.servers.parser import (
     DEFAULT_LIMITS,
     Exposition,
@@ -50,10 +67,12 @@ from agent.servers.parser import (
 
 __all__ = [
     "ENGINE_NAMES",
+    "NO_TOKEN_COUNTERS",
     "PROFILES",
     "EngineProfile",
     "ExpositionError",
     "ExpositionResult",
+    "InputSource",
     "ParseError",
     "Source",
     "UnknownEngineError",
@@ -61,7 +80,11 @@ __all__ = [
     "interpret",
     "read_exposition",
     "read_exposition_detailed",
+    "series_key",
 ]
+
+NO_TOKEN_COUNTERS = "no token counters"
+"""How the warning of a server that exposes no token counter at all begins."""
 
 
 class UnknownEngineError(ExpositionError):
@@ -100,6 +123,24 @@ def _src(name: str, **where: str | Iterable[str]) -> Source:
     return Source(name, pairs)
 
 
+Candidates = tuple[tuple[Source, ...], ...]
+"""Candidates in order of preference; the series of one candidate's sources are added."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputSource:
+    """One family of prompt-token counters: the input and the cache hits it includes.
+
+    Attributes:
+        sources: Sources added into ``input_tokens`` (SGLang prefill compute + cache,
+            llama.cpp evaluated + cached).
+        cached: Candidates for ``cached_input_tokens`` from the same family, in order.
+    """
+
+    sources: tuple[Source, ...]
+    cached: Candidates = ()
+
+
 @dataclass(frozen=True, slots=True)
 class EngineProfile:
     """How one engine's exposition maps to token readings.
@@ -108,63 +149,86 @@ class EngineProfile:
         name: Engine name as in the configuration (``vllm``, ``sglang``...).
         markers: Sample names whose presence (series or HELP/TYPE) identifies the engine.
         model_labels: Labels holding the model name, tried in order; none = model "".
-        input_tokens: Candidate sources of prompt tokens (counters or histogram ``_sum``).
+        input_tokens: Candidate input families (counters or histogram ``_sum``), in order.
         output_tokens: Candidate sources of generated tokens.
-        cached_input_tokens: Candidate sources of prompt tokens served from a cache.
         requests_running: Candidate sources of the running-requests gauge.
         requests_waiting: Candidate sources of the waiting-requests gauge.
         kv_cache_usage: Candidate sources of the KV-cache usage gauge (0..1).
+        prefill_seconds: Candidate sources of cumulative time in prefill, s.
+        decode_seconds: Candidate sources of cumulative time in decode, s.
         start_time: Candidate sources of the process start time (Unix s).
         created: ``_created`` series whose minimum stands in for the start time.
         replica_labels: Labels whose series repeat the same values (keep the lowest rank).
         total_only: ``(label, value)``: when series carry the label, keep only that value.
-        lazy_tokens: Token series appear on the first request: absent reads as 0.
+        required: Markers that must all appear for the profile to match (besides any one
+            marker): the distinctive set of a profile whose names are generic.
+        generic: Unprefixed names that other software uses too: on equal evidence a
+            prefixed profile wins.
+        no_tokens_hint: Said with the ``no token counters`` warning: where the tokens are.
         note: One line for people: what is read and the quirks handled.
     """
 
     name: str
     markers: tuple[str, ...]
     model_labels: tuple[str, ...]
-    input_tokens: tuple[tuple[Source, ...], ...]
-    output_tokens: tuple[tuple[Source, ...], ...]
-    cached_input_tokens: tuple[tuple[Source, ...], ...] = ()
-    requests_running: tuple[tuple[Source, ...], ...] = ()
-    requests_waiting: tuple[tuple[Source, ...], ...] = ()
-    kv_cache_usage: tuple[tuple[Source, ...], ...] = ()
+    input_tokens: tuple[InputSource, ...]
+    output_tokens: Candidates
+    requests_running: Candidates = ()
+    requests_waiting: Candidates = ()
+    kv_cache_usage: Candidates = ()
+    prefill_seconds: Candidates = ()
+    decode_seconds: Candidates = ()
     start_time: tuple[Source, ...] = (Source("process_start_time_seconds"),)
     created: tuple[Source, ...] = ()
     replica_labels: tuple[str, ...] = ()
     total_only: tuple[str, str] | None = None
-    lazy_tokens: bool = False
+    required: tuple[str, ...] = ()
+    generic: bool = False
+    no_tokens_hint: str = ""
     note: str = ""
     names: frozenset[str] = field(default=frozenset(), init=False)
 
     def __post_init__(self) -> None:
         groups = (
-            self.input_tokens,
+            tuple(fam.sources for fam in self.input_tokens),
+            *(fam.cached for fam in self.input_tokens),
             self.output_tokens,
-            self.cached_input_tokens,
             self.requests_running,
             self.requests_waiting,
             self.kv_cache_usage,
+            self.prefill_seconds,
+            self.decode_seconds,
         )
         names = {s.name for g in groups for cand in g for s in cand}
         names |= {s.name for s in self.start_time} | {s.name for s in self.created}
         names |= set(self.markers)
         object.__setattr__(self, "names", frozenset(names))
 
+    @property
+    def token_sources(self) -> tuple[Source, ...]:
+        """Every source of input or output tokens (cached ones are part of input)."""
+        return tuple(s for fam in self.input_tokens for s in fam.sources) + tuple(
+            s for cand in self.output_tokens for s in cand
+        )
+
 
 # A candidate is a tuple of sources whose series are added (SGLang prefill = compute + cache).
-def _one(*sources: Source) -> tuple[tuple[Source, ...], ...]:
+def _one(*sources: Source) -> Candidates:
     return tuple((s,) for s in sources)
 
 
+def _input(*sources: Source, cached: Candidates = ()) -> InputSource:
+    return InputSource(sources, cached)
+
+
 _VLLM_NOTE = (
-    "vllm:prompt_tokens_total, vllm:generation_tokens_total summed over `engine` (DP rank); "
-    "cached from prompt_tokens_cached_total, else prefix_cache_hits_total, else "
-    "gpu_prefix_cache_hits_total when counted in tokens; kv_cache_usage_perc or "
-    "gpu_cache_usage_perc; V0 names; `vllm_` names from colon-rewriting bridges; "
-    "start time from process_start_time_seconds or the earliest _created"
+    "vllm:prompt_tokens_total (cache hits included), vllm:generation_tokens_total summed over "
+    "`engine` (DP rank); cached from prompt_tokens_cached_total, else prefix_cache_hits_total, "
+    "else gpu_prefix_cache_hits_total when counted in tokens; phase times from the "
+    "request_prefill/decode_time_seconds histogram sums; kv_cache_usage_perc or "
+    "gpu_cache_usage_perc; V0 names; `vllm_` names from colon-rewriting bridges; model from "
+    "`model_name` or (Triton's vLLM backend) `model`; start time from "
+    "process_start_time_seconds or the earliest _created"
 )
 
 
@@ -178,21 +242,33 @@ def _vllm(prefix: str) -> EngineProfile:
             f"{p}generation_tokens_total",
             f"{p}num_requests_running",
         ),
-        model_labels=("model_name",),
-        input_tokens=_one(Source(f"{p}prompt_tokens_total")),
-        output_tokens=_one(Source(f"{p}generation_tokens_total")),
-        cached_input_tokens=_one(
-            Source(f"{p}prompt_tokens_cached_total"),
-            Source(f"{p}prefix_cache_hits_total"),
-            Source(f"{p}gpu_prefix_cache_hits_total", help_excludes="blocks"),
+        model_labels=("model_name", "model"),
+        input_tokens=(
+            _input(
+                Source(f"{p}prompt_tokens_total"),
+                cached=_one(
+                    Source(f"{p}prompt_tokens_cached_total"),
+                    Source(f"{p}prefix_cache_hits_total"),
+                    Source(f"{p}gpu_prefix_cache_hits_total", help_excludes="blocks"),
+                ),
+            ),
         ),
+        output_tokens=_one(Source(f"{p}generation_tokens_total")),
         requests_running=_one(Source(f"{p}num_requests_running")),
         requests_waiting=_one(Source(f"{p}num_requests_waiting")),
         kv_cache_usage=_one(Source(f"{p}kv_cache_usage_perc"), Source(f"{p}gpu_cache_usage_perc")),
+        prefill_seconds=_one(Source(f"{p}request_prefill_time_seconds_sum")),
+        decode_seconds=_one(Source(f"{p}request_decode_time_seconds_sum")),
         created=(Source(f"{p}prompt_tokens_created"), Source(f"{p}generation_tokens_created")),
         note=_VLLM_NOTE,
     )
 
+
+_SGLANG_CACHED = _one(
+    _src("sglang:cached_tokens_total", cache_source="total"),
+    Source("sglang:cached_tokens_total", without=("cache_source",)),
+    Source("sglang:cached_tokens_total"),
+)
 
 _PROFILE_LIST: tuple[EngineProfile, ...] = (
     _vllm("vllm:"),
@@ -206,35 +282,30 @@ _PROFILE_LIST: tuple[EngineProfile, ...] = (
             "sglang:num_running_reqs",
             "sglang:token_usage",
         ),
-        model_labels=("model_name",),
+        model_labels=("model_name", "name"),
         input_tokens=(
-            (
+            _input(
                 _src("sglang:realtime_tokens_total", mode="prefill_compute"),
                 _src("sglang:realtime_tokens_total", mode="prefill_cache"),
+                cached=_one(_src("sglang:realtime_tokens_total", mode="prefill_cache")),
             ),
-            (Source("sglang:prompt_tokens_total"),),
+            _input(Source("sglang:prompt_tokens_total"), cached=_SGLANG_CACHED),
         ),
         output_tokens=_one(
             _src("sglang:realtime_tokens_total", mode="decode"),
             Source("sglang:generation_tokens_total"),
-        ),
-        cached_input_tokens=_one(
-            _src("sglang:realtime_tokens_total", mode="prefill_cache"),
-            _src("sglang:cached_tokens_total", cache_source="total"),
-            Source("sglang:cached_tokens_total", without=("cache_source",)),
-            Source("sglang:cached_tokens_total"),
         ),
         requests_running=_one(Source("sglang:num_running_reqs")),
         requests_waiting=_one(Source("sglang:num_queue_reqs")),
         kv_cache_usage=_one(Source("sglang:token_usage")),
         replica_labels=("tp_rank", "pp_rank", "moe_ep_rank", "attn_tp_rank"),
         total_only=("priority", ""),
-        lazy_tokens=True,
         note=(
-            "sglang:realtime_tokens_total{mode} when present (prefill_compute + prefill_cache, "
-            "decode), else prompt_tokens_total / generation_tokens_total; cached_tokens_total "
-            '(cache_source="total"); dp_rank summed, tp/pp/moe_ep ranks never summed; '
-            'priority="" totals only'
+            "sglang:realtime_tokens_total{mode} when present (input = prefill_compute + "
+            "prefill_cache, cached = prefill_cache, output = decode), else prompt_tokens_total "
+            '/ generation_tokens_total with cached_tokens_total (cache_source="total"); '
+            'dp_rank summed, tp/pp/moe_ep ranks never summed; priority="" totals only; model '
+            "from `model_name` or (early releases) `name`"
         ),
     ),
     EngineProfile(
@@ -247,12 +318,15 @@ _PROFILE_LIST: tuple[EngineProfile, ...] = (
             "tgi_request_count",
         ),
         model_labels=(),
-        input_tokens=_one(Source("tgi_request_input_length_sum")),
+        input_tokens=(_input(Source("tgi_request_input_length_sum")),),
         output_tokens=_one(Source("tgi_request_generated_tokens_sum")),
         requests_running=_one(Source("tgi_batch_current_size")),
         requests_waiting=_one(Source("tgi_queue_size")),
         start_time=(),
-        lazy_tokens=True,
+        no_tokens_hint=(
+            "TGI counts tokens only in the tgi_request_input_length and "
+            "tgi_request_generated_tokens histograms, which appear after the first request"
+        ),
         note=(
             "tokens only as histogram sums: tgi_request_input_length_sum (at validation), "
             "tgi_request_generated_tokens_sum (on completion); no model label"
@@ -266,15 +340,25 @@ _PROFILE_LIST: tuple[EngineProfile, ...] = (
             "llamacpp:requests_processing",
         ),
         model_labels=(),
-        input_tokens=_one(Source("llamacpp:prompt_tokens_total")),
+        input_tokens=(
+            _input(
+                Source("llamacpp:prompt_tokens_total"),
+                Source("llamacpp:prompt_tokens_cached_total"),
+                cached=_one(Source("llamacpp:prompt_tokens_cached_total")),
+            ),
+        ),
         output_tokens=_one(Source("llamacpp:tokens_predicted_total")),
         requests_running=_one(Source("llamacpp:requests_processing")),
         requests_waiting=_one(Source("llamacpp:requests_deferred")),
         kv_cache_usage=_one(Source("llamacpp:kv_cache_usage_ratio")),
+        prefill_seconds=_one(Source("llamacpp:prompt_seconds_total")),
+        decode_seconds=_one(Source("llamacpp:tokens_predicted_seconds_total")),
         start_time=(),
         note=(
-            "llamacpp:prompt_tokens_total, llamacpp:tokens_predicted_total (6 significant "
-            "digits); no labels; start time from the Process-Start-Time-Unix header"
+            "input = llamacpp:prompt_tokens_total (evaluated only) + prompt_tokens_cached_total "
+            "(cache hits, where exposed); output llamacpp:tokens_predicted_total (6 significant "
+            "digits); phase times prompt_seconds_total / tokens_predicted_seconds_total; no "
+            "labels"
         ),
     ),
     EngineProfile(
@@ -283,9 +367,10 @@ _PROFILE_LIST: tuple[EngineProfile, ...] = (
             "nv_llm_input_token_len_sum",
             "nv_llm_output_token_len_sum",
             "nv_trt_llm_request_metrics",
+            "nv_inference_request_success",
         ),
         model_labels=("model",),
-        input_tokens=_one(Source("nv_llm_input_token_len_sum")),
+        input_tokens=(_input(Source("nv_llm_input_token_len_sum")),),
         output_tokens=_one(Source("nv_llm_output_token_len_sum")),
         requests_running=_one(_src("nv_trt_llm_request_metrics", request_type="scheduled")),
         requests_waiting=_one(
@@ -296,7 +381,10 @@ _PROFILE_LIST: tuple[EngineProfile, ...] = (
             _src("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="fraction")
         ),
         start_time=(),
-        lazy_tokens=True,
+        no_tokens_hint=(
+            "Triton counts tokens only in the nv_llm_input_token_len / nv_llm_output_token_len "
+            "histograms of the TensorRT-LLM and Python LLM backends"
+        ),
         note=(
             "histogram sums nv_llm_input_token_len_sum / nv_llm_output_token_len_sum per "
             "`model` (summed over `version`); TRT-LLM request and KV-block gauges by type label"
@@ -310,15 +398,22 @@ _PROFILE_LIST: tuple[EngineProfile, ...] = (
             "lmdeploy:num_requests_running",
         ),
         model_labels=("model_name",),
-        input_tokens=_one(Source("lmdeploy:prompt_tokens_total")),
+        input_tokens=(
+            _input(
+                Source("lmdeploy:prompt_tokens_total"),
+                cached=_one(Source("lmdeploy:cached_tokens_total")),
+            ),
+        ),
         output_tokens=_one(Source("lmdeploy:generation_tokens_total")),
-        cached_input_tokens=_one(Source("lmdeploy:cached_tokens_total")),
         requests_running=_one(Source("lmdeploy:num_requests_running")),
         requests_waiting=_one(Source("lmdeploy:num_requests_waiting")),
         kv_cache_usage=_one(Source("lmdeploy:gpu_cache_usage_perc")),
+        prefill_seconds=_one(Source("lmdeploy:request_prefill_time_seconds_sum")),
+        decode_seconds=_one(Source("lmdeploy:request_decode_time_seconds_sum")),
         note=(
             "lmdeploy:prompt_tokens_total, generation_tokens_total, cached_tokens_total "
-            "summed over `engine` (DP rank)"
+            "summed over `engine` (DP rank); phase times from the "
+            "request_prefill/decode_time_seconds histogram sums"
         ),
     ),
     EngineProfile(
@@ -329,35 +424,66 @@ _PROFILE_LIST: tuple[EngineProfile, ...] = (
             "dynamo_frontend_inflight_requests",
         ),
         model_labels=("model",),
-        input_tokens=_one(Source("dynamo_frontend_input_sequence_tokens_sum")),
+        input_tokens=(
+            _input(
+                Source("dynamo_frontend_input_sequence_tokens_sum"),
+                cached=_one(
+                    Source("dynamo_frontend_cached_tokens_sum"),
+                    Source("dynamo_frontend_cached_sequence_length_sum"),
+                ),
+            ),
+        ),
         output_tokens=_one(
             Source("dynamo_frontend_output_tokens_total"),
             Source("dynamo_frontend_output_sequence_tokens_sum"),
         ),
-        cached_input_tokens=_one(
-            Source("dynamo_frontend_cached_tokens_sum"),
-            Source("dynamo_frontend_cached_sequence_length_sum"),
-        ),
         requests_running=_one(Source("dynamo_frontend_inflight_requests")),
         requests_waiting=_one(Source("dynamo_frontend_queued_requests")),
         start_time=(),
-        lazy_tokens=True,
+        no_tokens_hint=("the Dynamo frontend's token series appear after its first request"),
         note=(
             "frontend: dynamo_frontend_output_tokens_total (real time), input as histogram "
             "sum dynamo_frontend_input_sequence_tokens_sum; cached_tokens or "
-            "cached_sequence_length histogram sum"
+            "cached_sequence_length histogram sum (absent on releases without one: null)"
+        ),
+    ),
+    EngineProfile(
+        name="dynamo",
+        markers=(
+            "dynamo_component_requests_total",
+            "dynamo_component_inflight_requests",
+            "dynamo_component_uptime_seconds",
+        ),
+        model_labels=("model",),
+        input_tokens=(),
+        output_tokens=(),
+        requests_running=_one(Source("dynamo_component_inflight_requests")),
+        start_time=(),
+        no_tokens_hint=(
+            "a Dynamo worker shows tokens only through its engine's own metrics (vllm:, "
+            "sglang:), and this engine passes none through; scrape the Dynamo frontend "
+            "(dynamo_frontend_*) instead"
+        ),
+        note=(
+            "worker (dynamo_component_*): no token counters of its own; the engine metrics it "
+            "passes through (vllm:, sglang:) are read by that engine's profile"
         ),
     ),
     EngineProfile(
         name="nim",
         markers=("prompt_tokens_total", "generation_tokens_total", "num_requests_running"),
         model_labels=("model_name", "model"),
-        input_tokens=_one(Source("prompt_tokens_total")),
+        input_tokens=(_input(Source("prompt_tokens_total")),),
         output_tokens=_one(Source("generation_tokens_total")),
         requests_running=_one(Source("num_requests_running")),
         requests_waiting=_one(Source("num_requests_waiting")),
         kv_cache_usage=_one(Source("gpu_cache_usage_perc"), Source("kv_cache_usage_perc")),
-        note="unprefixed prompt_tokens_total, generation_tokens_total (path /v1/metrics)",
+        required=("prompt_tokens_total", "generation_tokens_total"),
+        generic=True,
+        note=(
+            "unprefixed prompt_tokens_total, generation_tokens_total (path /v1/metrics); both "
+            "required, since other servers (ScaleLLM) have an unprefixed prompt_tokens_total too"
+        ),
     ),
 )
 
@@ -367,12 +493,10 @@ PROFILES: Mapping[str, tuple[EngineProfile, ...]] = MappingProxyType(
         for name in dict.fromkeys(p.name for p in _PROFILE_LIST)
     }
 )
-"""Engine name -> its profiles (vLLM has two: native names and bridge-rewritten names)."""
+"""Engine name -> its profiles (vLLM: native and bridge-rewritten names; Dynamo: frontend
+and worker)."""
 
 ENGINE_NAMES: tuple[str, ...] = tuple(PROFILES)
-
-# Unprefixed NIM names are generic; NIM wins only when no prefixed engine matches.
-_GENERIC = frozenset({"nim"})
 
 _SCANNERS: Mapping[str, Scanner] = MappingProxyType(
     {name: Scanner(n for p in profiles for n in p.names) for name, profiles in PROFILES.items()}
@@ -386,23 +510,60 @@ class ExpositionResult:
 
     Attributes:
         reading: The normalized reading.
-        warnings: Values dropped and why (NaN counters, duplicate series...).
+        warnings: Values dropped and why (NaN counters, duplicate series...), and a
+            ``no token counters`` warning when the server exposes none.
+        has_token_counters: False when the server exposes no input and no output token
+            counter at all (every token field is None).
     """
 
     reading: ServerReading
     warnings: tuple[str, ...] = ()
+    has_token_counters: bool = True
 
 
 def _looked_for(profiles: Iterable[EngineProfile]) -> str:
-    return "; ".join(f"{p.name}: {', '.join(p.markers)}" for p in profiles)
+    by_engine: dict[str, list[str]] = {}
+    for p in profiles:
+        names = by_engine.setdefault(p.name, [])
+        names.extend(m for m in p.markers if m not in names)
+    return "; ".join(f"{name}: {', '.join(markers)}" for name, markers in by_engine.items())
 
 
-def _matching(exp: Exposition, profiles: Iterable[EngineProfile]) -> list[EngineProfile]:
-    return [p for p in profiles if any(exp.declared(m) for m in p.markers)]
+def _matches(exp: Exposition, profile: EngineProfile) -> bool:
+    return any(exp.declared(m) for m in profile.markers) and all(
+        exp.declared(m) for m in profile.required
+    )
+
+
+def _evidence(exp: Exposition, profile: EngineProfile) -> tuple[int, bool]:
+    """How strongly the exposition is this profile's.
+
+    Returns:
+        2 when token series are present, 1 when a token family is only declared, 0 for
+        markers only; then True for prefixed names over generic ones.
+    """
+    sources = profile.token_sources
+    if any(_select(exp, s, profile) for s in sources):
+        score = 2
+    elif _declared(exp, sources):
+        score = 1
+    else:
+        score = 0
+    return score, not profile.generic
+
+
+def _best(exp: Exposition, profiles: Iterable[EngineProfile]) -> list[EngineProfile]:
+    """The matching profiles with the strongest evidence (empty when none matches)."""
+    found = [p for p in profiles if _matches(exp, p)]
+    if not found:
+        return []
+    evidence = {id(p): _evidence(exp, p) for p in found}
+    top = max(evidence.values())
+    return [p for p in found if evidence[id(p)] == top]
 
 
 def detect_engine(exp: Exposition) -> EngineProfile:
-    """Pick the profile whose families are present.
+    """Pick the profile whose token series are present (see the module docstring).
 
     Args:
         exp: An exposition scanned for every profile's names.
@@ -412,26 +573,31 @@ def detect_engine(exp: Exposition) -> EngineProfile:
 
     Raises:
         UnknownEngineError: When no profile matches, listing the names looked for, or when
-            families of several engines are present.
+            several engines match with the same evidence.
     """
-    found = _matching(exp, _PROFILE_LIST)
-    specific = [p for p in found if p.name not in _GENERIC]
-    if specific:
-        found = specific
-    engines = sorted({p.name for p in found})
-    if not found:
+    best = _best(exp, _PROFILE_LIST)
+    if not best:
         raise UnknownEngineError(
             "no known inference-server metrics found; looked for " + _looked_for(_PROFILE_LIST)
         )
+    engines = sorted({p.name for p in best})
     if len(engines) > 1:
         raise UnknownEngineError(
             f"metrics of several engines found ({', '.join(engines)}); set the engine explicitly"
         )
-    return found[0]
+    return best[0]
+
+
+def _check_not_empty(body: bytes | str) -> None:
+    if not body.strip():
+        raise ParseError("empty body: no metrics at all")
 
 
 def read_exposition(
-    body: bytes | str, engine: str = "auto", limits: ParseLimits = DEFAULT_LIMITS
+    body: bytes | str,
+    engine: str = "auto",
+    limits: ParseLimits = DEFAULT_LIMITS,
+    content_type: str | None = None,
 ) -> ServerReading:
     """Read one server's exposition into a normalized reading.
 
@@ -439,20 +605,25 @@ def read_exposition(
         body: The ``/metrics`` body, bytes (UTF-8) or text.
         engine: An engine name from :data:`ENGINE_NAMES`, or ``auto`` to detect it.
         limits: Parser limits.
+        content_type: The response's Content-Type (format and name escaping), or None to
+            sniff; see :meth:`~agent.servers.parser.Scanner.parse`.
 
     Returns:
         The reading: engine name, one TokenReading per model, start time where exposed.
 
     Raises:
-        ParseError: When the body is not a valid exposition.
+        ParseError: When the body is empty or not a valid exposition.
         UnknownEngineError: When the engine is unknown, cannot be detected, or its metrics
             are absent.
     """
-    return read_exposition_detailed(body, engine, limits).reading
+    return read_exposition_detailed(body, engine, limits, content_type).reading
 
 
 def read_exposition_detailed(
-    body: bytes | str, engine: str = "auto", limits: ParseLimits = DEFAULT_LIMITS
+    body: bytes | str,
+    engine: str = "auto",
+    limits: ParseLimits = DEFAULT_LIMITS,
+    content_type: str | None = None,
 ) -> ExpositionResult:
     """Like :func:`read_exposition`, and also return the warnings.
 
@@ -460,28 +631,30 @@ def read_exposition_detailed(
         body: The ``/metrics`` body, bytes (UTF-8) or text.
         engine: An engine name from :data:`ENGINE_NAMES`, or ``auto``.
         limits: Parser limits.
+        content_type: The response's Content-Type, or None to sniff.
 
     Returns:
         The reading and the warnings.
 
     Raises:
-        ParseError: When the body is not a valid exposition.
+        ParseError: When the body is empty or not a valid exposition.
         UnknownEngineError: As :func:`read_exposition`.
     """
-    if engine == "auto":
-        exp = _AUTO_SCANNER.parse(body, limits)
-        return interpret(exp, detect_engine(exp))
-    if engine not in PROFILES:
+    if engine != "auto" and engine not in PROFILES:
         raise UnknownEngineError(
             f"unknown engine {engine!r}; known: auto, {', '.join(ENGINE_NAMES)}"
         )
-    exp = _SCANNERS[engine].parse(body, limits)
-    found = _matching(exp, PROFILES[engine])
-    if not found:
+    _check_not_empty(body)
+    if engine == "auto":
+        exp = _AUTO_SCANNER.parse(body, limits, content_type)
+        return interpret(exp, detect_engine(exp))
+    exp = _SCANNERS[engine].parse(body, limits, content_type)
+    best = _best(exp, PROFILES[engine])
+    if not best:
         raise UnknownEngineError(
             f"no {engine} metrics found; looked for " + _looked_for(PROFILES[engine])
         )
-    return interpret(exp, found[0])
+    return interpret(exp, best[0])
 
 
 def _model_of(sample: Sample, labels: Sequence[str]) -> str:
@@ -490,6 +663,30 @@ def _model_of(sample: Sample, labels: Sequence[str]) -> str:
         if value is not None:
             return value
     return ""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def series_key(name: str, labels: Iterable[tuple[str, str]], model_labels: Iterable[str]) -> str:
+    """The identity of one raw series within its model, as exposition text.
+
+    Args:
+        name: The sample name, e.g. ``vllm:prompt_tokens_total``.
+        labels: The series' label pairs.
+        model_labels: Label names that hold the model (left out: the model is known).
+
+    Returns:
+        ``name{label="value",...}`` with the labels sorted and escaped as in the text
+        format, or the bare name when no label is left, e.g.
+        ``vllm:prompt_tokens_total{engine="3"}``.
+    """
+    skip = frozenset(model_labels)
+    kept = sorted((k, v) for k, v in labels if k not in skip)
+    if not kept:
+        return name
+    return name + "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in kept) + "}"
 
 
 def _rank(value: str | None) -> tuple[int, str]:
@@ -539,49 +736,106 @@ def _valid_counter(value: float) -> bool:
     return math.isfinite(value) and value >= 0
 
 
+@dataclass(slots=True)
+class _Counter:
+    """One counter field of every model.
+
+    Attributes:
+        values: Model -> sum of its series (None where a series was invalid).
+        series: Model -> the raw series added into its value.
+        exposed: Whether the server exposes the field (series present or family declared).
+    """
+
+    values: dict[str, float | None] = field(default_factory=dict)
+    series: dict[str, list[CounterSeries]] = field(default_factory=dict)
+    exposed: bool = False
+
+    def value(self, model: str) -> float | None:
+        if model in self.values:
+            return self.values[model]
+        return 0.0 if self.exposed else None
+
+    def series_of(self, model: str) -> list[CounterSeries]:
+        return self.series.get(model, []) if self.values.get(model) is not None else []
+
+
+def _declared(exp: Exposition, sources: Iterable[Source]) -> bool:
+    return any(exp.declared(s.name) and not _help_excluded(exp, s) for s in sources)
+
+
+def _chosen(
+    exp: Exposition, profile: EngineProfile, candidate: tuple[Source, ...]
+) -> list[tuple[Source, Sample]]:
+    return [(src, s) for src in candidate for s in _select(exp, src, profile)]
+
+
+def _sum_counter(
+    profile: EngineProfile,
+    chosen: list[tuple[Source, Sample]],
+    kind: CounterKind,
+    what: str,
+    warnings: list[str],
+) -> _Counter:
+    """Sum the chosen series per model, keeping each one as a CounterSeries."""
+    out = _Counter(exposed=True)
+    for src, s in chosen:
+        model = _model_of(s, profile.model_labels)
+        if not _valid_counter(s.value):
+            if out.values.get(model, 0.0) is not None:
+                warnings.append(
+                    f"{what} of model {model!r}: {src.name} has the invalid counter value "
+                    f"{s.value!r}; reported as unknown"
+                )
+            out.values[model] = None
+            continue
+        previous = out.values.get(model, 0.0)
+        out.values[model] = None if previous is None else previous + s.value
+        key = series_key(src.name, s.labels, profile.model_labels)
+        out.series.setdefault(model, []).append(CounterSeries(kind, key, s.value))
+    return out
+
+
 def _counter_field(
     exp: Exposition,
     profile: EngineProfile,
-    candidates: tuple[tuple[Source, ...], ...],
+    candidates: Candidates,
+    kind: CounterKind,
     what: str,
     warnings: list[str],
-) -> tuple[dict[str, float | None], bool]:
-    """Sum a counter per model from the first candidate present.
-
-    Returns:
-        Model -> value (None where a series was invalid), and whether any candidate was
-        present or declared (False = the engine does not expose this field).
-    """
+) -> _Counter:
+    """A counter per model from the first candidate present (see the module docstring)."""
     for candidate in candidates:
-        chosen = [s for src in candidate for s in _select(exp, src, profile)]
-        if not chosen:
-            continue
-        totals: dict[str, float | None] = {}
-        for s in chosen:
-            model = _model_of(s, profile.model_labels)
-            if not _valid_counter(s.value):
-                if totals.get(model, 0.0) is not None:
-                    warnings.append(
-                        f"{what} of model {model!r}: {candidate[0].name} has the invalid "
-                        f"counter value {s.value!r}; reported as unknown"
-                    )
-                totals[model] = None
-                continue
-            previous = totals.get(model, 0.0)
-            totals[model] = None if previous is None else previous + s.value
-        return totals, True
-    declared = any(
-        exp.declared(src.name) and not _help_excluded(exp, src)
-        for cand in candidates
-        for src in cand
-    )
-    return {}, declared
+        chosen = _chosen(exp, profile, candidate)
+        if chosen:
+            return _sum_counter(profile, chosen, kind, what, warnings)
+    return _Counter(exposed=_declared(exp, (s for cand in candidates for s in cand)))
+
+
+def _input_fields(
+    exp: Exposition, profile: EngineProfile, warnings: list[str]
+) -> tuple[_Counter, _Counter]:
+    """Input tokens from the first family present, and cached tokens from that family."""
+    for family in profile.input_tokens:
+        chosen = _chosen(exp, profile, family.sources)
+        if chosen:
+            inputs = _sum_counter(profile, chosen, "input", "input tokens", warnings)
+            cached = _counter_field(
+                exp, profile, family.cached, "cached", "cached input tokens", warnings
+            )
+            return inputs, cached
+    for family in profile.input_tokens:
+        if _declared(exp, family.sources):
+            cached = _counter_field(
+                exp, profile, family.cached, "cached", "cached input tokens", warnings
+            )
+            return _Counter(exposed=True), cached
+    return _Counter(), _Counter()
 
 
 def _gauge_field(
     exp: Exposition,
     profile: EngineProfile,
-    candidates: tuple[tuple[Source, ...], ...],
+    candidates: Candidates,
     combine: Callable[[list[float]], float],
 ) -> dict[str, float]:
     for candidate in candidates:
@@ -620,6 +874,14 @@ def _start_time(exp: Exposition, profile: EngineProfile) -> float | None:
     return min(created) if created else None
 
 
+def _no_tokens_warning(profile: EngineProfile) -> str:
+    names = list(dict.fromkeys(s.name for s in profile.token_sources))
+    parts = [f"none of {', '.join(names)} is in this {profile.name} exposition"] if names else []
+    if profile.no_tokens_hint:
+        parts.append(profile.no_tokens_hint)
+    return f"{NO_TOKEN_COUNTERS}: " + "; ".join(parts)
+
+
 def interpret(exp: Exposition, profile: EngineProfile) -> ExpositionResult:
     """Apply one profile to a scanned exposition.
 
@@ -633,42 +895,44 @@ def interpret(exp: Exposition, profile: EngineProfile) -> ExpositionResult:
     warnings: list[str] = []
     if exp.duplicates:
         warnings.append(f"{exp.duplicates} duplicate series dropped (the first one is kept)")
-    inputs, has_in = _counter_field(exp, profile, profile.input_tokens, "input tokens", warnings)
-    outputs, has_out = _counter_field(
-        exp, profile, profile.output_tokens, "output tokens", warnings
+    inputs, cached = _input_fields(exp, profile, warnings)
+    outputs = _counter_field(
+        exp, profile, profile.output_tokens, "output", "output tokens", warnings
     )
-    cached, has_cached = _counter_field(
-        exp, profile, profile.cached_input_tokens, "cached input tokens", warnings
+    prefill = _counter_field(
+        exp, profile, profile.prefill_seconds, "prefill_seconds", "prefill seconds", warnings
     )
+    decode = _counter_field(
+        exp, profile, profile.decode_seconds, "decode_seconds", "decode seconds", warnings
+    )
+    counters = (inputs, cached, outputs, prefill, decode)
     running = _gauge_field(exp, profile, profile.requests_running, _sum)
     waiting = _gauge_field(exp, profile, profile.requests_waiting, _sum)
     kv = _gauge_field(exp, profile, profile.kv_cache_usage, _mean)
 
-    models = dict.fromkeys([*inputs, *outputs, *cached, *running, *waiting, *kv])
+    models = dict.fromkeys([*(m for c in counters for m in c.values), *running, *waiting, *kv])
     if not profile.model_labels and not models:
         models[""] = None  # an unlabelled server serves one model, named ""
-    lazy = profile.lazy_tokens
-
-    def counter(values: dict[str, float | None], present: bool, model: str) -> float | None:
-        if model in values:
-            return values[model]
-        return 0.0 if (present or lazy) else None
+    has_tokens = inputs.exposed or outputs.exposed
+    if not has_tokens:
+        warnings.append(_no_tokens_warning(profile))
 
     readings = tuple(
         TokenReading(
             model=model,
-            input_tokens=counter(inputs, has_in, model),
-            output_tokens=counter(outputs, has_out, model),
-            cached_input_tokens=(
-                counter(cached, has_cached, model) if profile.cached_input_tokens else None
-            ),
+            input_tokens=inputs.value(model),
+            output_tokens=outputs.value(model),
+            cached_input_tokens=cached.value(model),
             requests_running=running.get(model),
             requests_waiting=waiting.get(model),
             kv_cache_usage_ratio=kv.get(model),
+            prefill_seconds=prefill.value(model),
+            decode_seconds=decode.value(model),
+            series=tuple(s for c in counters for s in c.series_of(model)),
         )
         for model in sorted(models)
     )
     reading = ServerReading(
         engine=profile.name, models=readings, start_time_seconds=_start_time(exp, profile)
     )
-    return ExpositionResult(reading=reading, warnings=tuple(warnings))
+    return ExpositionResult(reading, tuple(warnings), has_tokens)

@@ -1,67 +1,93 @@
 """HTTP(S) scraping of one inference server's Prometheus endpoint (an edge: does I/O).
 
-One :class:`ServerScraper` per configured server; it owns no thread and holds no global state.
-The ``httpx.Client`` is injected so connections stay alive across scrapes and tests can hand
-in their own. What it guarantees:
+One :class:`ServerScraper` per configured server, owning its own kept-alive connection
+(:class:`~agent.servers.transport.OriginConnection`): nothing one server does touches the
+connection of another. It owns no thread and holds no global state. What it guarantees:
 
-* **Deadline.** Connect timeout ``connect_timeout_seconds``; the whole response (headers and
-  body) must arrive within ``read_timeout_seconds``, checked after every chunk. A silent server
-  is cut by the read timeout, which is set to the same deadline, so one scrape never takes
-  more than about twice the deadline, even against a server that drips bytes.
-* **Size.** At most ``max_body_bytes`` after decompression. The body is streamed and gzip is
-  decoded here with a bounded output per step, so a gzip bomb costs at most the limit in
-  memory; Content-Length is not trusted.
-* **Credentials.** The bearer token file is read again at every scrape (rotated tokens work).
-  The token never appears in an error message. It is sent only to the configured origin
-  (scheme, host and port): redirects are followed by hand, at most
-  :data:`MAX_REDIRECTS` times, and a redirect to another origin is followed without the
-  Authorization header, as Prometheus does.
-* **Errors** are :class:`ScrapeError` with a reason: ``timeout``, ``refused`` (DNS, connect,
-  TLS, connection broken), ``http_status``, ``too_large``, ``parse``, or ``error`` (the token
-  file cannot be used). A failure concerns this server only.
+* **Deadline.** ``read_timeout_seconds`` bounds the whole exchange: reading the token file,
+  name resolution aside (see the transport module), connect (each attempt at most
+  ``connect_timeout_seconds``), TLS, the request, the status line, the headers, any number
+  of ``100 Continue`` answers, redirects and the body. Every receive waits at most until the
+  deadline, so a server that drips bytes or sends ``100 Continue`` forever is cut at it.
+* **Size.** At most ``max_body_bytes`` after decompression. gzip/deflate are decoded here
+  with a bounded output per step, so a gzip bomb costs at most the limit in memory; a
+  Content-Length over the limit is refused before reading.
+* **Credentials.** The bearer token file is read again at every scrape (rotated tokens work),
+  without blocking (a FIFO or other non-regular file is refused) and at most
+  :data:`MAX_TOKEN_BYTES`. The token never appears in an error message and is sent only to
+  the configured origin (scheme, host and port).
+* **Redirects** are followed by hand, at most :data:`MAX_REDIRECTS` times, within the same
+  origin only, unless the server sets ``cross_origin_redirects = true`` (then the other
+  origin gets no Authorization header, as Prometheus does). No byte of a redirect target's
+  answer is put in an error message.
+* **Errors** are :class:`ScrapeError` with a reason: ``timeout``, ``dns`` (the host name
+  does not resolve), ``refused`` (connect, TLS, connection broken, invalid HTTP),
+  ``http_status``, ``too_large``, ``parse``, or ``error`` (the token or CA file cannot be
+  used). A failure concerns this server only.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import base64
+import http.client
 import ipaddress
+import os
+import socket
 import ssl
+import stat
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit
 
-import httpx
-
+from agent import __version__
 from agent.clock import Clock, SystemClock
 from agent.config import ScrapeSettings, ServerSettings
 from agent.readings import ServerReading
 from agent.servers.parser import ExpositionError, ParseLimits
 from agent.servers.profiles import read_exposition
+from agent.servers.transport import DeadlineExceededError, OriginConnection
 
 __all__ = [
     "ACCEPT",
     "MAX_REDIRECTS",
+    "MAX_TOKEN_BYTES",
+    "Fetched",
     "ScrapeError",
     "ScrapeReason",
     "ServerScraper",
     "accept_encoding",
-    "make_client",
+    "read_token_file",
+    "scrape_url",
 ]
 
-ScrapeReason = Literal["timeout", "refused", "http_status", "too_large", "parse", "error"]
+ScrapeReason = Literal["timeout", "dns", "refused", "http_status", "too_large", "parse", "error"]
 
-# Same form as Prometheus's Accept header with scrape_protocols [PrometheusText0.0.4,
-# OpenMetricsText1.0.0]: 0.0.4 first, since every server here speaks it.
-ACCEPT = "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
+# The classic text format is the one every engine serves. prometheus_client (vLLM, SGLang,
+# LMDeploy...) answers OpenMetrics whenever Accept lists `application/openmetrics-text` at all,
+# whatever its q-weight, and from 0.23 escapes `vllm:x` to `vllm_x` there (escaping=underscores
+# by default): prometheus/client_python, prometheus_client/exposition.py `choose_encoder`.
+# Asking for 0.0.4 alone keeps the names as the engines wrote them; an OpenMetrics answer from
+# a server that ignores Accept is still read (the parser knows `# EOF`).
+ACCEPT = "text/plain;version=0.0.4"
 MAX_REDIRECTS = 3
+MAX_TOKEN_BYTES = 64 * 1024
+"""Largest bearer token file read, bytes (service-account JWTs are 1-2 KB)."""
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CHUNK = 256 * 1024
+_USER_AGENT = f"tokenergy/{__version__}"
+
+Origin = tuple[str, str, int]
 
 
 class ScrapeError(Exception):
     """One failed scrape.
 
     Attributes:
-        reason: ``timeout``, ``refused``, ``http_status``, ``too_large``, ``parse`` or
-            ``error``; the ``reason`` label of ``tokenergy_scrape_errors_total``.
+        reason: ``timeout``, ``dns``, ``refused``, ``http_status``, ``too_large``, ``parse``
+            or ``error``; the ``reason`` label of ``tokenergy_scrape_errors_total``.
         message: What happened, for logs; never contains credentials.
     """
 
@@ -71,36 +97,91 @@ class ScrapeError(Exception):
         self.message = message
 
 
-def make_client(scrape: ScrapeSettings, ca_file: Path | None = None) -> httpx.Client:
-    """Build the HTTP client for scraping (build one per server: CA bundles differ).
+@dataclass(frozen=True)
+class Fetched:
+    """One fetched exposition.
+
+    Attributes:
+        body: The body, decompressed.
+        content_type: The response's Content-Type header, or None.
+        redirected_from: The configured origin when the body came from another origin
+            (a followed cross-origin redirect), else None.
+    """
+
+    body: bytes
+    content_type: str | None
+    redirected_from: str | None = None
+
+
+@dataclass(frozen=True)
+class _Url:
+    scheme: str
+    host: str
+    port: int
+    target: str
+    username: str | None
+    password: str | None
+
+    @property
+    def origin(self) -> Origin:
+        return (self.scheme, self.host, self.port)
+
+    def shown(self) -> str:
+        """The URL without user information, for messages."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.target}"
+
+    def origin_text(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def _parse_url(url: str) -> _Url:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ScrapeError("refused", f"invalid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ScrapeError("refused", "invalid URL: needs http:// or https:// and a host")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target):
+        raise ScrapeError("refused", "invalid URL: spaces or control characters in the path")
+    return _Url(
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port if port is not None else (443 if parts.scheme == "https" else 80),
+        target=target,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def scrape_url(server: ServerSettings) -> str:
+    """The URL scraped for a server: its ``url``, with llama.cpp router-mode parameters.
+
+    llama-server in router mode (``--models-dir``) answers ``/metrics`` with HTTP 400 and
+    serves one model's metrics at ``/metrics?model=NAME``; ``autoload=false`` keeps a scrape
+    from loading a model that is not loaded (ggml-org/llama.cpp, tools/server README,
+    "Using multiple models"). ``model`` in the settings adds both; a URL that already names a
+    model gets ``autoload=false`` unless it sets ``autoload`` itself.
 
     Args:
-        scrape: Timeouts.
-        ca_file: CA bundle (PEM) to verify https servers; None = the system store.
+        server: The server's settings.
 
     Returns:
-        A keep-alive client that follows no redirects by itself and does not read proxy
-        settings or netrc from the environment.
+        The URL to request.
     """
-    verify: ssl.SSLContext | bool = (
-        ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else True
-    )
-    return httpx.Client(
-        timeout=httpx.Timeout(scrape.read_timeout_seconds, connect=scrape.connect_timeout_seconds),
-        follow_redirects=False,
-        verify=verify,
-        trust_env=False,
-        limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
-    )
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    port = url.port or {"http": 80, "https": 443}.get(url.scheme)
-    return (url.scheme, url.host, port)
-
-
-def _redacted(url: httpx.URL) -> str:
-    return str(url.copy_with(username=None, password=None)) if url.userinfo else str(url)
+    parts = urlsplit(server.url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if server.model is not None:
+        query = [(k, v) for k, v in query if k not in ("model", "autoload")]
+        query += [("model", server.model), ("autoload", "false")]
+    elif any(k == "model" for k, _ in query) and not any(k == "autoload" for k, _ in query):
+        query.append(("autoload", "false"))
+    else:
+        return server.url
+    return parts._replace(query=urlencode(query, quote_via=quote)).geturl()
 
 
 def accept_encoding(host: str) -> str:
@@ -126,88 +207,167 @@ def accept_encoding(host: str) -> str:
 
 
 class ServerScraper:
-    """Scrapes and reads one server.
+    """Scrapes and reads one server over its own kept-alive connection.
 
     Args:
-        server: The server's settings (URL, engine, token file).
+        server: The server's settings (URL, engine, token file, CA file, redirects).
         scrape: Timeouts and limits.
-        client: The HTTP client (see :func:`make_client`).
-        clock: Monotonic clock for the total deadline; the system clock by default.
+        clock: Monotonic clock for the deadline; the system clock by default (socket waits
+            are real time, so production always uses the system clock).
     """
 
     def __init__(
-        self,
-        server: ServerSettings,
-        scrape: ScrapeSettings,
-        client: httpx.Client,
-        clock: Clock | None = None,
+        self, server: ServerSettings, scrape: ScrapeSettings, clock: Clock | None = None
     ) -> None:
         self._server = server
         self._scrape = scrape
-        self._client = client
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._limits = ParseLimits.from_settings(scrape)
-        self._url = httpx.URL(server.url)
+        self._url_text = scrape_url(server)
+        self._tls: ssl.SSLContext | None = None
+        self._home: OriginConnection | None = None
+        self._opened_elsewhere = 0
 
     @property
     def name(self) -> str:
         """The server's configured name."""
         return self._server.name
 
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections this scraper has opened since it was built."""
+        home = self._home.connections_opened if self._home is not None else 0
+        return home + self._opened_elsewhere
+
+    def close(self) -> None:
+        """Close the kept-alive connection (a later scrape opens a new one)."""
+        if self._home is not None:
+            self._home.close()
+
     def scrape(self) -> ServerReading:
         """Fetch the exposition and read it with the server's engine profile.
 
         Returns:
-            The reading; ``start_time_seconds`` falls back to the ``Process-Start-Time-Unix``
-            response header (llama.cpp) when the body has none.
+            The reading. llama.cpp's ``Process-Start-Time-Unix`` header is not used: it holds
+            the process start in monotonic microseconds since boot, not a Unix time.
 
         Raises:
             ScrapeError: On any failure, with its reason.
         """
-        body, start_header = self.fetch()
+        fetched = self.fetch()
         try:
-            reading = read_exposition(body, self._server.engine, self._limits)
+            # The Content-Type tells OpenMetrics (and its name escaping) from the classic text.
+            return read_exposition(
+                fetched.body, self._server.engine, self._limits, fetched.content_type
+            )
         except ExpositionError as exc:
+            if fetched.redirected_from is not None:
+                # The answer of a redirect target is not shown: it may be any internal service.
+                raise ScrapeError(
+                    "parse",
+                    f"the answer of a redirect target of {fetched.redirected_from} is not a "
+                    "readable exposition (content not shown)",
+                ) from None
             raise ScrapeError("parse", str(exc)) from None
-        if reading.start_time_seconds is None and start_header is not None:
-            reading = dataclasses.replace(reading, start_time_seconds=start_header)
-        return reading
 
-    def fetch(self) -> tuple[bytes, float | None]:
+    def fetch(self) -> Fetched:
         """Fetch the raw body (decompressed) within the deadline and size limit.
 
         Returns:
-            The body and the ``Process-Start-Time-Unix`` header value when present.
+            The body and its Content-Type.
 
         Raises:
             ScrapeError: On any failure, with its reason.
         """
-        deadline = self._clock.monotonic() + self._scrape.read_timeout_seconds
-        token = self._read_token()
-        url = self._url
-        origin = _origin(url)
+        timeout = self._scrape.read_timeout_seconds
+        deadline = self._clock.monotonic() + timeout
+        url = configured = _parse_url(self._url_text)
+        home = url.origin
+        auth = self._authorization(url)
+        if self._clock.monotonic() > deadline:
+            raise ScrapeError("timeout", f"reading the bearer token file took over {timeout} s")
         for _ in range(MAX_REDIRECTS + 1):
-            headers = {"Accept": ACCEPT, "Accept-Encoding": accept_encoding(url.host)}
-            if token is not None and _origin(url) == origin:
-                headers["Authorization"] = f"Bearer {token}"
-            result = self._get(url, headers, deadline)
-            if isinstance(result, httpx.URL):
-                url = result
-                continue
-            return result
+            same = url.origin == home
+            headers = {
+                "Accept": ACCEPT,
+                "Accept-Encoding": accept_encoding(url.host),
+                "User-Agent": _USER_AGENT,
+            }
+            if auth is not None and same:
+                headers["Authorization"] = auth
+            conn = self._connection(url) if same else self._stranger(url)
+            try:
+                result = self._exchange(conn, url, headers, deadline, elsewhere=not same)
+            finally:
+                if not same:
+                    conn.close()
+                    self._opened_elsewhere += conn.connections_opened
+            if isinstance(result, Fetched):
+                if same:
+                    return result
+                return Fetched(result.body, result.content_type, configured.shown())
+            url = result
+            if url.origin != home and not self._server.cross_origin_redirects:
+                raise ScrapeError(
+                    "http_status",
+                    f"{configured.shown()} redirects to another origin "
+                    f"({url.origin_text()}); not followed (set cross_origin_redirects = true "
+                    "for this server to allow it)",
+                )
         raise ScrapeError(
-            "http_status", f"more than {MAX_REDIRECTS} redirects from {_redacted(self._url)}"
+            "http_status",
+            f"more than {MAX_REDIRECTS} redirects from {configured.shown()}",
         )
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def _connection(self, url: _Url) -> OriginConnection:
+        if self._home is None:
+            self._home = self._open(url)
+        return self._home
+
+    def _stranger(self, url: _Url) -> OriginConnection:
+        return self._open(url)
+
+    def _open(self, url: _Url) -> OriginConnection:
+        return OriginConnection(
+            url.host,
+            url.port,
+            self._tls_context() if url.scheme == "https" else None,
+            self._scrape.connect_timeout_seconds,
+            self._clock.monotonic,
+        )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            ca_file = self._server.ca_file
+            try:
+                self._tls = ssl.create_default_context(
+                    cafile=str(ca_file) if ca_file is not None else None
+                )
+            except (OSError, ssl.SSLError) as exc:
+                problem = _short(exc)
+                raise ScrapeError("error", f"cannot load ca_file {ca_file}: {problem}") from None
+        return self._tls
+
+    def _authorization(self, url: _Url) -> str | None:
+        token = self._read_token()
+        if token is not None:
+            return f"Bearer {token}"
+        if url.username is not None:
+            pair = f"{url.username}:{url.password or ''}".encode()
+            return "Basic " + base64.b64encode(pair).decode("ascii")
+        return None
 
     def _read_token(self) -> str | None:
         path = self._server.bearer_token_file
         if path is None:
             return None
+        raw = read_token_file(path)
         try:
-            token = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8"
-            raise ScrapeError("error", f"cannot read bearer token file {path}: {problem}") from None
+            token = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ScrapeError("error", f"cannot read bearer token file {path}: not UTF-8") from None
         if not token:
             raise ScrapeError("error", f"bearer token file {path} is empty")
         if not all(0x21 <= ord(c) <= 0x7E for c in token):
@@ -219,59 +379,107 @@ class ServerScraper:
             )
         return token
 
-    def _get(
-        self, url: httpx.URL, headers: dict[str, str], deadline: float
-    ) -> tuple[bytes, float | None] | httpx.URL:
-        remaining = deadline - self._clock.monotonic()
-        if remaining <= 0:
-            raise ScrapeError(
-                "timeout", f"deadline of {self._scrape.read_timeout_seconds} s passed"
-            )
-        timeout = httpx.Timeout(
-            remaining, connect=min(self._scrape.connect_timeout_seconds, remaining)
-        )
-        shown = _redacted(url)
+    def _exchange(
+        self,
+        conn: OriginConnection,
+        url: _Url,
+        headers: dict[str, str],
+        deadline: float,
+        elsewhere: bool,
+    ) -> Fetched | _Url:
+        shown = url.shown()
+        timeout = self._scrape.read_timeout_seconds
         try:
-            with self._client.stream(
-                "GET", url, headers=headers, timeout=timeout, follow_redirects=False
-            ) as response:
-                if response.is_redirect:
-                    location = response.headers.get("location", "")
-                    if not location:
-                        raise ScrapeError(
-                            "http_status",
-                            f"HTTP {response.status_code} without Location from {shown}",
-                        )
-                    return url.join(location)
-                if response.status_code != 200:
-                    raise ScrapeError(
-                        "http_status",
-                        f"HTTP {response.status_code} {response.reason_phrase} from {shown}",
-                    )
-                body = self._read_body(response, deadline)
-                return body, _start_header(response)
-        except httpx.TimeoutException:
-            raise ScrapeError(
-                "timeout",
-                f"no complete answer from {shown} within {self._scrape.read_timeout_seconds} s",
-            ) from None
-        except httpx.ConnectError as exc:
-            raise ScrapeError("refused", f"cannot connect to {shown}: {_short(exc)}") from None
-        except httpx.TransportError as exc:
-            raise ScrapeError("refused", f"connection to {shown} broken: {_short(exc)}") from None
-        except httpx.InvalidURL as exc:
-            raise ScrapeError("refused", f"invalid URL {shown}: {exc}") from None
+            response = conn.request(url.target, headers, deadline)
+            try:
+                return self._answer(conn, response, url, elsewhere, deadline)
+            except BaseException:
+                response.close()
+                conn.close()
+                raise
+        except ScrapeError:
+            raise
+        except (DeadlineExceededError, TimeoutError):
+            problem = f"no complete answer from {shown} within {timeout} s"
+            raise ScrapeError("timeout", problem) from None
+        except socket.gaierror as exc:
+            raise ScrapeError("dns", f"cannot resolve {url.host}: {_short(exc)}") from None
+        except ssl.SSLError as exc:
+            raise ScrapeError("refused", f"TLS with {shown} failed: {_short(exc)}") from None
+        except ConnectionRefusedError:
+            raise ScrapeError("refused", f"cannot connect to {shown}: connection refused") from None
+        except (OSError, http.client.HTTPException) as exc:
+            what = "invalid HTTP answer" if isinstance(exc, http.client.HTTPException) else ""
+            detail = what if elsewhere and what else _short(exc)
+            raise ScrapeError("refused", f"connection to {shown} broken: {detail}") from None
 
-    def _read_body(self, response: httpx.Response, deadline: float) -> bytes:
+    def _answer(
+        self,
+        conn: OriginConnection,
+        response: http.client.HTTPResponse,
+        url: _Url,
+        elsewhere: bool,
+        deadline: float,
+    ) -> Fetched | _Url:
+        shown = url.shown()
+        status = response.status
+        if 100 <= status < 200:
+            # http.client skips only `100 Continue`; the final answer follows this one on
+            # the wire, so the connection cannot be reused.
+            response.close()
+            conn.close()
+            raise ScrapeError("http_status", self._status_message(response, url, elsewhere))
+        if status in _REDIRECTS:
+            location = response.getheader("location", "")
+            _discard(conn, response)
+            if not location:
+                raise ScrapeError("http_status", f"HTTP {status} without Location from {shown}")
+            try:
+                return _parse_url(urljoin(url.shown(), location.strip()))
+            except ScrapeError:
+                raise ScrapeError(
+                    "http_status", f"HTTP {status} from {shown} with an unusable Location"
+                ) from None
+        if status != 200:
+            _discard(conn, response)
+            raise ScrapeError("http_status", self._status_message(response, url, elsewhere))
+        body = self._read_body(response, deadline)
+        conn.done(response)
+        return Fetched(body, response.getheader("content-type"))
+
+    def _status_message(
+        self, response: http.client.HTTPResponse, url: _Url, elsewhere: bool
+    ) -> str:
+        status = response.status
+        phrase = "" if elsewhere else f" {_printable(response.reason)}"
+        text = f"HTTP {status}{phrase} from {url.shown()}"
+        llamacpp = self._server.engine in ("auto", "llamacpp")
+        if 100 <= status < 200:
+            return f"unexpected informational answer {text}"
+        if status == 501 and llamacpp:
+            return (
+                f"{text}: the metrics endpoint is off "
+                "(llama.cpp: start llama-server with --metrics)"
+            )
+        if status == 400 and llamacpp and "model=" not in url.target:
+            return (
+                f"{text}: a llama-server in router mode (--models-dir) needs a model: set "
+                'model = "NAME" for this server'
+            )
+        return text
+
+    def _read_body(self, response: http.client.HTTPResponse, deadline: float) -> bytes:
         limit = self._scrape.max_body_bytes
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        encoding = (response.getheader("content-encoding") or "identity").strip().lower()
         if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
             raise ScrapeError("parse", f"unsupported Content-Encoding {encoding!r}")
-        declared = response.headers.get("content-length", "")
-        if encoding in ("identity", "") and declared.isdigit() and int(declared) > limit:
-            raise ScrapeError(
-                "too_large", f"Content-Length {declared} bytes is over max_body_bytes={limit}"
-            )
+        declared = response.length  # from Content-Length; None when chunked or until close
+        if encoding in ("identity", "") and declared is not None:
+            if declared > limit:
+                raise ScrapeError(
+                    "too_large", f"Content-Length {declared} bytes is over max_body_bytes={limit}"
+                )
+            return response.read()
         decoder: zlib._Decompress | None = None
         if encoding in ("gzip", "x-gzip"):
             decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -279,12 +487,9 @@ class ServerScraper:
             decoder = zlib.decompressobj()
         parts: list[bytes] = []
         size = 0
-        # No chunk size: chunks come as received, so the deadline is checked between them.
-        for chunk in response.iter_raw():
+        while chunk := response.read(_CHUNK):
             if self._clock.monotonic() > deadline:
-                raise ScrapeError(
-                    "timeout", f"body not complete within {self._scrape.read_timeout_seconds} s"
-                )
+                raise DeadlineExceededError("deadline passed while reading the body")
             pieces = [chunk] if decoder is None else _inflate(decoder, chunk, limit - size + 1)
             for piece in pieces:
                 size += len(piece)
@@ -296,6 +501,61 @@ class ServerScraper:
         if decoder is not None and not decoder.eof:
             raise ScrapeError("parse", f"{encoding} body is truncated")
         return b"".join(parts)
+
+
+def read_token_file(path: Path, limit: int = MAX_TOKEN_BYTES) -> bytes:
+    """Read a bearer token file without blocking and without reading more than ``limit``.
+
+    The file is opened non-blocking and must be a regular file: a FIFO (a hung secret mount,
+    a mistake) would otherwise block the scrape, and shutdown, until a writer appears.
+
+    Args:
+        path: The file.
+        limit: Largest size accepted, bytes.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        ScrapeError: ``error`` when the file cannot be opened, is not a regular file or is
+            over ``limit``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise ScrapeError(
+            "error", f"cannot read bearer token file {path}: {exc.strerror or exc}"
+        ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ScrapeError("error", f"bearer token file {path} is not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise ScrapeError("error", f"bearer token file {path} is over {limit} bytes")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ScrapeError(
+            "error", f"cannot read bearer token file {path}: {exc.strerror or exc}"
+        ) from None
+    finally:
+        os.close(fd)
+
+
+def _discard(conn: OriginConnection, response: http.client.HTTPResponse) -> None:
+    """Drop an unwanted body: read a short one to keep the connection, else close it."""
+    if response.length is not None and response.length <= 64 * 1024:
+        response.read()
+        conn.done(response)
+    else:
+        response.close()
+        conn.close()
 
 
 def _inflate(decoder: zlib._Decompress, data: bytes, budget: int) -> list[bytes]:
@@ -313,17 +573,13 @@ def _inflate(decoder: zlib._Decompress, data: bytes, budget: int) -> list[bytes]
     return out
 
 
-def _start_header(response: httpx.Response) -> float | None:
-    value = response.headers.get("process-start-time-unix")
-    if value is None:
-        return None
-    try:
-        parsed = float(value)
-    except ValueError:
-        return None
-    return parsed if parsed > 0 and parsed == parsed and parsed != float("inf") else None
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text[:60])
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
     return text[:200]

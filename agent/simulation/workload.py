@@ -24,10 +24,13 @@ Scenarios:
         fault time to the recovery time, then comes back with its counters where they were.
     nvml-hang: steady; NVML calls on GPU 0 hang from the fault time to the recovery time
         (the simulated NVML's hangs last real seconds).
-    faults: steady; all of the above in turn, one recovery time apart: driver reload at the
-        fault time F, vLLM restart at F + R, SGLang down from F + 2R to F + 3R, NVML hang on
-        GPU 0 from F + 4R to F + 5R, GPU 3 lost at F + 5R (R = recovery time). With the
-        defaults (F = 20 s, R = 15 s) a two-minute demo shows every fault.
+    dp-rank-restart: steady; at the fault time data-parallel rank 1 of the vLLM server
+        restarts (its series start again from 0 while rank 0 goes on), and at the recovery
+        time rank 0's series drop out of one scrape (they come back whole at the next).
+    faults: steady; all of the above but dp-rank-restart in turn, one recovery time apart:
+        driver reload at the fault time F, vLLM restart at F + R, SGLang down from F + 2R to
+        F + 3R, NVML hang on GPU 0 from F + 4R to F + 5R, GPU 3 lost at F + 5R (R = recovery
+        time). With the defaults (F = 20 s, R = 15 s) a two-minute demo shows every fault.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ FAULT_SCENARIOS: tuple[str, ...] = (
     "server-restart",
     "server-down",
     "nvml-hang",
+    "dp-rank-restart",
     "faults",
 )
 SCENARIOS: tuple[str, ...] = BASE_SCENARIOS + FAULT_SCENARIOS
@@ -196,10 +200,12 @@ class FaultEvent:
     Attributes:
         at_seconds: When, s after the world started.
         kind: ``lose_gpu``, ``reload_driver``, ``restart_server``, ``server_down``,
-            ``server_up``, ``nvml_hang``.
+            ``server_up``, ``nvml_hang``, ``restart_rank``, ``drop_rank_series``.
         gpu: GPU index the fault concerns (``lose_gpu``, ``nvml_hang``), else None.
-        server: Server name the fault concerns (``restart_server``, ``server_down/up``).
+        server: Server name the fault concerns (``restart_server``, ``server_down/up``,
+            ``restart_rank``, ``drop_rank_series``).
         duration_seconds: How long the fault lasts (``nvml_hang``), s.
+        rank: Data-parallel rank the fault concerns (``restart_rank``, ``drop_rank_series``).
     """
 
     at_seconds: float
@@ -207,6 +213,7 @@ class FaultEvent:
     gpu: int | None = None
     server: str | None = None
     duration_seconds: float = 0.0
+    rank: int | None = None
 
     @property
     def tick(self) -> int:
@@ -282,6 +289,11 @@ def make_scenario(
         )
     elif name == "nvml-hang":
         events = (FaultEvent(at, "nvml_hang", gpu=0, duration_seconds=recover_after_seconds),)
+    elif name == "dp-rank-restart":
+        events = (
+            FaultEvent(at, "restart_rank", server="vllm", rank=1),
+            FaultEvent(back, "drop_rank_series", server="vllm", rank=0),
+        )
     else:  # faults: every fault in turn, one recovery time apart
         gap = recover_after_seconds
         events = (

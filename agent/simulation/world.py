@@ -40,6 +40,15 @@ from agent.simulation.workload import (
     ticks_until,
 )
 
+TRUTH_TOKEN_KEYS: tuple[str, ...] = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "lost_input_tokens",
+    "lost_output_tokens",
+)
+"""Token counts per model in a truth (see :meth:`DemoWorld.truth`)."""
+
 DEMO_GPUS: tuple[str, ...] = ("H100-SXM-80GB",) * 4 + ("L4",)
 """GPU profiles of the demo: four H100 for the servers, an idle L4 spare (index 4)."""
 
@@ -149,6 +158,7 @@ class DemoWorld:
                 wall=clock.wall,
                 ranks=profile.ranks,
                 host=host,
+                monotonic=clock.monotonic,
             )
             pids = tuple(range(next_pid, next_pid + len(profile.gpus)))
             next_pid += len(profile.gpus)
@@ -312,6 +322,12 @@ class DemoWorld:
             self._servers[event.server].set_down(True)
         elif event.kind == "server_up" and event.server is not None:
             self._servers[event.server].set_down(False)
+        elif event.kind == "restart_rank" and event.server is not None and event.rank is not None:
+            self._servers[event.server].restart_rank(event.rank)
+        elif (
+            event.kind == "drop_rank_series" and event.server is not None and event.rank is not None
+        ):
+            self._servers[event.server].drop_rank_series(event.rank)
         elif event.kind == "nvml_hang":
             for function in HANG_FUNCTIONS:
                 self.nvml.hang(function, event.duration_seconds, index=event.gpu)
@@ -371,9 +387,11 @@ class DemoWorld:
         Returns:
             ``{"gpus": {uuid: {"index", "energy_joules"}}, "servers": {name: {"engine",
             "energy_joules", "phase": {...}, "models": {model: {"input_tokens",
-            "output_tokens", "cached_input_tokens"}}}}, "unattributed_energy_joules"}``.
-            ``phase`` holds the server's true energy model (:meth:`phase_truth`). Subtract two
-            truths with :func:`truth_delta`.
+            "output_tokens", "cached_input_tokens", "lost_input_tokens",
+            "lost_output_tokens"}}}}, "unattributed_energy_joules"}``.
+            ``input_tokens - lost_input_tokens`` is what an agent that saw every scrape may
+            count (likewise for output). ``phase`` holds the server's true energy model
+            (:meth:`phase_truth`). Subtract two truths with :func:`truth_delta`.
         """
         with self._lock:
             energy = {i: float(self.nvml.true_energy_joules(i)) for i in range(self._gpu_count)}
@@ -395,6 +413,9 @@ class DemoWorld:
                             "input_tokens": counts.prompt_tokens,
                             "output_tokens": counts.generation_tokens,
                             "cached_input_tokens": counts.cached_prompt_tokens,
+                            # Made between the last scrape and a restart: no scraper saw them.
+                            "lost_input_tokens": state.lost[model].prompt_tokens,
+                            "lost_output_tokens": state.lost[model].generation_tokens,
                         }
                         for model, counts in state.lifetime.items()
                     },
@@ -453,9 +474,8 @@ def truth_delta(later: Mapping[str, Any], earlier: Mapping[str, Any]) -> dict[st
             "energy_joules": s["energy_joules"] - old.get("energy_joules", 0.0),
             "models": {
                 model: {
-                    key: m[key] - old_models.get(model, {}).get(key, 0)
-                    for key in ("input_tokens", "output_tokens", "cached_input_tokens")
-                    if key in m
+                    key: m.get(key, 0) - old_models.get(model, {}).get(key, 0)
+                    for key in TRUTH_TOKEN_KEYS
                 }
                 for model, m in s["models"].items()
             },

@@ -44,8 +44,9 @@ def test_worked_example_from_the_readme() -> None:
     for i in range(steps + 1):
         t = i * interval
         energy = 12_345.0 + POWER_W * t
+        added = POWER_W * interval if i else 0.0  # what the meter hands over per interval
         gpu = GpuStatus(
-            device, True, GpuReading(0, "GPU-0", POWER_W, energy, 0.9, None, None, None), energy
+            device, True, GpuReading(0, "GPU-0", POWER_W, energy, 0.9, None, None, None), added
         )
         reading = ServerReading(
             "vllm",

@@ -42,7 +42,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.accounting.ledger import Ledger
 from agent.clock import ManualClock
@@ -120,6 +120,8 @@ def simulate(seed: int, seconds: float) -> Run:
     dcgm_phase = {15: rng.randrange(SCRAPE_TICKS), 30: rng.randrange(2 * SCRAPE_TICKS)}
     dcgm_power: dict[int, dict[int, float]] = {15: {}, 30: {}}
     tokens = {s.name: 0 for s in servers}
+    pending: dict[str, float] = {}
+    pending_p: dict[str, float] = {}
     run = Run(Series(), Series(), Series(), Series(), Series(), Series())
     handles = [sim.nvmlDeviceGetHandleByIndex(i) for i in range(len(GPUS))]
     # One warm-up minute so the 1 s power average and every observer have settled.
@@ -137,9 +139,12 @@ def simulate(seed: int, seconds: float) -> Run:
                     }
             if k >= start_tick:
                 if (k - agent_phase) % POLL_TICKS == 0:
-                    statuses = monitor.poll()
-                    statuses_p = monitor_p.poll()
+                    # As the sampler does: every poll's joules go to the next cycle.
+                    statuses = _carry(monitor.poll(), pending)
+                    statuses_p = _carry(monitor_p.poll(), pending_p)
                     if (k - agent_phase) % CYCLE_TICKS == 0:
+                        pending.clear()
+                        pending_p.clear()
                         # The truth at the very instant of the agent's cycle.
                         run.truth.t.append(t)
                         run.truth.values.append(
@@ -186,6 +191,13 @@ def simulate(seed: int, seconds: float) -> Run:
         monitor.close()
         monitor_p.close()
     return run
+
+
+def _carry(statuses: Sequence[GpuStatus], pending: dict[str, float]) -> list[GpuStatus]:
+    """Add one poll's joules to ``pending``; statuses carrying everything not yet booked."""
+    for s in statuses:
+        pending[s.device.uuid] = pending.get(s.device.uuid, 0.0) + s.energy_joules_added
+    return [replace(s, energy_joules_added=pending[s.device.uuid]) for s in statuses]
 
 
 def _cycle(

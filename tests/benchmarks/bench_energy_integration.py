@@ -95,9 +95,11 @@ def run(load: str, interval: float, seed: int, window: float) -> tuple[list[floa
             statuses = monitor.poll()
             if not start:
                 start = [sim.true_energy_joules(g) for g in range(len(GPUS))]
-                base = [s.energy_joules_total for s in statuses]
+                base = [0.0 for _ in statuses]  # joules handed over from here on
+            else:
+                base = [b + s.energy_joules_added for s, b in zip(statuses, base, strict=True)]
             t_sample += interval
-        measured = [s.energy_joules_total - b for s, b in zip(statuses, base, strict=True)]
+        measured = base
         truth = [sim.true_energy_joules(g) - e0 for g, e0 in enumerate(start)]
         errors = [abs(m - t) / t for m, t in zip(measured, truth, strict=True)]
         return errors, measured[0] / measured[2]

@@ -55,7 +55,7 @@ def _advance_cost(n_gpus: int, n_servers: int, n_models: int, window: float, dt:
                     None,
                     (GpuProcess(1000 + g % n_servers, utilization_ratio=0.5),),
                 ),
-                500.0 * t,
+                500.0 * dt if i else 0.0,  # joules the meter hands over per interval
             )
             for g in range(n_gpus)
         ]

@@ -2,7 +2,7 @@
 
 A simulated vLLM V1 server (``agent.simulation.servers.SimulatedServer``, one model, 2 and 8
 data-parallel engines, about 0.1 and 0.4 MB a body) is scraped N times by the agent's own
-scraper (``ServerScraper`` + ``make_client``: keep-alive, ``Accept-Encoding: gzip``). Server
+scraper (``ServerScraper``: one kept-alive connection, ``Accept-Encoding: gzip``). Server
 CPU per scrape is the ``time.thread_time`` of the server's request-handler thread (parse the
 request, render the exposition, write the response), so the client's CPU is not counted.
 
@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from agent.clock import SystemClock
 from agent.config import ScrapeSettings, ServerSettings
-from agent.servers.scraper import ServerScraper, make_client
+from agent.servers.scraper import ServerScraper
 from agent.simulation.servers import SimulatedServer
 
 MODEL = "meta-llama/Llama-3.1-70B-Instruct"
@@ -91,11 +91,8 @@ def measure(ranks: int, n: int) -> Cost:
     )
     server.start()
     scrape = ScrapeSettings()
-    client = make_client(scrape)
+    scraper = ServerScraper(ServerSettings(name="vllm", url=server.url, engine="vllm"), scrape)
     try:
-        scraper = ServerScraper(
-            ServerSettings(name="vllm", url=server.url, engine="vllm"), scrape, client
-        )
         scraper.scrape()  # warm up: connection, first render
         requests0, cpu0 = server.request_cpu()
         for i in range(n):
@@ -103,7 +100,7 @@ def measure(ranks: int, n: int) -> Cost:
             scraper.scrape()
         requests1, cpu1 = server.request_cpu()
     finally:
-        client.close()
+        scraper.close()
         server.stop()
     text = server.exposition()
     body = text.encode()

@@ -71,3 +71,19 @@ def test_server_cost_core_functions_give_finite_rows() -> None:
     assert _finite(cost.handler_s, cost.render_s, cost.client_python_render_s, cost.gzip_s)
     assert cost.handler_s > 0 and cost.client_python_render_s > 0
     assert "Prometheus, 15 s" in bench.table([cost], 3)
+
+
+def test_http_core_functions_give_finite_rows() -> None:
+    bench = _load("bench_http")
+    body = bench.make_body(200_000)
+    servers = bench.start_servers(body, count=2)
+    try:
+        rows = [bench.measure(name, servers, len(body), 2) for name in bench.CLIENTS]
+    finally:
+        servers.close()
+    assert [r.client for r in rows] == list(bench.CLIENTS)
+    assert all(r.scrapes == 4 * bench.BATCHES and _finite(r.cpu_ms) for r in rows)
+    assert all(r.cpu_ms > 0 for r in rows)
+    # Per-server clients keep their warm-up connection: no new one during the run.
+    assert [r.connections for r in rows[1:]] == [0, 0, 0]
+    assert "req/conn 10 min" in bench.table(rows, len(body), 2)

@@ -47,7 +47,7 @@ def gpu(
     up: bool = True,
     energy_source: str = "counter",
     power_watts: float | None = 350.0,
-    energy_joules_total: float = 12_345.0,
+    energy_joules_added: float = 5.0,
     error: str | None = None,
 ) -> GpuStatus:
     """One GPU's status with a plausible H100 reading."""
@@ -68,7 +68,7 @@ def gpu(
         power_limit_watts=700.0,
     )
     return GpuStatus(
-        device=device, up=up, reading=reading, energy_joules_total=energy_joules_total, error=error
+        device=device, up=up, reading=reading, energy_joules_added=energy_joules_added, error=error
     )
 
 
@@ -153,6 +153,11 @@ def rich_snapshot(**kw: Any) -> Snapshot:
             unattributed_energy_cost_total=0.00003,
             unattributed_hardware_cost_total=0.0007,
             unattributed_carbon_grams_total=0.08,
+            gpu_energy_joules_total=(
+                ("GPU-0000", 12_345.0),
+                ("GPU-0001", 12_345.0),
+                ("GPU-0002", 12_345.0),
+            ),
         ),
         collectors=(
             CollectorHealth("nvml", True, 0.012),

@@ -234,7 +234,8 @@ def test_none_readings_produce_no_sample(render: Render, build: Any) -> None:
     gpu0 = snap.gpus[0]
     assert gpu0.reading is not None
     bare = replace(gpu0.reading, power_limit_watts=None, utilization_ratio=None)
-    vllm = build.server("vllm", "vllm", (build.tokens("m", requests_waiting=None,
+    model = build.vllm_model
+    vllm = build.server("vllm", "vllm", (build.tokens(model, requests_waiting=None,
                                                       kv_cache_usage_ratio=None),))  # fmt: skip
     snap = replace(snap, gpus=(replace(gpu0, reading=bare),), servers=(vllm,))
     r = render(snap)
@@ -242,7 +243,7 @@ def test_none_readings_produce_no_sample(render: Render, build: Any) -> None:
     assert r.value("tokenergy_gpu_power_limit_watts", g0) is None
     assert r.value("tokenergy_gpu_utilization_ratio", g0) is None
     assert r.value("tokenergy_gpu_power_watts", g0) == 350.0
-    key = {"server": "vllm", "model": "m"}
+    key = {"server": "vllm", "model": model}
     assert r.value("tokenergy_server_requests", {**key, "state": "waiting"}) is None
     assert r.value("tokenergy_server_requests", {**key, "state": "running"}) == 3.0
     assert r.value("tokenergy_server_kv_cache_usage_ratio", key) is None
@@ -424,3 +425,16 @@ def test_a_lone_surrogate_in_a_label_cannot_break_the_exposition(
         ]
         == 500.0
     )
+
+
+def test_per_model_gauges_only_for_models_the_ledger_tracks(render: Render, build: Any) -> None:
+    """A model the ledger does not track (over the cap, name too long) has no series at all."""
+    snap = build.rich_snapshot()
+    listed = (build.tokens(build.vllm_model), build.tokens("untracked-adapter"))
+    snap = replace(snap, servers=(build.server("vllm", "vllm", listed),))
+    r = render(snap)
+    tracked = {"server": "vllm", "model": build.vllm_model}
+    untracked = {"server": "vllm", "model": "untracked-adapter"}
+    assert r.value("tokenergy_server_kv_cache_usage_ratio", tracked) == 0.25
+    assert r.value("tokenergy_server_kv_cache_usage_ratio", untracked) is None
+    assert r.value("tokenergy_server_info", {**untracked, "engine": "vllm"}) is None

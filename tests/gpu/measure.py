@@ -46,6 +46,8 @@ def sample(monitor: GpuMonitor, index: int, seconds: float, interval: float) -> 
     poll_ms: list[float] = []
     counters: list[float] = []
     totals: list[float] = []
+    integrated = 0.0
+    agent_total = 0.0
     started = time.monotonic()
     next_at = started
     while True:
@@ -59,10 +61,12 @@ def sample(monitor: GpuMonitor, index: int, seconds: float, interval: float) -> 
         reading = status.reading
         if status.up and reading is not None and reading.power_watts is not None:
             powers.append(reading.power_watts)
-            meter.update(time.monotonic(), None, reading.power_watts)
+            integrated += meter.step(time.monotonic(), None, reading.power_watts).added_joules
             if reading.energy_joules is not None:
                 counters.append(reading.energy_joules)
-            totals.append(status.energy_joules_total)
+            # The agent's counter is the sum of what the monitor hands over, as the ledger does.
+            agent_total += status.energy_joules_added
+            totals.append(agent_total)
         next_at += interval
         time.sleep(max(0.0, next_at - time.monotonic()))
     return {
@@ -70,7 +74,7 @@ def sample(monitor: GpuMonitor, index: int, seconds: float, interval: float) -> 
         "samples": len(powers),
         "counter_joules": counters[-1] - counters[0] if len(counters) > 1 else None,
         "agent_counter_joules": totals[-1] - totals[0] if len(totals) > 1 else None,
-        "integrated_joules": meter.total_joules,
+        "integrated_joules": integrated,
         "poll_ms_p50": statistics.median(poll_ms),
         "poll_ms_max": max(poll_ms),
         "monotonic": totals == sorted(totals),

@@ -209,11 +209,14 @@ class Upstream:
     Attributes:
         reply: Called with (path, headers) for every GET; returns the answer.
         requests: ``(path, headers)`` of every request received, in order.
+        client_ports: The client's source port of every request, in order.
     """
 
     reply: Callable[[str, dict[str, str]], Reply]
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     server: http.server.ThreadingHTTPServer | None = None
+    client_ports: list[int] = field(default_factory=list)
+    """The agent's source port of every request (one per TCP connection it used)."""
 
     @property
     def port(self) -> int:
@@ -245,8 +248,13 @@ def make_upstream() -> Iterator[MakeUpstream]:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                if server.socket.fileno() == -1:
+                    # Stopped: a kept-alive connection gets no answer, as from an exited process.
+                    self.close_connection = True
+                    return
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 upstream.requests.append((self.path, headers))
+                upstream.client_ports.append(int(self.client_address[1]))
                 answer = upstream.reply(self.path, headers)
                 self.send_response(answer.status)
                 for name, val in answer.headers.items():
@@ -350,3 +358,79 @@ def kit() -> Any:
     travel as a fixture, like the other test folders' ``build`` fixtures.
     """
     return sys.modules[__name__]
+
+
+# -- hostile upstreams on raw sockets ----------------------------------------------------------
+
+RawBehaviour = Callable[[socket.socket, threading.Event], None]
+"""What a raw upstream does with one accepted connection until ``stop`` is set."""
+
+
+@dataclass
+class RawUpstream:
+    """A TCP listener on 127.0.0.1 that runs a behaviour per connection (hostile servers).
+
+    Attributes:
+        port: The bound port.
+        accepted: Connections accepted so far.
+    """
+
+    port: int
+    accepted: int = 0
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT/metrics``."""
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+
+MakeRawUpstream = Callable[[RawBehaviour], RawUpstream]
+
+
+def read_request(conn: socket.socket) -> bytes:
+    """Read one request head (up to the blank line) from a raw connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.fixture
+def make_raw_upstream() -> Iterator[MakeRawUpstream]:
+    """Start raw-socket upstreams: ``make_raw_upstream(behaviour)``; all stop at teardown.
+
+    ``behaviour(conn, stop)`` runs on its own daemon thread per accepted connection; it
+    should return soon after ``stop`` is set. OSErrors (the agent hung up) end it quietly.
+    """
+    stop = threading.Event()
+    listeners: list[socket.socket] = []
+
+    def make(behaviour: RawBehaviour) -> RawUpstream:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(0.05)
+        listeners.append(listener)
+        upstream = RawUpstream(port=int(listener.getsockname()[1]))
+
+        def serve(conn: socket.socket) -> None:
+            with conn, contextlib.suppress(OSError):
+                behaviour(conn, stop)
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except (TimeoutError, OSError):
+                    continue
+                upstream.accepted += 1
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        return upstream
+
+    yield make
+    stop.set()
+    for listener in listeners:
+        listener.close()

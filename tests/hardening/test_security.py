@@ -209,7 +209,10 @@ def test_query_parameters_never_make_the_agent_fetch_anything(
 def test_cross_host_redirect_is_followed_without_the_token(
     make_agent: Any, make_upstream: Any, kit: Any, tmp_path: Path
 ) -> None:
-    """Case 34: an upstream redirecting elsewhere never hands the token to the other host."""
+    """Case 34: a cross-host redirect, when allowed, never hands the token to the other host.
+
+    Not allowed by default: see tests/hardening/test_zoo.py (the redirect to another port).
+    """
     elsewhere = make_upstream(lambda path, headers: kit.Reply(200, kit.vllm_body(5)))
     redirector = make_upstream(
         lambda path, headers: kit.Reply(302, b"", {"Location": elsewhere.url})
@@ -217,7 +220,14 @@ def test_cross_host_redirect_is_followed_without_the_token(
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN_A)
     harness = make_agent(
-        servers=[{"name": "vllm", "url": redirector.url, "bearer_token_file": str(token_file)}]
+        servers=[
+            {
+                "name": "vllm",
+                "url": redirector.url,
+                "bearer_token_file": str(token_file),
+                "cross_origin_redirects": True,
+            }
+        ]
     )
     harness.cycle(0)
     assert redirector.requests[0][1]["authorization"] == f"Bearer {TOKEN_A}"

@@ -32,6 +32,11 @@ def _read(name: str, engine: str = "auto") -> tuple[str, dict[str, TokenReading]
     return reading.engine, {m.model: m for m in reading.models}, reading.start_time_seconds
 
 
+def _core(m: TokenReading) -> TokenReading:
+    """The token and gauge fields only (phase times and raw series are tested on their own)."""
+    return dataclasses.replace(m, prefill_seconds=None, decode_seconds=None, series=())
+
+
 def _tr(
     model: str,
     inp: float | None,
@@ -75,7 +80,7 @@ def test_realistic_exposition_of_every_engine(
 ) -> None:
     found, models, start_time = _read(fixture)
     assert found == engine
-    assert sorted(models.values(), key=lambda m: m.model) == expected
+    assert [_core(m) for m in sorted(models.values(), key=lambda m: m.model)] == expected
     assert start_time == start
     # An explicit engine reads the same thing.
     assert _read(fixture, engine)[1] == models
@@ -158,10 +163,15 @@ def test_sglang_priority_totals_and_tensor_parallel_ranks() -> None:
     assert models["q"].input_tokens == 500
 
 
-def test_fresh_sglang_reads_zero_tokens_not_unknown() -> None:
-    engine, models, _ = _read("sglang_fresh.prom")
-    assert engine == "sglang"
-    assert models["q"] == _tr("q", 0, 0, 0, 0, None, 0)
+def test_fresh_sglang_reads_unknown_tokens_not_zero() -> None:
+    # Was 0 / 0 / 0 ("lazy" engines): a server that exposes no token series yet is unknown.
+    result = read_exposition_detailed((FIXTURES / "sglang_fresh.prom").read_bytes())
+    assert result.reading.engine == "sglang"
+    (m,) = result.reading.models
+    assert _core(m) == _tr("q", None, None, None, 0, None, 0)
+    assert m.series == ()
+    assert not result.has_token_counters
+    assert result.warnings[-1].startswith("no token counters: none of sglang:realtime_tokens")
 
 
 @pytest.mark.parametrize(
@@ -282,6 +292,16 @@ def test_rendered_counters_read_back_exactly(
             assert r.cached_input_tokens is None
         else:
             assert r.cached_input_tokens == m.cached_prompt_tokens
+        # The raw series add up to their fields, one key per rank and family.
+        for kind, value in (
+            ("input", r.input_tokens),
+            ("output", r.output_tokens),
+            ("cached", r.cached_input_tokens),
+        ):
+            listed = [s for s in r.series if s.kind == kind]
+            assert len({s.key for s in listed}) == len(listed)
+            assert bool(listed) == (value is not None)
+            assert sum(s.value for s in listed) == (value or 0)
 
 
 @settings(max_examples=60, deadline=None)
@@ -339,3 +359,211 @@ def test_arbitrary_bodies_read_or_raise_exposition_error(body: bytes, engine: st
         for m in reading.models:
             for value in (m.input_tokens, m.output_tokens, m.cached_input_tokens):
                 assert value is None or (value >= 0 and value != float("inf"))
+
+
+# --- Issue 11: one meaning per field, null never 0, model labels, detection, per series ---
+
+
+def test_llamacpp_input_includes_the_prompt_cache_hits() -> None:
+    # Current llama-server: prompt_tokens_total excludes cache hits, counted apart.
+    body = (
+        "# TYPE llamacpp:prompt_tokens_total counter\nllamacpp:prompt_tokens_total 60\n"
+        "# TYPE llamacpp:prompt_tokens_cached_total counter\n"
+        "llamacpp:prompt_tokens_cached_total 40\n"
+        "# TYPE llamacpp:tokens_predicted_total counter\nllamacpp:tokens_predicted_total 9\n"
+    )
+    (m,) = read_exposition(body).models
+    assert (m.input_tokens, m.cached_input_tokens, m.output_tokens) == (100, 40, 9)
+    assert sorted((s.kind, s.key) for s in m.series) == [
+        ("cached", "llamacpp:prompt_tokens_cached_total"),
+        ("input", "llamacpp:prompt_tokens_cached_total"),
+        ("input", "llamacpp:prompt_tokens_total"),
+        ("output", "llamacpp:tokens_predicted_total"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "engine"),
+    [
+        # Dynamo frontend without a cached-token histogram.
+        (
+            'dynamo_frontend_input_sequence_tokens_sum{model="m"} 5\n'
+            'dynamo_frontend_output_tokens_total{model="m"} 7\n',
+            "dynamo",
+        ),
+        # SGLang release without cached_tokens_total.
+        (
+            'sglang:prompt_tokens_total{model_name="m"} 5\n'
+            'sglang:generation_tokens_total{model_name="m"} 7\n',
+            "sglang",
+        ),
+    ],
+)
+def test_a_cached_counter_the_server_lacks_is_unknown_not_zero(body: str, engine: str) -> None:
+    (m,) = read_exposition(body).models
+    assert (m.input_tokens, m.output_tokens, m.cached_input_tokens) == (5, 7, None)
+    assert read_exposition(body, engine).models == (m,)
+
+
+def test_triton_without_token_metrics_is_unknown_and_says_no_token_counters() -> None:
+    body = (
+        'nv_inference_request_success{model="resnet",version="1"} 40\n'
+        'nv_inference_pending_request_count{model="resnet",version="1"} 2\n'
+    )
+    result = read_exposition_detailed(body)
+    assert result.reading.engine == "triton"
+    (m,) = result.reading.models
+    assert (m.model, m.input_tokens, m.output_tokens, m.requests_waiting) == (
+        "resnet",
+        None,
+        None,
+        2,
+    )
+    assert result.warnings == (
+        "no token counters: none of nv_llm_input_token_len_sum, nv_llm_output_token_len_sum "
+        "is in this triton exposition; Triton counts tokens only in the nv_llm_input_token_len "
+        "/ nv_llm_output_token_len histograms of the TensorRT-LLM and Python LLM backends",
+    )
+
+
+def test_triton_vllm_backend_models_come_from_the_model_label() -> None:
+    # Triton's vLLM backend: vllm: names labelled model="..." and version="...".
+    body = (
+        "".join(
+            f'vllm:{name}{{model="{model}",version="{v}"}} {value * v}\n'
+            for model, value in (("llama", 10), ("qwen", 100))
+            for v in (1, 2)
+            for name in ("prompt_tokens_total", "generation_tokens_total")
+        )
+        + 'nv_inference_request_success{model="llama",version="1"} 3\n'
+    )
+    reading = read_exposition(body)
+    assert reading.engine == "vllm"  # its token series are present, Triton's are not
+    models = {m.model: m for m in reading.models}
+    assert set(models) == {"llama", "qwen"}  # never merged into model ""
+    assert (models["llama"].input_tokens, models["qwen"].output_tokens) == (30, 300)
+    keys = [s.key for s in models["llama"].series if s.kind == "input"]
+    assert keys == [
+        'vllm:prompt_tokens_total{version="1"}',
+        'vllm:prompt_tokens_total{version="2"}',
+    ]
+
+
+def test_early_sglang_model_comes_from_the_name_label_kept_whole() -> None:
+    path = "/data/models/Meta-Llama-3-8B-Instruct"
+    body = (
+        f'sglang:prompt_tokens_total{{name="{path}"}} 12\n'
+        f'sglang:generation_tokens_total{{name="{path}"}} 3\n'
+        f'sglang:num_running_reqs{{name="{path}"}} 1\n'
+    )
+    (m,) = read_exposition(body).models
+    assert (m.model, m.input_tokens, m.output_tokens, m.requests_running) == (path, 12, 3, 1)
+
+
+def test_unprefixed_prompt_tokens_of_an_unsupported_server_are_not_nim() -> None:
+    # ScaleLLM: prompt_tokens_total and generated_tokens_total, no generation_tokens_total.
+    body = (
+        "# TYPE prompt_tokens_total counter\nprompt_tokens_total 120\n"
+        "# TYPE generated_tokens_total counter\ngenerated_tokens_total 30\n"
+    )
+    with pytest.raises(UnknownEngineError, match="no known inference-server metrics found"):
+        read_exposition(body)
+    with pytest.raises(UnknownEngineError, match="no nim metrics found"):
+        read_exposition(body, "nim")
+
+
+def test_detection_prefers_the_engine_whose_token_series_are_present() -> None:
+    # vLLM with the TGIS adapter: TGI gauges beside vLLM's token counters.
+    body = (
+        "# TYPE tgi_queue_size gauge\ntgi_queue_size 0.0\n"
+        "# TYPE tgi_batch_current_size gauge\ntgi_batch_current_size 1.0\n"
+        'vllm:prompt_tokens_total{model_name="m"} 50\n'
+        'vllm:generation_tokens_total{model_name="m"} 5\n'
+    )
+    reading = read_exposition(body)
+    assert reading.engine == "vllm"
+    assert (reading.models[0].input_tokens, reading.models[0].output_tokens) == (50, 5)
+
+
+def test_declared_token_family_beats_markers_only() -> None:
+    body = (
+        "# TYPE tgi_queue_size gauge\ntgi_queue_size 0\n"
+        "# TYPE vllm:prompt_tokens_total counter\n# TYPE vllm:generation_tokens_total counter\n"
+    )
+    assert read_exposition(body).engine == "vllm"
+
+
+def test_per_series_counters_of_a_data_parallel_vllm() -> None:
+    _, models, _ = _read("vllm_dp4_engines.prom")
+    m = models["llama-70b"]
+    by_kind: dict[str, dict[str, float]] = {}
+    for s in m.series:
+        by_kind.setdefault(s.kind, {})[s.key] = s.value
+    assert by_kind["input"] == {
+        'vllm:prompt_tokens_total{engine="0"}': 1000,
+        'vllm:prompt_tokens_total{engine="1"}': 2000,
+        'vllm:prompt_tokens_total{engine="2"}': 3000,
+        'vllm:prompt_tokens_total{engine="3"}': 1_048_576,
+    }
+    assert by_kind["output"] == {
+        f'vllm:generation_tokens_total{{engine="{i}"}}': 10 * (i + 1) for i in range(4)
+    }
+    assert set(by_kind["cached"]) == {
+        f'vllm:prefix_cache_hits_total{{engine="{i}"}}' for i in range(4)
+    }
+    for kind, field_value in (
+        ("input", m.input_tokens),
+        ("output", m.output_tokens),
+        ("cached", m.cached_input_tokens),
+    ):
+        assert sum(by_kind[kind].values()) == field_value  # the series add up to the field
+    assert set(by_kind) == {"input", "output", "cached"}  # this fixture has no phase times
+
+
+def test_phase_times_are_summed_over_ranks_with_their_series() -> None:
+    _, models, _ = _read("vllm_v1.prom")
+    m = models[LLAMA]
+    assert m.prefill_seconds == pytest.approx(200.2 + 200.0)
+    assert m.decode_seconds == pytest.approx(3903.9 + 3900.0)
+    assert [s.key for s in m.series if s.kind == "prefill_seconds"] == [
+        'vllm:request_prefill_time_seconds_sum{engine="0"}',
+        'vllm:request_prefill_time_seconds_sum{engine="1"}',
+    ]
+    _, llama, _ = _read("llamacpp.prom")
+    assert (llama[""].prefill_seconds, llama[""].decode_seconds) == (737.358, 6452.51)
+
+
+def test_lmdeploy_phase_times_from_its_histogram_sums() -> None:
+    body = (
+        'lmdeploy:prompt_tokens_total{engine="0",model_name="q"} 10\n'
+        'lmdeploy:generation_tokens_total{engine="0",model_name="q"} 4\n'
+        'lmdeploy:request_prefill_time_seconds_sum{engine="0",model_name="q"} 1.5\n'
+        'lmdeploy:request_decode_time_seconds_sum{engine="0",model_name="q"} 6.25\n'
+    )
+    (m,) = read_exposition(body).models
+    assert (m.prefill_seconds, m.decode_seconds) == (1.5, 6.25)
+
+
+def test_engines_without_phase_times_read_none() -> None:
+    _, models, _ = _read("sglang.prom")
+    m = models[QWEN]
+    assert (m.prefill_seconds, m.decode_seconds) == (None, None)
+    assert {s.kind for s in m.series} == {"input", "cached", "output"}
+
+
+def test_series_keys_escape_label_values_and_leave_out_the_model() -> None:
+    body = 'vllm:prompt_tokens_total{model_name="m",engine="0",x="a\\"b\\\\c\\nd"} 1\n'
+    (m,) = read_exposition(body).models
+    assert m.series[0].key == 'vllm:prompt_tokens_total{engine="0",x="a\\"b\\\\c\\nd"}'
+
+
+def test_an_invalid_series_drops_the_field_and_its_series() -> None:
+    result = read_exposition_detailed((FIXTURES / "vllm_nan_negative.prom").read_bytes())
+    bad = next(m for m in result.reading.models if m.model == "bad")
+    assert {s.kind for s in bad.series} == {"cached"}  # input and output are unknown
+
+
+def test_empty_body_is_one_clear_error() -> None:
+    for body in (b"", b"\n  \n", ""):
+        with pytest.raises(ParseError, match=r"^empty body"):
+            read_exposition(body)

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import gzip
-import shutil
+import io
+import os
 import socket
 import ssl
-import subprocess
+import threading
 import time
 import tracemalloc
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+import trustme
+from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from agent.clock import ManualClock
 from agent.config import ScrapeSettings, ServerSettings
+from agent.servers.inspect import inspect_command
 from agent.servers.scraper import (
     ACCEPT,
+    MAX_TOKEN_BYTES,
     ScrapeError,
     ServerScraper,
     accept_encoding,
-    make_client,
+    read_token_file,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -34,15 +38,10 @@ LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 Serve = Callable[..., Any]
 
 
-def _scraper(
-    url: str,
-    scrape: ScrapeSettings | None = None,
-    client: httpx.Client | None = None,
-    **server: Any,
-) -> ServerScraper:
+def _scraper(url: str, scrape: ScrapeSettings | None = None, **server: Any) -> ServerScraper:
     settings = scrape or ScrapeSettings(connect_timeout_seconds=1.0, read_timeout_seconds=2.0)
     config = ServerSettings.model_validate({"name": "s", "url": url, **server})
-    return ServerScraper(config, settings, client or make_client(settings))
+    return ServerScraper(config, settings)
 
 
 def _fail(scraper: ServerScraper) -> ScrapeError:
@@ -58,8 +57,7 @@ def test_scrapes_and_reads_a_vllm_server(serve: Serve) -> None:
     assert reading.models[0].model == LLAMA
     assert reading.models[0].input_tokens == 1_234_567
     (seen,) = server.seen
-    assert seen.headers["accept"] == ACCEPT
-    assert seen.headers["accept"].startswith("text/plain;version=0.0.4")
+    assert seen.headers["accept"] == ACCEPT == "text/plain;version=0.0.4"
     assert "authorization" not in seen.headers
 
 
@@ -140,7 +138,7 @@ def test_deadline_is_measured_on_the_injected_clock(serve: Serve) -> None:
         def sleep(self, seconds: float) -> None:
             clock.sleep(seconds)
 
-    scraper = ServerScraper(config, scrape, make_client(scrape), clock=JumpingClock())
+    scraper = ServerScraper(config, scrape, clock=JumpingClock())
     assert _fail(scraper).reason == "timeout"
 
 
@@ -246,7 +244,8 @@ def test_cross_origin_redirect_gets_no_authorization(serve: Serve, tmp_path: Pat
     first = serve(lambda path: {"status": 302, "headers": {"Location": other.url("/moved")}})
     token_file = tmp_path / "token"
     token_file.write_text("secret")
-    reading = _scraper(first.url(), bearer_token_file=token_file).scrape()
+    scraper = _scraper(first.url(), bearer_token_file=token_file, cross_origin_redirects=True)
+    reading = scraper.scrape()
     assert reading.models[0].input_tokens == 1_234_567
     assert first.seen[0].headers["authorization"] == "Bearer secret"
     assert other.seen[0].path == "/moved"
@@ -286,8 +285,7 @@ def test_one_target_failing_does_not_touch_another(serve: Serve) -> None:
     good = serve(lambda path: {"body": VLLM})
     bad = serve(lambda path: {"status": 500})
     settings = ScrapeSettings()
-    client = make_client(settings)  # even sharing one client
-    scrapers = [_scraper(bad.url(), settings, client), _scraper(good.url(), settings, client)]
+    scrapers = [_scraper(bad.url(), settings), _scraper(good.url(), settings)]
     outcomes = []
     for scraper in scrapers:
         try:
@@ -297,13 +295,14 @@ def test_one_target_failing_does_not_touch_another(serve: Serve) -> None:
     assert outcomes == ["http_status", "vllm"]
 
 
-def test_start_time_header_of_llamacpp(serve: Serve) -> None:
+def test_llamacpp_start_header_is_not_taken_for_a_unix_time(serve: Serve) -> None:
+    # llama-server writes monotonic microseconds since boot in this header, not Unix seconds.
     body = (FIXTURES / "llamacpp.prom").read_bytes()
     server = serve(
-        lambda path: {"body": body, "headers": {"Process-Start-Time-Unix": "1767225600"}}
+        lambda path: {"body": body, "headers": {"Process-Start-Time-Unix": "5234567890123"}}
     )
     reading = _scraper(server.url()).scrape()
-    assert (reading.engine, reading.start_time_seconds) == ("llamacpp", 1767225600.0)
+    assert (reading.engine, reading.start_time_seconds) == ("llamacpp", None)
 
 
 def test_explicit_engine_from_settings(serve: Serve) -> None:
@@ -313,21 +312,322 @@ def test_explicit_engine_from_settings(serve: Serve) -> None:
     assert "no sglang metrics found" in error.message
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-def test_https_with_a_ca_file(serve: Serve, tmp_path: Path) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+# -- hostile servers on raw sockets --------------------------------------------------------
+
+Behaviour = Callable[[socket.socket, threading.Event], None]
+
+
+class RawServer:
+    """A TCP listener on 127.0.0.1 that runs ``behaviour(conn, stop)`` for each connection."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.stop = threading.Event()
+        self.accepted = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self._behaviour = behaviour
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/metrics"
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self._behaviour(conn, self.stop)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Behaviour], RawServer]]:
+    started: list[RawServer] = []
+
+    def start(behaviour: Behaviour) -> RawServer:
+        server = RawServer(behaviour)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _answer(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def _timed_fail(scraper: ServerScraper) -> tuple[ScrapeError, float]:
+    started = time.monotonic()
+    error = _fail(scraper)
+    return error, time.monotonic() - started
+
+
+HOSTILE_SECONDS = 4.0  # how long each hostile server keeps it up; the deadline is 0.5 s
+
+
+def test_headers_trickled_a_byte_at_a_time_are_cut_at_the_deadline(
+    raw_server: Callable[[Behaviour], RawServer],
+) -> None:
+    def trickle(conn: socket.socket, stop: threading.Event) -> None:
+        _read_request(conn)
+        until = time.monotonic() + HOSTILE_SECONDS
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+            if stop.wait(0.02) or time.monotonic() > until:
+                return
+            conn.sendall(bytes([byte]))
+
+    server = raw_server(trickle)
+    scrape = ScrapeSettings(connect_timeout_seconds=0.5, read_timeout_seconds=0.5)
+    error, elapsed = _timed_fail(_scraper(server.url, scrape))
+    assert error.reason == "timeout"
+    assert "within 0.5 s" in error.message
+    assert elapsed < HOSTILE_SECONDS / 2  # the deadline, not the server, ended it
+
+
+def test_endless_100_continue_is_cut_at_the_deadline(
+    raw_server: Callable[[Behaviour], RawServer],
+) -> None:
+    def flood(conn: socket.socket, stop: threading.Event) -> None:
+        _read_request(conn)
+        until = time.monotonic() + HOSTILE_SECONDS
+        while not stop.wait(0.01) and time.monotonic() < until:
+            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    server = raw_server(flood)
+    scrape = ScrapeSettings(connect_timeout_seconds=0.5, read_timeout_seconds=0.5)
+    error, elapsed = _timed_fail(_scraper(server.url, scrape))
+    assert error.reason == "timeout"
+    assert elapsed < HOSTILE_SECONDS / 2
+
+
+def test_one_connection_carries_every_scrape(serve: Serve) -> None:
+    server = serve(lambda path: {"body": VLLM})
+    scraper = _scraper(server.url())
+    for _ in range(120):
+        scraper.scrape()
+    assert scraper.connections_opened == 1
+    assert len({s.client_port for s in server.seen}) == 1 and len(server.seen) == 120
+
+
+def test_a_connection_the_server_closed_while_idle_costs_no_scrape(
+    raw_server: Callable[[Behaviour], RawServer],
+) -> None:
+    def one_answer_then_close(conn: socket.socket, stop: threading.Event) -> None:
+        _read_request(conn)
+        conn.sendall(_answer(VLLM))  # keep-alive by HTTP/1.1 rules, then hang up anyway
+
+    server = raw_server(one_answer_then_close)
+    scraper = _scraper(server.url)
+    for _ in range(3):
+        time.sleep(0.05)
+        assert scraper.scrape().engine == "vllm"
+    assert scraper.connections_opened == server.accepted == 3
+
+
+def test_dns_failure_has_its_own_reason() -> None:
+    error = _fail(_scraper("http://tokenergy-test.invalid:9/metrics"))
+    assert error.reason == "dns"
+    assert "cannot resolve tokenergy-test.invalid" in error.message
+
+
+def test_fifo_token_file_is_refused_without_blocking(serve: Serve, tmp_path: Path) -> None:
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)  # no writer: a blocking open would never return
+    server = serve(lambda path: {"body": VLLM})
+    result: list[ScrapeError] = []
+
+    def attempt() -> None:
+        result.append(_fail(_scraper(server.url(), bearer_token_file=fifo)))
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(3.0)
+    if worker.is_alive():  # free the stuck thread before failing
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("reading a FIFO token file blocked the scrape")
+    assert result[0].reason == "error"
+    assert "is not a regular file" in result[0].message
+    assert server.seen == []
+
+
+def test_token_file_over_the_cap_is_refused(serve: Serve, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"a" * (MAX_TOKEN_BYTES + 1))
+    server = serve(lambda path: {"body": VLLM})
+    error = _fail(_scraper(server.url(), bearer_token_file=token_file))
+    assert error.reason == "error"
+    assert f"is over {MAX_TOKEN_BYTES} bytes" in error.message
+    assert server.seen == []
+    token_file.write_bytes(b"a" * MAX_TOKEN_BYTES)
+    assert read_token_file(token_file) == b"a" * MAX_TOKEN_BYTES
+
+
+def _tls_server(serve: Serve, tmp_path: Path) -> tuple[Any, Path]:
+    ca = trustme.CA()
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(cert, key)
-    server = serve(lambda path: {"body": VLLM}, tls)
-    settings = ScrapeSettings()
-    trusted = _scraper(server.url(), settings, make_client(settings, ca_file=cert), ca_file=cert)
-    assert trusted.scrape().engine == "vllm"
-    error = _fail(_scraper(server.url(), settings, make_client(settings)))
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return serve(lambda path: {"body": VLLM}, tls), ca_file
+
+
+def test_https_is_verified_with_the_servers_ca_file(serve: Serve, tmp_path: Path) -> None:
+    server, ca_file = _tls_server(serve, tmp_path)
+    assert server.url().startswith("https://127.0.0.1:")
+    assert _scraper(server.url(), ca_file=ca_file).scrape().engine == "vllm"
+    error = _fail(_scraper(server.url()))  # the system store does not know this CA
     assert error.reason == "refused"
+    assert "TLS with" in error.message and "CERTIFICATE_VERIFY_FAILED" in error.message
+    missing = _fail(_scraper(server.url(), ca_file=tmp_path / "absent.pem"))
+    assert missing.reason == "error" and "cannot load ca_file" in missing.message
+
+
+def test_inspect_uses_the_ca_file(serve: Serve, tmp_path: Path) -> None:
+    server, ca_file = _tls_server(serve, tmp_path)
+    out, err = io.StringIO(), io.StringIO()
+    code = inspect_command(server.url(), "auto", True, io.BytesIO(), out, err, ca_file=ca_file)
+    assert (code, err.getvalue()) == (0, "")
+    assert '"engine": "vllm"' in out.getvalue()
+
+
+def test_cross_origin_redirect_is_not_followed_by_default(serve: Serve) -> None:
+    internal = serve(lambda path: {"body": b"internal-admin-secret\n"})
+    first = serve(lambda path: {"status": 302, "headers": {"Location": internal.url("/")}})
+    error = _fail(_scraper(first.url()))
+    assert error.reason == "http_status"
+    assert "cross_origin_redirects = true" in error.message
+    assert internal.seen == []  # the agent never probed it
+
+
+def test_a_redirect_targets_answer_is_never_shown(serve: Serve) -> None:
+    internal = serve(lambda path: {"body": b"internal-admin-secret\n", "status": 200})
+    first = serve(lambda path: {"status": 302, "headers": {"Location": internal.url("/")}})
+    error = _fail(_scraper(first.url(), cross_origin_redirects=True))
+    assert error.reason == "parse"
+    assert "content not shown" in error.message
+    assert "secret" not in str(error) and "internal-admin" not in str(error)
+    assert len(internal.seen) == 1
+
+
+def test_prometheus_client_server_answers_with_the_engines_names() -> None:
+    # prometheus_client answers OpenMetrics, with `vllm:x` escaped to `vllm_x`, to any Accept
+    # that lists openmetrics; the agent asks for the classic text format only.
+    registry = CollectorRegistry()
+    prompt = Counter("vllm:prompt_tokens", "Prompt tokens.", ["model_name"], registry=registry)
+    output = Counter("vllm:generation_tokens", "Output.", ["model_name"], registry=registry)
+    prompt.labels(LLAMA).inc(70)
+    output.labels(LLAMA).inc(30)
+    httpd, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/metrics"
+        reading = _scraper(url).scrape()
+        fetched = _scraper(url).fetch()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert reading.engine == "vllm"
+    assert (reading.models[0].input_tokens, reading.models[0].output_tokens) == (70, 30)
+    assert fetched.content_type is not None and "version=0.0.4" in fetched.content_type
+
+
+def test_llamacpp_without_metrics_flag_gets_a_clear_error(serve: Serve) -> None:
+    server = serve(
+        lambda path: {"status": 501, "body": b'{"error":{"code":501,"message":"not supported"}}'}
+    )
+    error = _fail(_scraper(server.url(), engine="llamacpp"))
+    assert error.reason == "http_status"
+    assert "HTTP 501" in error.message and "start llama-server with --metrics" in error.message
+
+
+def test_llamacpp_router_mode_scrapes_one_model_without_loading_it(serve: Serve) -> None:
+    body = (FIXTURES / "llamacpp.prom").read_bytes()
+    server = serve(
+        lambda path: {"body": body} if "model=" in path else {"status": 400, "body": b"{}"}
+    )
+    error = _fail(_scraper(server.url(), engine="llamacpp"))
+    assert error.reason == "http_status"
+    assert 'set model = "NAME"' in error.message
+    reading = _scraper(server.url(), engine="llamacpp", model="qwen/Qwen3 8B").scrape()
+    assert reading.engine == "llamacpp"
+    assert server.seen[-1].path == "/metrics?model=qwen%2FQwen3%208B&autoload=false"
+    _scraper(server.url("/metrics?model=a"), engine="llamacpp").scrape()
+    assert server.seen[-1].path == "/metrics?model=a&autoload=false"
+
+
+def _chunked(body: bytes) -> bytes:
+    pieces = [body[i : i + 7000] for i in range(0, len(body), 7000)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("framing", ["gzip", "chunked", "gzip+chunked"])
+def test_connection_is_kept_after_gzip_and_chunked_bodies(
+    raw_server: Callable[[Behaviour], RawServer], framing: str
+) -> None:
+    body = gzip.compress(VLLM) if "gzip" in framing else VLLM
+    head = b"HTTP/1.1 200 OK\r\n" + (b"Content-Encoding: gzip\r\n" if "gzip" in framing else b"")
+    if "chunked" in framing:
+        answer = head + b"Transfer-Encoding: chunked\r\n\r\n" + _chunked(body)
+    else:
+        answer = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    def keep_alive(conn: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set() and _read_request(conn):
+            conn.sendall(answer)
+
+    server = raw_server(keep_alive)
+    scraper = _scraper(server.url)
+    for _ in range(3):
+        assert scraper.scrape().models[0].output_tokens == 456_789
+    assert scraper.connections_opened == server.accepted == 1
+
+
+def test_an_openmetrics_answer_with_escaped_names_is_read_by_its_content_type(
+    serve: Serve,
+) -> None:
+    # A server that answers OpenMetrics whatever we ask (prometheus_client >= 0.23 does when
+    # Accept lists it at all): sample names lose their colon, the TYPE line keeps it.
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    registry = CollectorRegistry()
+    counter = Counter("sglang:prompt_tokens", "Prompt tokens.", ["model_name"], registry=registry)
+    counter.labels("m1").inc(42)
+    Counter("sglang:generation_tokens", "Gen.", ["model_name"], registry=registry).labels(
+        "m1"
+    ).inc(5)
+    body = generate_latest(registry)  # type: ignore[no-untyped-call]
+    content_type = (
+        "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=underscores"
+    )
+    assert b"sglang_prompt_tokens_total" in body
+    server = serve(lambda path: {"body": body, "headers": {"Content-Type": content_type}})
+    reading = _scraper(server.url()).scrape()
+    assert reading.engine == "sglang"
+    assert [(m.model, m.input_tokens, m.output_tokens) for m in reading.models] == [
+        ("m1", 42.0, 5.0)
+    ]

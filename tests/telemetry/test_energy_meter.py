@@ -1,4 +1,8 @@
-"""The pure energy meter: counter deltas, resets, glitches, trapezoid integration, gaps."""
+"""The pure energy meter: counter deltas, resets, glitches, trapezoid integration, gaps.
+
+The meter keeps no total (the ledger accumulates); these tests sum the per-interval joules it
+hands out, as the ledger does.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.gpu.energy import EnergyMeter
+from agent.gpu.energy import EnergyMeter, MeterStep
 
 Reading = tuple[float, float | None, float | None]  # (t s, raw energy J or None, power W or None)
+
+
+def _feed(meter: EnergyMeter, readings: list[Reading]) -> list[MeterStep]:
+    return [meter.step(*reading) for reading in readings]
+
+
+def _total(steps: list[MeterStep]) -> float:
+    return math.fsum(s.added_joules for s in steps)
+
 
 METER_CASES: list[tuple[str, list[Reading], float, int]] = [
     # (case, readings, expected total J, expected resets)
@@ -68,11 +81,9 @@ METER_CASES: list[tuple[str, list[Reading], float, int]] = [
     ids=[c[0] for c in METER_CASES],
 )
 def test_meter_total(readings: list[Reading], expected: float, resets: int) -> None:
-    meter = EnergyMeter()
-    for t, energy, power in readings:
-        meter.update(t, energy, power)
-    assert meter.total_joules == pytest.approx(expected, rel=1e-12, abs=1e-9)
-    assert meter.resets == resets
+    steps = _feed(EnergyMeter(), readings)
+    assert _total(steps) == pytest.approx(expected, rel=1e-12, abs=1e-9)
+    assert sum(s.reset for s in steps) == resets
 
 
 NOTE = "note_possible_reset"
@@ -111,13 +122,14 @@ HINT_CASES: list[tuple[str, list[Reading | str], float, int]] = [
 )
 def test_meter_after_nvml_reinit(steps: list[Reading | str], expected: float, resets: int) -> None:
     meter = EnergyMeter()
+    out: list[MeterStep] = []
     for step in steps:
         if isinstance(step, str):
             meter.note_possible_reset()
         else:
-            meter.update(*step)
-    assert meter.total_joules == pytest.approx(expected)
-    assert meter.resets == resets
+            out.append(meter.step(*step))
+    assert _total(out) == pytest.approx(expected)
+    assert sum(s.reset for s in out) == resets
 
 
 SOURCE_CASES: list[tuple[list[Reading], str | None]] = [
@@ -132,24 +144,18 @@ SOURCE_CASES: list[tuple[list[Reading], str | None]] = [
 def test_meter_reports_how_the_last_interval_was_counted(
     readings: list[Reading], source: str | None
 ) -> None:
-    meter = EnergyMeter()
-    for reading in readings:
-        meter.update(*reading)
-    assert meter.last_source == source
+    assert _feed(EnergyMeter(), readings)[-1].source == source
 
 
-def test_meter_records_unmeasured_time() -> None:
-    meter = EnergyMeter()
-    meter.update(0, None, None)
-    meter.update(4, None, 10.0)
-    meter.update(5, None, 10.0)
-    assert meter.unmeasured_seconds == 4
-    assert meter.total_joules == 10.0
+def test_meter_says_when_an_interval_is_unmeasured() -> None:
+    steps = _feed(EnergyMeter(), [(0, None, None), (4, None, 10.0), (5, None, 10.0)])
+    assert [s.source for s in steps] == [None, None, "integrated"]
+    assert _total(steps) == 10.0
 
 
 def test_step_flags_the_reset() -> None:
     meter = EnergyMeter()
-    meter.update(0, 5000.0, 1.0)
+    meter.step(0, 5000.0, 1.0)
     step = meter.step(1, 3.0, 1.0)
     assert step.reset
     assert step.added_joules == 3.0
@@ -169,15 +175,15 @@ BAD_INPUTS: list[tuple[Reading, str]] = [
 def test_bad_reading_is_refused_with_its_name(reading: Reading, named: str) -> None:
     meter = EnergyMeter()
     with pytest.raises(ValueError, match=named):
-        meter.update(*reading)
-    assert meter.total_joules == 0.0
+        meter.step(*reading)
+    assert meter.step(2.0, 10.0, 1.0).added_joules == 0.0, "the refused reading set no base"
 
 
 def test_time_going_back_is_refused() -> None:
     meter = EnergyMeter()
-    meter.update(10, 1.0, 1.0)
+    meter.step(10, 1.0, 1.0)
     with pytest.raises(ValueError, match="went back"):
-        meter.update(9, 2.0, 1.0)
+        meter.step(9, 2.0, 1.0)
 
 
 @pytest.mark.parametrize("ratio", [-0.1, float("nan"), float("inf")])
@@ -196,13 +202,50 @@ def test_bad_glitch_tolerance_is_refused(ratio: float) -> None:
         max_size=60,
     )
 )
-def test_meter_never_decreases(steps: list[tuple[float, float | None, float | None]]) -> None:
+def test_meter_hands_out_finite_non_negative_joules(
+    steps: list[tuple[float, float | None, float | None]],
+) -> None:
     meter = EnergyMeter()
     t = 0.0
-    previous = 0.0
     for dt, energy, power in steps:
         t += dt
-        total = meter.update(t, energy, power)
-        assert total >= previous
-        assert math.isfinite(total)
-        previous = total
+        added = meter.step(t, energy, power, 700.0).added_joules
+        assert added >= 0 and math.isfinite(added)
+
+
+# -- glitch guard ---------------------------------------------------------------------------
+
+
+def test_an_absurd_counter_sample_is_not_counted_and_changes_nothing() -> None:
+    # 700 W limit, 1 s apart: at most 1,400 J per interval.
+    meter = EnergyMeter()
+    readings = [1000.0, 1500.0, 9.2e18, 2000.0, 2600.0]
+    steps = [meter.step(float(t), e, 500.0, 700.0) for t, e in enumerate(readings)]
+    assert [s.added_joules for s in steps] == [0.0, 500.0, 0.0, 500.0, 600.0]
+    assert [s.implausible for s in steps] == [False, False, True, False, False]
+
+
+def test_a_reset_to_an_impossible_value_is_not_counted() -> None:
+    meter = EnergyMeter()
+    steps = [meter.step(float(t), e, 500.0, 700.0) for t, e in enumerate([5e6, 5e6 + 500, 1e9])]
+    assert steps[-1].implausible and steps[-1].added_joules == 0.0
+
+
+def test_a_counter_that_keeps_counting_from_a_new_level_is_rebased() -> None:
+    meter = EnergyMeter()
+    readings = [1000.0, 1e12, 1e12 + 400, 1e12 + 900]
+    steps = [meter.step(float(t), e, 500.0, 700.0) for t, e in enumerate(readings)]
+    assert [s.added_joules for s in steps] == [0.0, 0.0, 400.0, 500.0]
+
+
+def test_unknown_power_limit_uses_a_ceiling_above_any_gpu() -> None:
+    meter = EnergyMeter()
+    meter.step(0.0, 0.0, None, None)
+    assert meter.step(1.0, 3_000.0, None, None).added_joules == 3_000.0
+    assert meter.step(2.0, 3_000.0 + 1e6, None, None).implausible
+
+
+@pytest.mark.parametrize("ratio", [0.5, float("nan")])
+def test_bad_power_ratio_is_refused(ratio: float) -> None:
+    with pytest.raises(ValueError, match="max_power_ratio"):
+        EnergyMeter(max_power_ratio=ratio)

@@ -27,6 +27,25 @@ def by_index(statuses: tuple[GpuStatus, ...]) -> dict[int, GpuStatus]:
     return {s.device.index: s for s in statuses}
 
 
+class Handed:
+    """A monitor's polls, with the joules each hands over summed per GPU, as the ledger does.
+
+    The monitor keeps no energy total: each joule goes out in exactly one poll.
+    """
+
+    def __init__(self, monitor: GpuMonitor) -> None:
+        self.monitor = monitor
+        self.joules: dict[int, float] = {}
+
+    def poll(self) -> tuple[GpuStatus, ...]:
+        statuses = self.monitor.poll()
+        for s in statuses:
+            assert s.energy_joules_added >= 0
+            i = s.device.index
+            self.joules[i] = self.joules.get(i, 0.0) + s.energy_joules_added
+        return statuses
+
+
 def test_all_gpus_read_and_energy_counts_from_the_first_read(
     make_sim: SimFactory, make_monitor: MonitorFactory, clock: ManualClock
 ) -> None:
@@ -35,18 +54,19 @@ def test_all_gpus_read_and_energy_counts_from_the_first_read(
         sim.set_load(i, 0.5)
     clock.advance(2.0)  # past the 1 s power average
     monitor = make_monitor(sim)
+    handed = Handed(monitor)
     monitor.start()
     assert monitor.nvml_up()
     start = [sim.true_energy_joules(i) for i in range(4)]
-    first = monitor.poll()
+    first = handed.poll()
     assert all(s.up and s.error is None for s in first)
-    assert all(s.energy_joules_total == 0.0 for s in first)
+    assert all(s.energy_joules_added == 0.0 for s in first)
     clock.advance(10.0)
-    statuses = monitor.poll()
-    for i, status in by_index(statuses).items():
+    statuses = handed.poll()
+    for i in by_index(statuses):
         truth = sim.true_energy_joules(i) - start[i]
         # counter GPUs exactly (whole mJ); the P100 integrates a constant power exactly too
-        assert status.energy_joules_total == pytest.approx(truth, abs=2e-3)
+        assert handed.joules[i] == pytest.approx(truth, abs=2e-3)
     assert [s.device.energy_source for s in statuses] == [
         "counter",
         "counter",
@@ -71,19 +91,21 @@ def test_lost_gpu_is_down_while_the_others_go_on(
     sim = make_sim(("H100-SXM-80GB", "A100-40GB", "L4"))
     log = logging.getLogger("tokenergy.test.lost")
     monitor = make_monitor(sim, log=log)
-    monitor.poll()
+    handed = Handed(monitor)
+    handed.poll()
     clock.advance(1.0)
-    before = by_index(monitor.poll())
+    before = by_index(handed.poll())
+    joules_before = dict(handed.joules)
     sim.lose_gpu(1)
     with caplog.at_level(logging.WARNING, log.name):
         for _ in range(10):
             clock.advance(1.0)
-            after = by_index(monitor.poll())
+            after = by_index(handed.poll())
     assert not after[1].up and after[1].error == "gpu_lost"
-    assert after[1].energy_joules_total == before[1].energy_joules_total
+    assert handed.joules[1] == joules_before[1]
     assert after[1].reading == before[1].reading  # the last good reading, stale
     assert after[0].up and after[2].up
-    assert after[0].energy_joules_total > before[0].energy_joules_total
+    assert handed.joules[0] > joules_before[0]
     assert monitor.nvml_up()
     assert monitor.error_counts() == {("1", "gpu_lost"): 10}
     assert sum("GPU 1" in r.getMessage() for r in caplog.records) == 1  # once, not per cycle
@@ -98,20 +120,19 @@ def test_driver_reload_reinitialises_with_backoff_in_virtual_time(
     monitor.start()
     t0 = clock.monotonic()
     first_truth = [sim.true_energy_joules(i) for i in range(2)]
-    monitor.poll()
+    handed = Handed(monitor)
+    handed.poll()
     clock.advance(1.0)
-    monitor.poll()
+    handed.poll()
     sim.reload_driver(downtime_seconds=10.0)  # right after a read: nothing unobservable
     init_times = []
-    totals: list[float] = []
     up_after: float | None = None
     for _ in range(30):
         clock.advance(1.0)
         inits = sim.calls("nvmlInit")
-        statuses = monitor.poll()
+        statuses = handed.poll()
         if sim.calls("nvmlInit") > inits:
             init_times.append(clock.monotonic() - t0)
-        totals.append(statuses[0].energy_joules_total)
         if up_after is None and monitor.nvml_up():
             up_after = clock.monotonic() - t0
         if not monitor.nvml_up():
@@ -120,12 +141,11 @@ def test_driver_reload_reinitialises_with_backoff_in_virtual_time(
     # error seen at t=2; tries at +2, then +4, then +5 (capped), +5...; driver back at t=11
     assert init_times == [4.0, 8.0, 13.0]
     assert up_after == 13.0
-    assert totals == sorted(totals)  # never decreases
-    final = monitor.poll()
+    final = handed.poll()
     for i in range(2):
         truth = sim.true_energy_joules(i) - first_truth[i]
         assert final[i].up
-        assert final[i].energy_joules_total == pytest.approx(truth, abs=5e-3)
+        assert handed.joules[i] == pytest.approx(truth, abs=5e-3)
     assert monitor.error_counts()[("0", "driver")] == 1
     assert monitor.error_counts()[(NVML_WIDE, "unavailable")] == 2
 
@@ -139,19 +159,20 @@ def test_second_reload_hidden_above_the_old_counter_is_not_lost(
     sim.set_load(0, 1.0)
     clock.advance(5.0)
     monitor = make_monitor(sim)
-    monitor.poll()
+    handed = Handed(monitor)
+    handed.poll()
     start = sim.true_energy_joules(0)
     sim.reload_driver()
     for _ in range(2):
         clock.advance(1.0)
-        monitor.poll()
+        handed.poll()
     assert monitor.nvml_up()
     sim.reload_driver(downtime_seconds=20.0)
     for _ in range(40):
         clock.advance(1.0)
-        status = monitor.poll()[0]
+        status = handed.poll()[0]
     assert status.up
-    assert status.energy_joules_total == pytest.approx(sim.true_energy_joules(0) - start, rel=1e-9)
+    assert handed.joules[0] == pytest.approx(sim.true_energy_joules(0) - start, rel=1e-9)
 
 
 def test_backoff_doubles_up_to_the_maximum(
@@ -207,9 +228,9 @@ def test_hung_call_leaves_that_gpu_stale_and_poll_returns(
     assert elapsed < 30.0  # far below the 60 s hang: the deadline, not the call, ended it
     assert not hung[1].up and hung[1].error == "timeout"
     assert hung[1].reading == good[1].reading
-    assert hung[1].energy_joules_total == good[1].energy_joules_total
+    assert hung[1].energy_joules_added == 0.0
     assert hung[0].up
-    assert hung[0].energy_joules_total > good[0].energy_joules_total
+    assert hung[0].energy_joules_added > 0.0
     assert monitor.nvml_up()
 
 
@@ -219,15 +240,16 @@ def test_hung_calls_never_pile_up_and_recover_after_release(
     sim = make_sim(("H100-SXM-80GB", "L4"))
     sim.set_load(1, 1.0)
     monitor = make_monitor(sim, read_timeout_seconds=0.05)
-    monitor.poll()
+    handed = Handed(monitor)
+    handed.poll()
     first_truth = sim.true_energy_joules(1)
     sim.hang("*", 60.0, index=1)
     clock.advance(1.0)
-    monitor.poll()
+    handed.poll()
     threads = set(threading.enumerate())
     for _ in range(8):
         clock.advance(1.0)
-        statuses = monitor.poll()
+        statuses = handed.poll()
         assert not statuses[1].up and statuses[1].error == "timeout"
     assert set(threading.enumerate()) - threads == set()  # no new thread per poll
     assert sim.blocked_calls() == 1  # one call in the driver, none queued behind it
@@ -235,14 +257,12 @@ def test_hung_calls_never_pile_up_and_recover_after_release(
     sim.release_hangs()
     clock.advance(1.0)
     deadline = time.monotonic() + 10.0
-    statuses = monitor.poll()
+    statuses = handed.poll()
     while not statuses[1].up and time.monotonic() < deadline:
-        statuses = monitor.poll()
+        statuses = handed.poll()
     assert statuses[1].up and statuses[1].error is None
     # nothing lost over the hang: the counter delta covers it
-    assert statuses[1].energy_joules_total == pytest.approx(
-        sim.true_energy_joules(1) - first_truth, abs=5e-3
-    )
+    assert handed.joules[1] == pytest.approx(sim.true_energy_joules(1) - first_truth, abs=5e-3)
 
 
 def test_hung_init_does_not_block_start_or_poll(
@@ -273,14 +293,14 @@ def test_energy_not_supported_is_integrated(
     sim.set_not_supported(0, "energy")
     sim.set_load(0, 1.0)
     clock.advance(5.0)
-    monitor = make_monitor(sim)
-    monitor.poll()
+    handed = Handed(make_monitor(sim))
+    handed.poll()
     for _ in range(10):
         clock.advance(1.0)
-        status = monitor.poll()[0]
+        status = handed.poll()[0]
     assert status.device.energy_source == "integrated"
     assert status.reading is not None and status.reading.energy_joules is None
-    assert status.energy_joules_total == pytest.approx(650.0 * 10.0)
+    assert handed.joules[0] == pytest.approx(650.0 * 10.0)
 
 
 def test_field_that_becomes_unsupported_mid_run_switches_to_integration(
@@ -288,17 +308,17 @@ def test_field_that_becomes_unsupported_mid_run_switches_to_integration(
 ) -> None:
     sim = make_sim(("A100-40GB",))
     sim.set_load(0, 0.2)
-    monitor = make_monitor(sim)
-    monitor.poll()
+    handed = Handed(make_monitor(sim))
+    handed.poll()
     start = sim.true_energy_joules(0)
     clock.advance(3.0)
-    monitor.poll()
+    handed.poll()
     sim.set_not_supported(0, "energy")
     for _ in range(4):
         clock.advance(2.0)
-        status = monitor.poll()[0]
+        status = handed.poll()[0]
     assert status.up
-    assert status.energy_joules_total == pytest.approx(sim.true_energy_joules(0) - start)
+    assert handed.joules[0] == pytest.approx(sim.true_energy_joules(0) - start)
 
 
 def test_mig_gpu_is_read_as_whole_gpu_without_errors(
@@ -310,17 +330,18 @@ def test_mig_gpu_is_read_as_whole_gpu_without_errors(
     sim.set_processes(1, [31, 32])
     sim.set_load(1, 0.5)
     monitor = make_monitor(sim)
-    monitor.poll()
+    handed = Handed(monitor)
+    handed.poll()
     start = sim.true_energy_joules(1)
     clock.advance(4.0)
-    statuses = monitor.poll()
+    statuses = handed.poll()
     assert all(s.up and s.device.mig_enabled for s in statuses)
     assert monitor.error_counts() == {}
     reading = statuses[1].reading
     assert reading is not None
     assert reading.utilization_ratio is None
     assert [p.pid for p in reading.processes] == [31, 32]
-    assert statuses[1].energy_joules_total == pytest.approx(sim.true_energy_joules(1) - start)
+    assert handed.joules[1] == pytest.approx(sim.true_energy_joules(1) - start)
 
 
 def test_lost_gpu_stays_listed_after_a_reinit(
