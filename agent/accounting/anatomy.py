@@ -336,6 +336,11 @@ class PhaseAnatomy:
         state = self._servers.get(server)
         return None if state is None else state.regression.coefficients()
 
+    def trusted(self, server: str) -> PhaseCoefficients | None:
+        """The server's regression fit when it separates input from output, else None."""
+        state = self._servers.get(server)
+        return None if state is None else state.regression.separated()
+
     def share(self, server: str, delta: PhaseDelta) -> PhaseShare:
         """How one model's interval energy divides between input and output.
 
@@ -359,12 +364,13 @@ class PhaseAnatomy:
                 fraction = _fraction(a * state.computed, b * state.output)
             if fraction is not None:
                 return PhaseShare("regression", fraction, a)
+        fraction = None
         if delta.prefill_seconds is not None and delta.decode_seconds is not None:
             fraction = _fraction(delta.prefill_seconds, delta.decode_seconds)
-            if fraction is None:
-                fraction = _fraction(state.prefill_seconds, state.decode_seconds)
-            if fraction is not None:
-                return PhaseShare("time", fraction)
+        if fraction is None:
+            fraction = _fraction(state.prefill_seconds, state.decode_seconds)
+        if fraction is not None:
+            return PhaseShare("time", fraction)
         return PhaseShare("none", None)
 
 
