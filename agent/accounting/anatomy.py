@@ -169,6 +169,12 @@ class PhaseRegression:
         self._xy = [0.0] * 3
         self._yy = 0.0
         self._weight = 0.0  # effective number of intervals
+        # Residuals of consecutive intervals are correlated (a workload mix lasts longer than
+        # one interval): their lag-1 correlation widens the standard errors, Newey-West style.
+        self._fit: tuple[float, float, float] | None = None
+        self._last_residual: float | None = None
+        self._rr = 0.0
+        self._rl = 0.0
 
     def update(
         self, dt_seconds: float, energy_joules: float, computed_input: float, output: float
@@ -186,12 +192,25 @@ class PhaseRegression:
             return
         lam = self._settings.forgetting
         x = (computed_input / _TOKEN_SCALE, output / _TOKEN_SCALE, dt_seconds)
+        if self._fit is not None:
+            residual = energy_joules - sum(t * v for t, v in zip(self._fit, x, strict=True))
+            self._rr = lam * self._rr + residual * residual
+            if self._last_residual is not None:
+                self._rl = lam * self._rl + residual * self._last_residual
+            self._last_residual = residual
         for i in range(3):
             self._xy[i] = lam * self._xy[i] + x[i] * energy_joules
             for j in range(3):
                 self._xx[i][j] = lam * self._xx[i][j] + x[i] * x[j]
         self._yy = lam * self._yy + energy_joules * energy_joules
         self._weight = lam * self._weight + 1.0
+        fit = self.coefficients()
+        if fit is not None:
+            self._fit = (
+                fit.joules_per_input_token * _TOKEN_SCALE,
+                fit.joules_per_output_token * _TOKEN_SCALE,
+                fit.idle_watts,
+            )
 
     def coefficients(self) -> PhaseCoefficients | None:
         """The current fit, or None before any interval (or when nothing can be solved).
@@ -227,6 +246,8 @@ class PhaseRegression:
             return None
         sse, active, theta, inverse = best
         variance = sse / max(self._weight - len(active), 1.0)
+        rho = min(max(self._rl / self._rr, 0.0), 0.9) if self._rr > 0 else 0.0
+        variance *= (1.0 + rho) / (1.0 - rho)
         full = [0.0, 0.0, 0.0]
         errors = [math.inf, math.inf, math.inf]
         for i, k in enumerate(active):

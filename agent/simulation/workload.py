@@ -64,6 +64,11 @@ FAULT_SCENARIOS: tuple[str, ...] = (
 SCENARIOS: tuple[str, ...] = BASE_SCENARIOS + FAULT_SCENARIOS
 """Every scenario name :class:`Workload` accepts."""
 
+PREFILL_SPREAD_TICKS = 20
+"""Ticks over which a request's prompt is processed after it arrives (1 s, chunked prefill):
+its prompt tokens are counted, and their energy spent, a twentieth per tick, so a burst of
+long prompts never asks more of a GPU in one tick than it can do."""
+
 MIN_PROMPT_MIX = 0.3
 MAX_PROMPT_MIX = 1.8
 """Range of the bursty scenario's prompt-length multiplier, drawn per second: request mixes
@@ -345,6 +350,12 @@ class TickLoad:
     prefill_work: float = 0.0
 
 
+def _part(tokens: int, offset: int) -> int:
+    """The share of ``tokens`` processed ``offset`` ticks after arrival (integers, exact sum)."""
+    base, extra = divmod(tokens, PREFILL_SPREAD_TICKS)
+    return base + (1 if offset < extra else 0)
+
+
 def _splitmix64(x: int) -> int:
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -556,18 +567,17 @@ class Workload:
         mix = self.prompt_mix(server, tick)
         output_rate = d * ranks * p.peak_work_per_second_per_gpu * p.output_share_of_work(mix)
         rps = output_rate / p.mean_output_tokens
-        arrivals = _poisson(rps * TICK_SECONDS, (seed, key, _S_ARRIVALS, tick))
+        arrivals = self._prompts(server, tick)[0]
+        # A request's prompt is processed (counted, and its energy spent) over the ticks after
+        # it arrives (chunked prefill), not all in its arrival tick: that keeps one burst of
+        # long prompts from asking more of the GPU in a tick than it can do.
+        prompt = cached = 0
+        for j in range(max(0, tick - PREFILL_SPREAD_TICKS + 1), tick + 1):
+            if self.active(server, j):
+                _, arrived, hits = self._prompts(server, j)
+                prompt += _part(arrived, tick - j)
+                cached += _part(hits, tick - j)
         finished = _poisson(rps * TICK_SECONDS, (seed, key, _S_FINISH, tick))
-        prompt = 0
-        mean_prompt = p.mean_prompt_tokens * mix
-        for i in range(arrivals):
-            # Prompt lengths spread over 0.25x .. 1.75x the mean.
-            u = _uniform(seed, key, _S_PROMPT, tick, i)
-            prompt += max(1, round(mean_prompt * (0.25 + 1.5 * u)))
-        share = p.cache_hit_share * (0.8 + 0.4 * _uniform(seed, key, _S_CACHE, tick))
-        cached = min(
-            prompt, _round_stochastic(prompt * share, _uniform(seed, key, _S_CACHE, tick, 1))
-        )
         gen_mean = output_rate * TICK_SECONDS
         gen_noise = 0.9 + 0.2 * _uniform(seed, key, _S_GEN, tick)
         generation = _round_stochastic(gen_mean * gen_noise, _uniform(seed, key, _S_GEN, tick, 1))
@@ -610,6 +620,32 @@ class Workload:
             work=work,
             prefill_work=prefill_work,
         )
+
+    def _prompts(self, server: str, tick: int) -> tuple[int, int, int]:
+        """Requests that arrived in ``tick``, their prompt tokens and the cached part of them."""
+        p = self.profile(server)
+        key = self._keys[server]
+        seed = self.seed
+        mix = self.prompt_mix(server, tick)
+        output_rate = (
+            self.demand(server, tick)
+            * p.ranks
+            * p.peak_work_per_second_per_gpu
+            * p.output_share_of_work(mix)
+        )
+        rps = output_rate / p.mean_output_tokens
+        arrivals = _poisson(rps * TICK_SECONDS, (seed, key, _S_ARRIVALS, tick))
+        prompt = 0
+        mean_prompt = p.mean_prompt_tokens * mix
+        for i in range(arrivals):
+            # Prompt lengths spread over 0.25x .. 1.75x the mean.
+            u = _uniform(seed, key, _S_PROMPT, tick, i)
+            prompt += max(1, round(mean_prompt * (0.25 + 1.5 * u)))
+        share = p.cache_hit_share * (0.8 + 0.4 * _uniform(seed, key, _S_CACHE, tick))
+        cached = min(
+            prompt, _round_stochastic(prompt * share, _uniform(seed, key, _S_CACHE, tick, 1))
+        )
+        return arrivals, prompt, cached
 
     def cumulative(self, server: str, end_tick: int) -> tuple[int, int, int]:
         """Exact totals of ticks ``0 .. end_tick - 1`` recomputed from scratch.

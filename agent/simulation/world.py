@@ -375,7 +375,7 @@ class DemoWorld:
             utilization noise, which averages out.
         """
         profile = self.workload.profile(server)
-        return _phase_truth_of(profile, GPU_PROFILES[self._gpu_names[profile.gpus[0]]])
+        return phase_truth_of(profile, GPU_PROFILES[self._gpu_names[profile.gpus[0]]])
 
     def truth(self) -> dict[str, Any]:
         """Ground truth since the world's creation, in the truth-file format (no exposition).
@@ -428,7 +428,16 @@ class DemoWorld:
             }
 
 
-def _phase_truth_of(profile: ServerProfile, gpu: GpuProfile) -> dict[str, float]:
+def phase_truth_of(profile: ServerProfile, gpu: GpuProfile) -> dict[str, float]:
+    """The true energy model of a simulated server on a GPU model (see :meth:`phase_truth`).
+
+    Args:
+        profile: The server's workload profile.
+        gpu: The profile of the GPUs it runs on.
+
+    Returns:
+        ``joules_per_input_token``, ``joules_per_output_token`` (J) and ``idle_watts`` (W).
+    """
     # Dynamic power above the server's idle utilization is (max - idle) W x span x achieved,
     # and achieved = work / peak work: so each work unit costs the same energy on every rank.
     span = profile.busy_utilization - profile.idle_utilization
