@@ -26,7 +26,9 @@ PRICING = PricingSettings(electricity_per_kwh=0.10, pue=1.3)
 
 def _gpu(added: float) -> GpuStatus:
     reading = GpuReading(0, "GPU-0", 300.0, None, 0.5, None, None, 700.0)
-    return GpuStatus(GpuDevice(0, "GPU-0", "NVIDIA H100 80GB HBM3", "counter"), True, reading, added)
+    return GpuStatus(
+        GpuDevice(0, "GPU-0", "NVIDIA H100 80GB HBM3", "counter"), True, reading, added
+    )
 
 
 def _server(

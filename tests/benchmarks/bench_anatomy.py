@@ -37,15 +37,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.accounting.ledger import Ledger  # noqa: E402
-from agent.clock import ManualClock  # noqa: E402
-from agent.config import GpuSettings, PricingSettings  # noqa: E402
-from agent.gpu.monitor import GpuMonitor  # noqa: E402
-from agent.gpu.nvml import NvmlBackend  # noqa: E402
-from agent.readings import GpuStatus, ServerReading, ServerStatus, TokenReading  # noqa: E402
-from agent.simulation.nvml import GPU_PROFILES, SimulatedNvml  # noqa: E402
-from agent.simulation.workload import DEMO_SERVERS, TICK_SECONDS, Workload  # noqa: E402
-from agent.simulation.world import phase_truth_of  # noqa: E402
+from agent.accounting.ledger import Ledger
+from agent.clock import ManualClock
+from agent.config import GpuSettings, PricingSettings
+from agent.gpu.monitor import GpuMonitor
+from agent.gpu.nvml import NvmlBackend
+from agent.readings import GpuStatus, ServerReading, ServerStatus, TokenReading
+from agent.simulation.nvml import GPU_PROFILES, SimulatedNvml
+from agent.simulation.workload import DEMO_SERVERS, TICK_SECONDS, Workload
+from agent.simulation.world import phase_truth_of
 
 GPU = "H100-SXM-80GB"
 CYCLE_TICKS = 100  # 5 s
@@ -90,7 +90,9 @@ def simulate(seed: int, minutes: float) -> list[Result]:
     workload = Workload("bursty", seed)
     assignment = {s.name: [sim.uuid(g) for g in s.gpus] for s in DEMO_SERVERS}
     ledger = Ledger(PricingSettings(), 600.0)
-    totals_raw = {s.name: [0.0, 0.0, 0.0, 0.0, 0.0] for s in DEMO_SERVERS}  # in, out, cached, pf, dc
+    totals_raw = {
+        s.name: [0.0, 0.0, 0.0, 0.0, 0.0] for s in DEMO_SERVERS
+    }  # in, out, cached, pf, dc
     work = {s.name: [0.0, 0.0] for s in DEMO_SERVERS}  # computed input, output since baseline
     end_tick = round(minutes * 60 / TICK_SECONDS)
     # The first half lets the regression settle; the second half is compared with the truth.
