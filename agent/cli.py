@@ -341,6 +341,7 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     Returns:
         The wired, not yet started, agent.
     """
+    from agent.accounting.anatomy import PhaseSettings
     from agent.accounting.counters import counter_limits
     from agent.accounting.ledger import Ledger
     from agent.discovery import PsutilProcessTable, discover
@@ -374,6 +375,12 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
             pricing,
             settings.sampling.window_seconds,
             limits=counter_limits(settings.accounting),
+            phase=PhaseSettings(
+                forgetting=settings.accounting.phase_forgetting,
+                min_intervals=settings.accounting.phase_min_intervals,
+                max_relative_error=settings.accounting.phase_max_relative_error,
+            ),
+            kv_saturated_ratio=settings.accounting.kv_cache_saturated_ratio,
         ),
         discover=discover_now,
         clock=clock,

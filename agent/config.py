@@ -238,6 +238,36 @@ class AccountingSettings(_Section):
             "A model absent this long leaves /metrics; its totals fold into model `_other`, s."
         ),
     )
+    kv_cache_saturated_ratio: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description=(
+            "KV-cache usage at or above which a server with waiting requests counts as "
+            "saturated (tokenergy_kv_cache_saturated_seconds_total), 0..1."
+        ),
+    )
+    phase_forgetting: float = Field(
+        0.995,
+        gt=0.5,
+        le=1,
+        description=(
+            "Forgetting factor per interval of the input/output energy regression; 0.995 "
+            "remembers about 200 intervals."
+        ),
+    )
+    phase_min_intervals: int = Field(
+        24, ge=3, le=100_000, description="Intervals with tokens before the regression is used."
+    )
+    phase_max_relative_error: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description=(
+            "Largest relative standard error of J per input and per output token for the "
+            "regression to split energy; above it the time estimator (or none) is used."
+        ),
+    )
 
 
 class PricingSettings(_Section):
