@@ -171,7 +171,7 @@ def test_package_sources_are_all_copied() -> None:
 
 
 def test_every_import_package_is_listed_for_setuptools() -> None:
-    """A package left out of the explicit list works editable and is missing from `pip install .`."""
+    """A package left out of the explicit list works editable but not after `pip install .`."""
     listed = set(
         tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     )
