@@ -103,7 +103,7 @@ UNSUPPORTED_RETRY_READS = 60
 RETRIED_FIELDS = frozenset({"utilization", "memory", "power_limit"})
 """Fields asked again after NOT_SUPPORTED (MIG on/off); energy and power keep their source."""
 
-# Which NVML errors mean what for a monitor (reference gpu-telemetry.md §3.6).
+# Which NVML errors mean what for a monitor (NVIDIA nvml.h, the NVML_ERROR_* codes).
 _UNSUPPORTED = (NVMLError_NotSupported, NVMLError_FunctionNotFound, NVMLError_NoPermission)
 _LOST = (NVMLError_GpuIsLost, NVMLError_Unknown, NVMLError_GpuNotFound, NVMLError_ResetRequired)
 _DRIVER = (NVMLError_Uninitialized, NVMLError_LibRmVersionMismatch, NVMLError_DriverNotLoaded)
@@ -135,7 +135,7 @@ def _map_error(exc: BaseException, what: str) -> GpuError:
 
 
 def _text(value: Any) -> str:
-    """NVML strings are ``bytes`` in old bindings and ``str`` since 11.525 (reference §3.7)."""
+    """NVML strings are ``bytes`` in old bindings and ``str`` since 11.525 (vllm-project/vllm#7649)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
@@ -314,7 +314,7 @@ class NvmlBackend:
         )
 
         # Memory info v2 (used = allocated, reserved apart) needs driver >= 515 and
-        # nvidia-ml-py >= 11.510.69 (reference §3.4); else fall back to v1.
+        # nvidia-ml-py >= 11.510.69 (NVIDIA nvml.h, nvmlDeviceGetMemoryInfo_v2); else fall back to v1.
         memory_v2 = True
         try:
             self._nvml.nvmlDeviceGetMemoryInfo(handle, version=nvmlMemory_v2)
