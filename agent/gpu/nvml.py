@@ -135,7 +135,7 @@ def _map_error(exc: BaseException, what: str) -> GpuError:
 
 
 def _text(value: Any) -> str:
-    """NVML strings are ``bytes`` in old bindings and ``str`` since 11.525 (vllm-project/vllm#7649)."""
+    """NVML strings: ``bytes`` in old bindings, ``str`` since 11.525 (vllm-project/vllm#7649)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
@@ -314,7 +314,7 @@ class NvmlBackend:
         )
 
         # Memory info v2 (used = allocated, reserved apart) needs driver >= 515 and
-        # nvidia-ml-py >= 11.510.69 (NVIDIA nvml.h, nvmlDeviceGetMemoryInfo_v2); else fall back to v1.
+        # nvidia-ml-py >= 11.510.69 (nvml.h: nvmlDeviceGetMemoryInfo_v2); else fall back to v1.
         memory_v2 = True
         try:
             self._nvml.nvmlDeviceGetMemoryInfo(handle, version=nvmlMemory_v2)

@@ -9,9 +9,9 @@ Power model: board power follows the load given with :meth:`SimulatedNvml.set_lo
 ``idle + (max - idle) * load``, as a step function of time. The true energy is the exact
 integral of that step function (integrated at every load change and every read). What
 ``nvmlDeviceGetPowerUsage`` returns depends on the profile, as on real parts (NVIDIA
-nvml.h, nvmlDeviceGetPowerUsage): a trailing 1 s average on Ampere (except GA100) and newer (H100, L4),
-the instantaneous value on GA100 and older (A100, P100). The energy counter is the true energy
-since the last (simulated) driver load, in whole mJ (from 0 at the start of the simulation,
+nvml.h, nvmlDeviceGetPowerUsage): a trailing 1 s average on Ampere (except GA100) and newer
+(H100, L4), the instantaneous value on GA100 and older (A100, P100). The energy counter is the
+true energy since the last (simulated) driver load, in whole mJ (from 0 at the start of the simulation,
 or from idle energy over ``driver_uptime_seconds`` before it); it restarts at 0 on
 :meth:`SimulatedNvml.reload_driver`, and is unsupported on the pre-Volta P100.
 

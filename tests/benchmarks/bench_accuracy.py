@@ -26,7 +26,8 @@ Sampling phases are random per seed; windows are back to back on the agent's 5 s
 token counters are read exactly (the parser's exactness is tested elsewhere), so every error
 here is energy sampling and window alignment. Not modelled, common to every method: the
 ±5 % board gain error of real sensors and the H100's 25 %-of-the-time power sampling
-(Yang et al., SC'24, arXiv 2312.02741), which would make the power-based rows worse, not the counter rows.
+(Yang et al., SC'24, arXiv 2312.02741), which would make the power-based rows worse, not the
+counter rows.
 
 Rerun: ``.venv/bin/python tests/benchmarks/bench_accuracy.py [--seeds 3] [--minutes 30]``
 (about 30-60 s on 2 shared cores).

@@ -247,8 +247,8 @@ def test_energy_truth_is_conserved_across_servers_and_spare() -> None:
 
 
 def test_steady_energy_per_token_is_realistic() -> None:
-    # ML.ENERGY's longitudinal study (Llama 3.1 8B, H100): well-batched 8B-class on H100 ~0.1-0.2 J/output token
-    # at board power; llama.cpp serves far fewer tokens for the power.
+    # ML.ENERGY's longitudinal study (Llama 3.1 8B, H100): well-batched 8B-class on H100
+    # ~0.1-0.2 J/output token at board power; llama.cpp serves far fewer tokens for the power.
     world, clock = _world("steady", 0)
     _run(world, clock, 5.0)
     first = world.truth()
