@@ -281,7 +281,7 @@ def test_truth_delta_subtracts_every_number() -> None:
     assert delta["unattributed_energy_joules"] > 0
 
 
-# Token counter sample names per engine (each engine's metrics source; see agent/servers/profiles.py).
+# Token counter sample names per engine (see agent/servers/profiles.py).
 SAMPLES = {
     "vllm": ("vllm:prompt_tokens_total", "vllm:generation_tokens_total"),
     "sglang": ("sglang:prompt_tokens_total", "sglang:generation_tokens_total"),
