@@ -1,4 +1,4 @@
-"""The metric catalogue follows the Prometheus naming rules and is what exporters/README.md shows."""
+"""The metric catalogue follows the Prometheus naming rules and is what exporters/README shows."""
 
 from __future__ import annotations
 
