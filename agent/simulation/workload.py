@@ -7,10 +7,11 @@ after the world started. Token counts per tick are integers, so a caller that su
 exact totals (no float drift), and :meth:`Workload.cumulative` recomputes the same totals from
 scratch.
 
-The numbers are chosen to match published GPU-board figures (reference gpu-telemetry.md §5):
-an H100 serving an 8B model at ~70 % utilization draws ~500 W (with a power model of about
-70 W idle + 630 W x utilization) and produces ~3,000 output tokens/s, i.e. ~0.17 J per output
-token; llama.cpp is less efficient (~0.6 J/token); an idle-heavy server is far worse.
+The numbers are chosen to match published GPU-board figures (ML.ENERGY's measurements of vLLM, and
+the sources cited below): an H100 serving an 8B model at ~70 % utilization draws ~500 W (with a
+power model of about 70 W idle + 630 W x utilization) and produces ~3,000 output tokens/s, i.e.
+~0.17 J per output token; llama.cpp is less efficient (~0.6 J/token); an idle-heavy server is far
+worse.
 
 Scenarios:
     steady: constant demand with per-tick noise.
@@ -148,7 +149,7 @@ class ServerProfile:
 
 DEMO_SERVERS: tuple[ServerProfile, ...] = (
     # Llama 3.1 8B on H100 with vLLM: ~3,000 output tok/s per GPU at 70 % demand (ML.ENERGY
-    # measured 0.12-0.20 J/token at batch 64, reference §5).
+    # measured 0.12-0.20 J/token at batch 64, ML.ENERGY).
     ServerProfile(
         name="vllm",
         engine="vllm",

@@ -18,7 +18,7 @@ exact output tokens, over the same window):
 - **DIY dcgm-exporter**: ``avg_over_time(DCGM_FI_DEV_POWER_USAGE[w]) /
   rate(vllm:generation_tokens_total[w])`` with Prometheus scraping every 15 s and
   dcgm-exporter collecting power every 15 s or every 30 s (its default, ``-c 30000``, so
-  every other scrape repeats the value; reference gpu-telemetry.md §1.3);
+  every other scrape repeats the value; dcgm-exporter's --collect-interval, pkg/cmd/app.go);
 - **DIY NVML counter**: ``increase(energy[w]) / increase(tokens[w])`` with the NVML energy
   counter read at the same 15 s scrapes.
 
@@ -26,7 +26,8 @@ Sampling phases are random per seed; windows are back to back on the agent's 5 s
 token counters are read exactly (the parser's exactness is tested elsewhere), so every error
 here is energy sampling and window alignment. Not modelled, common to every method: the
 ±5 % board gain error of real sensors and the H100's 25 %-of-the-time power sampling
-(gpu-telemetry.md §4.1), which would make the power-based rows worse, not the counter rows.
+(Yang et al., SC'24, arXiv 2312.02741), which would make the power-based rows worse, not the
+counter rows.
 
 Rerun: ``.venv/bin/python tests/benchmarks/bench_accuracy.py [--seeds 3] [--minutes 30]``
 (about 30-60 s on 2 shared cores).

@@ -23,8 +23,8 @@ Loads:
   interval), 0.05-3 s apart, idle in between.
 
 The simulated counter is exact by construction (whole mJ), so its error is the floor; real
-counters and real power sensors share a ~5 % board gain error (reference gpu-telemetry.md
-§4.1), which this benchmark does not model.
+counters and real power sensors share a ~5 % board gain error (Yang et al.,
+SC'24, arXiv 2312.02741), which this benchmark does not model.
 """
 
 from __future__ import annotations

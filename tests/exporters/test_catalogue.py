@@ -1,4 +1,4 @@
-"""The metric catalogue follows the Prometheus naming rules and is what the README shows."""
+"""The metric catalogue follows the Prometheus naming rules and is what exporters/README shows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from exporters.catalogue import BY_NAME, METRICS, MetricSpec, render_markdown_table
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "exporters" / "README.md"
 BEGIN, END = "<!-- metrics:begin -->", "<!-- metrics:end -->"
 BASE_UNITS = ("seconds", "joules", "watts", "bytes", "grams", "ratio")
 # writing_exporters.md: labels that clash with target labels, and `le`/`quantile` are reserved.
@@ -87,11 +87,11 @@ def test_markdown_table_has_one_row_per_metric() -> None:
 def test_readme_metric_table_is_generated_from_the_catalogue() -> None:
     text = README.read_text(encoding="utf-8")
     assert BEGIN in text and END in text, (
-        f"README.md must hold the metric table between {BEGIN} and {END} "
+        f"exporters/README.md must hold the metric table between {BEGIN} and {END} "
         "(paste the output of exporters.catalogue.render_markdown_table())"
     )
     between = text.split(BEGIN, 1)[1].split(END, 1)[0]
     assert between.strip() == render_markdown_table().strip(), (
-        "README.md's metric table differs from the catalogue; regenerate it with "
+        "exporters/README.md's metric table differs from the catalogue; regenerate it with "
         "`python -c 'from exporters.catalogue import render_markdown_table as r; print(r())'`"
     )
