@@ -1,7 +1,7 @@
 """The metric catalogue: every series tokenergy exports, in one table.
 
 This table is the contract that dashboards, recording rules, alerts and tests depend on
-(DESIGN.md, "Metric catalogue"). The Prometheus collector can only emit what is listed here,
+(exporters/README.md lists it). The Prometheus collector can only emit what is listed here,
 and the README's metric table is generated from it (:func:`render_markdown_table`) and checked
 against it by a test.
 
@@ -9,9 +9,6 @@ Naming follows the Prometheus guides: prefix ``tokenergy_``, base units with a p
 suffix (joules, watts, bytes, seconds, grams, ratio), ``_total`` on counters, ``_info`` gauges
 of value 1 for metadata, no colons, no hostname-like labels. Help strings name the unit, the
 source (the NVML call or the engine's own metric) and, for windowed ratios, the window.
-
-Extensions beyond DESIGN.md's table are marked ``extension=True``: ``server_requests``,
-``server_kv_cache_usage_ratio``, ``nvml_up`` and ``unattributed_carbon_grams_total``.
 """
 
 from __future__ import annotations
@@ -439,12 +436,11 @@ _TABLE_WINDOW = "the ratio window (`sampling.window_seconds`, default 60 s)"
 
 
 def render_markdown_table() -> str:
-    """The README's metric table, generated from :data:`METRICS`.
+    """exporters/README.md's metric table, generated from :data:`METRICS`.
 
     Returns:
         A GitHub-flavoured Markdown table (name, type, unit, labels, help), one row per
-        metric, ending in a newline. Extensions beyond DESIGN.md are not marked: to a
-        reader every row is simply part of the catalogue.
+        metric, ending in a newline.
     """
     lines = [
         "| metric | type | unit | labels | meaning |",

@@ -3,7 +3,7 @@
 No I/O, no clock reads, no threads. :meth:`Ledger.advance` takes the readings at monotonic
 time ``t`` and returns new cumulative counters and windowed ratios as ``LedgerTotals``.
 
-Rules (DESIGN.md, "Accounting rules"):
+Rules (agent/README.md tells them to people):
 
 - **Tokens.** Per (server, model): input, output and cached input tokens, monotonic across
   server restarts; policy in :mod:`agent.accounting.counters` (per-series resets, first sight

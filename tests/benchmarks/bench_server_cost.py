@@ -6,9 +6,9 @@ scraper (``ServerScraper``: one kept-alive connection, ``Accept-Encoding: gzip``
 CPU per scrape is the ``time.thread_time`` of the server's request-handler thread (parse the
 request, render the exposition, write the response), so the client's CPU is not counted.
 
-Real vLLM renders /metrics with ``prometheus_client`` in its API-server process (reference
-inference-metrics.md §1.1; with ``--api-server-count > 1`` through ``MultiProcessCollector``,
-which also reads every process's mmap files per scrape). The simulated renderer is a fast
+Real vLLM renders /metrics with ``prometheus_client`` in its API-server process
+(vllm-project/vllm, vllm/v1/metrics; with ``--api-server-count > 1`` through
+``MultiProcessCollector``, which also reads every process's mmap files per scrape). The simulated renderer is a fast
 hand-written one, so a second column gives a proxy for the real server: the same families
 rendered by ``prometheus_client.generate_latest`` (parsed once, re-rendered per scrape), and
 ``gzip`` of the body at level 6 for a server that compresses when the scraper asks.
