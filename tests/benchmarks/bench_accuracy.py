@@ -29,7 +29,7 @@ here is energy sampling and window alignment. Not modelled, common to every meth
 (Yang et al., SC'24, arXiv 2312.02741), which would make the power-based rows worse, not the
 counter rows.
 
-Rerun: ``.venv/bin/python tests/benchmarks/bench_accuracy.py [--seeds 3] [--minutes 30]``
+Rerun: ``python tests/benchmarks/bench_accuracy.py [--seeds 3] [--minutes 30]``
 (about 30-60 s on 2 shared cores).
 """
 
@@ -350,7 +350,7 @@ def table(rows: Sequence[Row], seeds: int, seconds: float, wall: float) -> str:
         f"windows per method (servers x windows x seeds): {counts}",
         "DIY30/this = mean |error| of the DIY default (dcgm-exporter 30 s, Prometheus 15 s) / "
         "this row's: how many times smaller this row's error is",
-        f"({wall:.1f} s wall; rerun: .venv/bin/python tests/benchmarks/bench_accuracy.py "
+        f"({wall:.1f} s wall; rerun: python tests/benchmarks/bench_accuracy.py "
         "[--seeds 3] [--minutes 30])",
     ]
     return "\n".join(lines)

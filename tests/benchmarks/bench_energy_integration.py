@@ -1,6 +1,6 @@
 """How accurate is integrated power (GPUs without an energy counter) against the truth?
 
-Rerun: .venv/bin/python tests/benchmarks/bench_energy_integration.py [--seeds 5] [--window 900]
+Rerun: python tests/benchmarks/bench_energy_integration.py [--seeds 5] [--window 900]
 (about 15-30 s on 2 shared cores).
 
 Each run drives three simulated GPUs with the same load for ``--window`` seconds of virtual
@@ -134,7 +134,7 @@ def main() -> None:
             print(
                 f"{load:<7}{interval:>8.1f}s" + "".join(f"{c:>28}" for c in cells) + f"{ratio:>28}"
             )
-    print(f"\n({time.perf_counter() - started:.1f} s wall; rerun: .venv/bin/python {__file__})")
+    print(f"\n({time.perf_counter() - started:.1f} s wall; rerun: python {__file__})")
 
 
 if __name__ == "__main__":
