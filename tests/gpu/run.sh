@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-}"
 if [ -z "$PYTHON" ]; then
-  if [ -x python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 echo "== nvidia-smi"
 timeout 20 nvidia-smi --query-gpu=index,name,uuid,driver_version,power.draw,power.limit,persistence_mode --format=csv || echo "(nvidia-smi unavailable)"
