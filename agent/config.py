@@ -36,6 +36,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.logs import redact
+from agent.readings import PricingInfo
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -147,12 +148,16 @@ class ServerSettings(_Section):
         return value
 
 
+DEFAULT_WINDOW_SECONDS = 60.0
+"""Default window of the ratio gauges, s: several scrapes, yet live enough for a panel."""
+
+
 class SamplingSettings(_Section):
     """The sampling loop."""
 
     interval_seconds: float = _duration(5.0, 0.05, 300, "Server scrape and snapshot interval, s.")
     window_seconds: float = _duration(
-        60.0, 0.05, 3600, "Window of the ratio gauges (tokens per joule...), s."
+        DEFAULT_WINDOW_SECONDS, 0.05, 3600, "Window of the ratio gauges (tokens per joule...), s."
     )
     discovery_interval_seconds: float = _duration(
         30.0, 0.1, 86400, "How often GPU-to-server discovery runs again, s."
@@ -317,6 +322,15 @@ class PricingSettings(_Section):
         if not matches:
             return self.gpu_hourly["default"]
         return self.gpu_hourly[max(matches, key=len)]
+
+    def info(self) -> PricingInfo:
+        """The settings as exported in ``tokenergy_pricing_info`` (carbon None when off)."""
+        return PricingInfo(
+            currency=self.currency,
+            electricity_per_kwh=self.electricity_per_kwh,
+            pue=self.pue,
+            carbon_g_per_kwh=self.carbon_g_per_kwh or None,
+        )
 
 
 class HttpSettings(_Section):

@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from agent.clock import Clock
+from agent.config import DEFAULT_WINDOW_SECONDS
 from agent.readings import Snapshot
 from exporters.catalogue import BY_NAME, METRICS
 
@@ -107,7 +108,7 @@ def snapshot_families(
     Yields:
         Metric families in catalogue order; before the first Snapshot only ``build_info``.
     """
-    out = _Families(snapshot.window_seconds if snapshot is not None else 60.0)
+    out = _Families(snapshot.window_seconds if snapshot is not None else DEFAULT_WINDOW_SECONDS)
     out.add("tokenergy_build_info", [version], 1)
     if snapshot is None:
         yield from out.families()
