@@ -9,82 +9,210 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent import __version__
 from agent.clock import Clock, SystemClock
-from agent.config import ENGINES, ConfigError, Settings, load_settings, split_listen
-from agent.readings import PricingInfo
+from agent.config import (
+    ENGINES,
+    ENV_PREFIX,
+    OTHER_ENV_VARIABLES,
+    ConfigError,
+    Settings,
+    load_settings,
+    split_listen,
+)
+from agent.logs import describe, redact
+from agent.readings import GpuStatus
 from exporters.webconfig import WebConfigError
 
+if TYPE_CHECKING:  # the parts are imported when built: `tokenergy --help` stays fast
+    from prometheus_client.registry import CollectorRegistry
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every command."""
-    parser = argparse.ArgumentParser(
-        prog="tokenergy",
-        description="What do our LLM tokens cost? GPU energy joined with inference-server tokens.",
-    )
-    parser.add_argument("--version", action="version", version=f"tokenergy {__version__}")
-    parser.add_argument(
-        "--log-level", default="info", choices=("debug", "info", "warning", "error")
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from agent.discovery import Discovery
+    from agent.gpu.monitor import GpuMonitor
+    from agent.sampler import Sampler
+    from agent.servers.scraper import ServerScraper
+    from exporters.http import MetricsServer
 
-    run = sub.add_parser("run", help="run the node agent")
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, help line, arguments and what runs it.
+
+    Attributes:
+        name: The word after ``tokenergy``.
+        help: One line for ``tokenergy --help``.
+        configure: Adds the subcommand's arguments to its parser.
+        run: Runs it with the parsed arguments and the logger; returns the exit code.
+    """
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, logging.Logger], int]
+
+
+def _bounded_number(
+    kind: type[float] | type[int], low: float, high: float | None, hint: str = ""
+) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high]; the error names the range."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            wanted = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"{text}: must be {wanted}{hint}")
+        return value
+
+    return parse
+
+
+def _configure_run(run: argparse.ArgumentParser) -> None:
     run.add_argument("--config", type=Path, help="TOML or YAML config file")
     run.add_argument("--listen", help="ADDR:PORT for /metrics (default 0.0.0.0:10110)")
     run.add_argument("--web-config-file", type=Path, help="exporter-toolkit web config (TLS, auth)")
     run.add_argument(
-        "--simulate-gpus", type=int, metavar="N", help="use N simulated GPUs instead of NVML"
+        "--simulate-gpus",
+        type=_bounded_number(int, 1, 64, "; omit the flag to read real GPUs through NVML"),
+        metavar="N",
+        help="use N (1..64) simulated GPUs instead of NVML",
     )
 
-    demo = sub.add_parser("demo", help="run agent, simulated GPUs and servers together")
-    demo.add_argument(
-        "--duration", type=float, default=0.0, help="seconds to run; 0 = until Ctrl-C (default)"
-    )
+
+def _configure_demo(demo: argparse.ArgumentParser) -> None:
     from agent.simulation.workload import SCENARIOS
 
+    demo.add_argument(
+        "--duration",
+        type=_bounded_number(float, 0, None),
+        default=0.0,
+        help="seconds to run; 0 = until Ctrl-C (default)",
+    )
     demo.add_argument("--scenario", default="steady", choices=SCENARIOS)
     demo.add_argument("--listen", default="127.0.0.1:10110", help="ADDR:PORT for /metrics")
     demo.add_argument("--seed", type=int, default=1)
-    demo.add_argument("--interval", type=float, default=1.0, help="sampling interval, s")
     demo.add_argument(
-        "--fault-at", type=float, default=20.0, help="fault scenarios: fault time, s (default 20)"
+        "--interval",
+        type=_bounded_number(float, 0.05, 300),
+        default=1.0,
+        help="sampling interval, s (0.05..300)",
     )
     demo.add_argument(
-        "--recover-after", type=float, default=15.0, help="fault scenarios: fault length, s"
+        "--fault-at",
+        type=_bounded_number(float, 0, None),
+        default=20.0,
+        help="fault scenarios: fault time, s (default 20)",
+    )
+    demo.add_argument(
+        "--recover-after",
+        type=_bounded_number(float, 0, None),
+        default=15.0,
+        help="fault scenarios: fault length, s",
     )
     demo.add_argument("--truth-file", type=Path, help="write the simulator's truth here at exit")
     demo.add_argument("--config", type=Path, help="optional config file (pricing, sampling...)")
 
-    inspect = sub.add_parser("inspect", help="read one server's exposition and show its tokens")
+
+def _configure_inspect(inspect: argparse.ArgumentParser) -> None:
     inspect.add_argument("source", help="file, URL or - for standard input")
     inspect.add_argument("--engine", default="auto", choices=ENGINES)
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.add_argument("--ca-file", type=Path, help="CA bundle (PEM) to verify an https URL")
 
-    check = sub.add_parser("check-config", help="validate a config file")
+
+def _configure_check(check: argparse.ArgumentParser) -> None:
     check.add_argument("file", type=Path)
 
-    from agent.plan.command import add_arguments as add_plan_arguments
-    from agent.top.command import add_arguments as add_top_arguments
 
-    add_plan_arguments(
-        sub.add_parser("plan", help="cost, capacity and breakeven from measurements")
+def _inspect_command(args: argparse.Namespace, log: logging.Logger) -> int:
+    from agent.servers.inspect import inspect_command
+
+    return inspect_command(
+        args.source,
+        args.engine,
+        args.json,
+        sys.stdin.buffer,
+        sys.stdout,
+        sys.stderr,
+        ca_file=args.ca_file,
     )
-    add_top_arguments(sub.add_parser("top", help="live view of running agents"))
+
+
+def _configure_plan(plan: argparse.ArgumentParser) -> None:
+    from agent.plan.command import add_arguments
+
+    add_arguments(plan)
+
+
+def _plan_command(args: argparse.Namespace, log: logging.Logger) -> int:
+    from agent.plan.client import make_http_client
+    from agent.plan.command import run_plan
+
+    return run_plan(args, make_http_client, SystemClock(), sys.stdout, sys.stderr)
+
+
+def _configure_top(top: argparse.ArgumentParser) -> None:
+    from agent.top.command import add_arguments
+
+    add_arguments(top)
+
+
+def _top_command(args: argparse.Namespace, log: logging.Logger) -> int:
+    from agent.plan.client import make_http_client
+    from agent.top.command import run_top
+
+    return run_top(args, make_http_client, SystemClock(), sys.stdin, sys.stdout, sys.stderr)
+
+
+def _check_command(args: argparse.Namespace, log: logging.Logger) -> int:
+    return check_config(args.file, sys.stdout, sys.stderr, env=os.environ)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
+    """The argument parser for every command.
+
+    Args:
+        commands: The subcommands; :data:`COMMANDS` when None. A new subcommand is one
+            more :class:`Command` in that tuple.
+    """
+    parser = argparse.ArgumentParser(
+        prog="tokenergy",
+        description="What do our LLM tokens cost? GPU energy joined with inference-server tokens.",
+    )
+    parser.add_argument("--version", action="version", version=f"tokenergy {__version__}")
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    # Also accepted after the subcommand; SUPPRESS keeps the top-level value when absent.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS if commands is None else commands:
+        child = sub.add_parser(command.name, help=command.help, parents=[common])
+        command.configure(child)
+        child.set_defaults(handler=command.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokenergy`` command.
+
+    Every failure is one logfmt line on stderr (a usage error is argparse's usage
+    message); ``tokenergy`` alone prints the help.
 
     Args:
         argv: Arguments without the program name; ``sys.argv[1:]`` by default.
@@ -92,80 +220,78 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit code.
     """
-    args = build_parser().parse_args(argv)
-    from agent.logs import configure_logging
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stdout)
+        return 0
+    from agent.logs import configure_logging, install_excepthooks
 
     log = configure_logging(args.log_level)
+    install_excepthooks(log)
     try:
-        if args.command == "check-config":
-            return check_config(args.file, sys.stdout, sys.stderr)
-        if args.command == "inspect":
-            from agent.servers.inspect import inspect_command
-
-            return inspect_command(
-                args.source,
-                args.engine,
-                args.json,
-                sys.stdin.buffer,
-                sys.stdout,
-                sys.stderr,
-                ca_file=args.ca_file,
-            )
-        if args.command == "run":
-            return run_command(args, log)
-        if args.command == "demo":
-            return demo_command(args, log)
-        if args.command == "plan":
-            from agent.plan.client import make_http_client
-            from agent.plan.command import run_plan
-
-            return run_plan(args, make_http_client, SystemClock(), sys.stdout, sys.stderr)
-        if args.command == "top":
-            from agent.plan.client import make_http_client
-            from agent.top.command import run_top
-
-            return run_top(args, make_http_client, SystemClock(), sys.stdin, sys.stdout, sys.stderr)
+        code: int = args.handler(args, log)
+        return code
     except ConfigError as exc:
-        print(f"tokenergy: invalid configuration in {exc.source}:", file=sys.stderr)
-        for line in exc.lines:
-            print(f"  {line}", file=sys.stderr)
+        log.error(
+            "invalid configuration",
+            extra={"source": exc.source, "problems": "; ".join(exc.lines)},
+        )
         return 2
     except WebConfigError as exc:
-        print(f"tokenergy: invalid web config {exc.path}:", file=sys.stderr)
-        for line in exc.lines:
-            print(f"  {line}", file=sys.stderr)
+        log.error(
+            "invalid web config",
+            extra={"source": str(exc.path), "problems": "; ".join(exc.lines)},
+        )
         return 2
     except OSError as exc:
         # A port in use or a file that cannot be read: one line, no traceback.
-        print(f"tokenergy: {exc.strerror or exc}", file=sys.stderr)
+        log.error(str(exc.strerror or exc), extra={"errno": exc.errno or "-"})
         return 1
     except KeyboardInterrupt:
         return 130
-    return 2
+    except Exception as exc:  # e.g. no memory for a thread: still one line, never a traceback
+        log.error("cannot run", extra={"error": describe(exc)})
+        return 1
 
 
-def check_config(path: Path, stdout: TextIO, stderr: TextIO) -> int:
-    """Validate a config file and print a summary or every problem.
+def check_config(
+    path: Path, stdout: TextIO, stderr: TextIO, env: Mapping[str, str] | None = None
+) -> int:
+    """Validate a config file, with the environment as ``run`` would read it.
 
     Args:
         path: The TOML or YAML file.
         stdout: Where the summary goes.
         stderr: Where errors go.
+        env: ``TOKENERGY_*`` variables applied over the file, as ``run`` applies them;
+            None checks the file alone.
 
     Returns:
         0 when valid, 1 when not.
     """
     try:
-        settings = load_settings(path, use_env=False)
+        settings = load_settings(path, use_env=env is not None, env=env)
     except ConfigError as exc:
-        print(f"{path}: {len(exc.lines)} problem(s):", file=stderr)
-        for line in exc.lines:
-            print(f"  {line}", file=stderr)
+        where = path if exc.source == str(path) else f"{path} with {exc.source}"
+        if len(exc.lines) == 1:
+            print(f"{where}: {exc.lines[0]}", file=stderr)
+        else:
+            print(f"{where}: {len(exc.lines)} problem(s):", file=stderr)
+            for line in exc.lines:
+                print(f"  {line}", file=stderr)
         return 1
+    applied = sorted(
+        k
+        for k in (env or {})
+        if k.upper().startswith(ENV_PREFIX) and k.upper() not in OTHER_ENV_VARIABLES
+    )
     print(f"{path}: OK", file=stdout)
+    if applied:
+        print(f"  environment: {', '.join(applied)}", file=stdout)
     print(
         f"  {len(settings.servers)} server(s): "
-        + (", ".join(f"{s.name} ({s.engine}) {s.url}" for s in settings.servers) or "none"),
+        + (", ".join(f"{s.name} ({s.engine}) {redact(s.url)}" for s in settings.servers) or "none"),
         file=stdout,
     )
     print(
@@ -184,11 +310,11 @@ class Agent:
     """Every running part of the agent, wired; built by :func:`build_agent`."""
 
     settings: Settings
-    sampler: Any
-    monitor: Any
-    server: Any
-    scrapers: dict[str, Any]
-    registry: Any
+    sampler: Sampler
+    monitor: GpuMonitor
+    server: MetricsServer
+    scrapers: dict[str, ServerScraper]
+    registry: CollectorRegistry
 
     @property
     def port(self) -> int:
@@ -224,17 +350,16 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     Returns:
         The wired, not yet started, agent.
     """
+    from agent.accounting.anatomy import PhaseSettings
     from agent.accounting.counters import counter_limits
     from agent.accounting.ledger import Ledger
     from agent.discovery import PsutilProcessTable, discover
     from agent.gpu.monitor import GpuMonitor
     from agent.gpu.nvml import NvmlBackend
-    from agent.readings import GpuStatus
     from agent.sampler import Sampler
     from agent.servers.scraper import ServerScraper
     from exporters.http import MetricsServer
     from exporters.prometheus import SnapshotCollector, build_registry
-    from exporters.webconfig import load_web_config
 
     monitor = GpuMonitor(
         NvmlBackend(nvml),
@@ -247,7 +372,7 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     scrapers = {s.name: ServerScraper(s, settings.scrape) for s in settings.servers}
     processes = PsutilProcessTable()
 
-    def discover_now(gpus: Sequence[GpuStatus]) -> Any:
+    def discover_now(gpus: Sequence[GpuStatus]) -> Discovery:
         return discover(settings.servers, gpus, processes)
 
     pricing = settings.pricing
@@ -258,15 +383,16 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
             pricing,
             settings.sampling.window_seconds,
             limits=counter_limits(settings.accounting),
+            phase=PhaseSettings(
+                forgetting=settings.accounting.phase_forgetting,
+                min_intervals=settings.accounting.phase_min_intervals,
+                max_relative_error=settings.accounting.phase_max_relative_error,
+            ),
+            kv_saturated_ratio=settings.accounting.kv_cache_saturated_ratio,
         ),
         discover=discover_now,
         clock=clock,
-        pricing=PricingInfo(
-            currency=pricing.currency,
-            electricity_per_kwh=pricing.electricity_per_kwh,
-            pue=pricing.pue,
-            carbon_g_per_kwh=pricing.carbon_g_per_kwh or None,
-        ),
+        pricing=pricing.info(),
         interval_seconds=settings.sampling.interval_seconds,
         gpu_interval_seconds=settings.gpu.interval_seconds,
         window_seconds=settings.sampling.window_seconds,
@@ -275,15 +401,11 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
         log=log.getChild("sampler"),
     )
     registry = build_registry(SnapshotCollector(sampler.snapshot, clock, __version__))
-    web_config = (
-        load_web_config(settings.http.web_config_file) if settings.http.web_config_file else None
-    )
     stale = settings.sampling.stale_after_intervals
     server = MetricsServer(
         registry=registry,
         health=lambda: sampler.health(stale),
-        settings=settings.http,
-        web_config=web_config,
+        settings=settings.http,  # the server loads settings.http.web_config_file
         log=log.getChild("http"),
     )
     return Agent(
@@ -296,12 +418,37 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     )
 
 
-def _install_stop_handlers(stop: threading.Event) -> None:
+def _install_stop_handlers(stop: threading.Event, hup: threading.Event | None = None) -> None:
+    """SIGTERM and SIGINT set ``stop``; SIGHUP sets ``hup``, or ``stop`` when None.
+
+    Without a handler SIGHUP would kill the process with no clean shutdown.
+    """
+
     def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        (hup if signum == signal.SIGHUP and hup is not None else stop).set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
+def _raise_open_file_limit(log: logging.Logger) -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard limit, as Go programs do at start.
+
+    systemd's default soft limit (1024) is low for a server; the hard limit is what the
+    administrator granted. The HTTP server fits its connection limit to what is left.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise the open-file limit: %s", exc)
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -316,12 +463,13 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_command(args: argparse.Namespace, log: logging.Logger) -> int:
-    """``tokenergy run``: the production agent, until SIGTERM or Ctrl-C.
+    """``tokenergy run``: the production agent, until SIGTERM or Ctrl-C (SIGHUP reloads TLS).
 
     Returns:
         0 on a clean stop.
     """
     settings = load_settings(args.config, _flag_overrides(args))
+    _raise_open_file_limit(log)
     clock = SystemClock()
     if settings.gpu.simulated:
         from agent.simulation.nvml import SimulatedNvml
@@ -332,12 +480,20 @@ def run_command(args: argparse.Namespace, log: logging.Logger) -> int:
 
         nvml = import_pynvml()
     agent = build_agent(settings, nvml, clock, log)
-    stop = threading.Event()
-    _install_stop_handlers(stop)
-    agent.start()
-    _log_start(agent, log)
+    stop, hup = threading.Event(), threading.Event()
+    _install_stop_handlers(stop, hup)
     try:
-        stop.wait()
+        agent.start()
+    except BaseException:
+        agent.stop()  # what did start (threads, NVML) is stopped; the error is logged by main
+        raise
+    try:
+        _log_start(agent, log)
+        while not stop.wait(0.2):
+            if hup.is_set():
+                hup.clear()
+                log.info("SIGHUP: re-reading the web config; other settings need a restart")
+                agent.server.reload_web_config()
     finally:
         agent.stop()
         log.info("stopped")
@@ -395,3 +551,28 @@ def demo_command(args: argparse.Namespace, log: logging.Logger) -> int:
         build=build_agent,
         install_stop=_install_stop_handlers,
     )
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("run", "run the node agent", _configure_run, run_command),
+    Command(
+        "demo", "run agent, simulated GPUs and servers together", _configure_demo, demo_command
+    ),
+    Command(
+        "inspect",
+        "read one server's exposition and show its tokens",
+        _configure_inspect,
+        _inspect_command,
+    ),
+    Command(
+        "check-config",
+        "validate a config file (and TOKENERGY_* variables)",
+        _configure_check,
+        _check_command,
+    ),
+    Command(
+        "plan", "cost, capacity and breakeven from measurements", _configure_plan, _plan_command
+    ),
+    Command("top", "live view of running agents", _configure_top, _top_command),
+)
+"""The subcommands, in help order; add one here to add a subcommand."""

@@ -1,18 +1,30 @@
-"""Configuration: one pydantic-settings root, env prefix ``TOKENERGY_``, sections behind ``__``.
+"""Configuration: one pydantic model root, env prefix ``TOKENERGY_``, sections behind ``__``.
 
 Sources, highest priority first: command-line flags (passed as init values), environment
 variables (``TOKENERGY_SAMPLING__INTERVAL_SECONDS=5``), an optional TOML or YAML file, defaults.
-Unknown fields are errors everywhere, so a typo never silently falls back to a default.
+Unknown fields are errors everywhere, an unknown ``TOKENERGY_*`` variable included, so a typo
+never silently falls back to a default.
 
-This module reads a file only in :func:`load_settings`; validation itself is pure.
+The file and the environment are read here, not by pydantic-settings' sources, so that every
+problem is one line naming its place: a syntax error with its line and column (never a
+snippet of the file, which may hold a password), a variable with its name, bad JSON with its
+position. Only :func:`load_settings` reads (a file, ``os.environ``); validation is pure.
+Every duration has a floor (no busy loop) and a ceiling; URLs are checked as httpx reads them.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
+import os
+import sys
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
+import httpx
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,13 +33,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-    YamlConfigSettingsSource,
-)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent.logs import redact
+from agent.readings import PricingInfo
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 Engine = Literal["auto", "vllm", "sglang", "tgi", "llamacpp", "triton", "lmdeploy", "dynamo", "nim"]
 ENGINES: tuple[str, ...] = get_args(Engine)
@@ -37,7 +51,34 @@ DEFAULT_PORT = 10110
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _duration(default: float, floor: float, ceiling: float, description: str) -> Any:
+    """A duration field, s, with a floor (no busy loop) and a ceiling (no endless wait)."""
+    return Field(default, ge=floor, le=ceiling, description=description)
+
+
+def check_http_url(value: str) -> None:
+    """Check a URL the way httpx will read it: http or https, a host, a valid port.
+
+    Args:
+        value: The URL.
+
+    Raises:
+        ValueError: Naming what is wrong (the URL itself is not repeated: it may hold a
+            password).
+    """
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"not a valid URL: {redact(str(exc))}") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://, e.g. http://127.0.0.1:8000/metrics")
+    if not url.host:
+        raise ValueError("has no host, e.g. http://127.0.0.1:8000/metrics")
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise ValueError(f"port {url.port} is not in 1..65535")
 
 
 class GpuSettings(_Section):
@@ -46,20 +87,17 @@ class GpuSettings(_Section):
     simulated: int = Field(
         0, ge=0, le=64, description="Number of simulated GPUs instead of NVML; 0 = real NVML."
     )
-    interval_seconds: float = Field(
-        1.0,
-        gt=0,
-        le=60,
-        description="GPU read interval, s. Faster than scrapes so integrated power is accurate.",
+    interval_seconds: float = _duration(
+        1.0, 0.05, 60, "GPU read interval, s. Faster than scrapes so integrated power is accurate."
     )
-    read_timeout_seconds: float = Field(
-        2.0, gt=0, le=60, description="Deadline of one device read, s; a hung call goes stale."
+    read_timeout_seconds: float = _duration(
+        2.0, 0.01, 60, "Deadline of one device read, s; a hung call goes stale."
     )
-    reinit_backoff_seconds: float = Field(
-        1.0, gt=0, description="First wait before re-initialising NVML after a driver error, s."
+    reinit_backoff_seconds: float = _duration(
+        1.0, 0.01, 3600, "First wait before re-initialising NVML after a driver error, s."
     )
-    reinit_backoff_max_seconds: float = Field(
-        60.0, gt=0, description="Longest wait between NVML re-initialisations, s."
+    reinit_backoff_max_seconds: float = _duration(
+        60.0, 0.1, 86400, "Longest wait between NVML re-initialisations, s."
     )
 
 
@@ -106,24 +144,23 @@ class ServerSettings(_Section):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(
-                "must start with http:// or https://, e.g. http://127.0.0.1:8000/metrics"
-            )
+        check_http_url(value)
         return value
+
+
+DEFAULT_WINDOW_SECONDS = 60.0
+"""Default window of the ratio gauges, s: several scrapes, yet live enough for a panel."""
 
 
 class SamplingSettings(_Section):
     """The sampling loop."""
 
-    interval_seconds: float = Field(
-        5.0, gt=0, le=300, description="Server scrape and snapshot interval, s."
+    interval_seconds: float = _duration(5.0, 0.05, 300, "Server scrape and snapshot interval, s.")
+    window_seconds: float = _duration(
+        DEFAULT_WINDOW_SECONDS, 0.05, 3600, "Window of the ratio gauges (tokens per joule...), s."
     )
-    window_seconds: float = Field(
-        60.0, gt=0, le=3600, description="Window of the ratio gauges (tokens per joule...), s."
-    )
-    discovery_interval_seconds: float = Field(
-        30.0, gt=0, description="How often GPU-to-server discovery runs again, s."
+    discovery_interval_seconds: float = _duration(
+        30.0, 0.1, 86400, "How often GPU-to-server discovery runs again, s."
     )
     stale_after_intervals: int = Field(
         3, ge=1, description="/healthz answers 503 after this many intervals without a cycle."
@@ -142,10 +179,8 @@ class SamplingSettings(_Section):
 class ScrapeSettings(_Section):
     """HTTP scraping of inference servers and the parser's limits."""
 
-    connect_timeout_seconds: float = Field(1.0, gt=0, le=60, description="TCP connect timeout, s.")
-    read_timeout_seconds: float = Field(
-        3.0, gt=0, le=120, description="Deadline for the whole response, s."
-    )
+    connect_timeout_seconds: float = _duration(1.0, 0.01, 60, "TCP connect timeout, s.")
+    read_timeout_seconds: float = _duration(3.0, 0.01, 120, "Deadline for the whole response, s.")
     max_body_bytes: int = Field(
         16 * 1024 * 1024, gt=0, description="Largest body accepted, bytes, after decompression."
     )
@@ -208,6 +243,36 @@ class AccountingSettings(_Section):
             "A model absent this long leaves /metrics; its totals fold into model `_other`, s."
         ),
     )
+    kv_cache_saturated_ratio: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description=(
+            "KV-cache usage at or above which a server with waiting requests counts as "
+            "saturated (tokenergy_kv_cache_saturated_seconds_total), 0..1."
+        ),
+    )
+    phase_forgetting: float = Field(
+        0.995,
+        gt=0.5,
+        le=1,
+        description=(
+            "Forgetting factor per interval of the input/output energy regression; 0.995 "
+            "remembers about 200 intervals."
+        ),
+    )
+    phase_min_intervals: int = Field(
+        24, ge=3, le=100_000, description="Intervals with tokens before the regression is used."
+    )
+    phase_max_relative_error: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description=(
+            "Largest relative standard error of J per input and per output token for the "
+            "regression to split energy; above it the time estimator (or none) is used."
+        ),
+    )
 
 
 class PricingSettings(_Section):
@@ -258,6 +323,15 @@ class PricingSettings(_Section):
             return self.gpu_hourly["default"]
         return self.gpu_hourly[max(matches, key=len)]
 
+    def info(self) -> PricingInfo:
+        """The settings as exported in ``tokenergy_pricing_info`` (carbon None when off)."""
+        return PricingInfo(
+            currency=self.currency,
+            electricity_per_kwh=self.electricity_per_kwh,
+            pue=self.pue,
+            carbon_g_per_kwh=self.carbon_g_per_kwh or None,
+        )
+
 
 class HttpSettings(_Section):
     """The agent's own HTTP endpoint."""
@@ -272,8 +346,15 @@ class HttpSettings(_Section):
     max_connections: int = Field(
         16, ge=1, le=1024, description="Requests served at once; more wait, then get 503."
     )
-    client_timeout_seconds: float = Field(
-        10.0, gt=0, description="A client that sends or reads slower than this is dropped, s."
+    client_timeout_seconds: float = _duration(
+        10.0, 0.1, 300, "A client that sends or reads slower than this is dropped, s."
+    )
+    header_timeout_seconds: float = _duration(
+        5.0,
+        0.1,
+        60,
+        "A client must finish its TLS handshake and request head this soon after connecting, "
+        "s (capped at client_timeout_seconds); idle and slow connections are shed first.",
     )
 
     @field_validator("listen")
@@ -339,11 +420,17 @@ class ConfigError(Exception):
         self.lines = lines
 
 
+ENV_PREFIX = "TOKENERGY_"
+OTHER_ENV_VARIABLES = frozenset({"TOKENERGY_HEALTHCHECK_URL"})
+"""``TOKENERGY_*`` variables read by other tools (the container health check), not settings."""
+
+
 def load_settings(
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
     *,
     use_env: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> Settings:
     """Build the settings from defaults, a file, the environment and overrides.
 
@@ -351,52 +438,231 @@ def load_settings(
         config_file: Optional ``.toml``, ``.yaml`` or ``.yml`` file.
         overrides: Values from command-line flags, nested dicts per section; highest priority.
         use_env: Read ``TOKENERGY_*`` environment variables (tests turn this off).
+        env: The environment to read; the process's own when None.
 
     Returns:
         Validated, frozen settings.
 
     Raises:
-        ConfigError: When the file is missing, unreadable, malformed or invalid.
+        ConfigError: When the file is missing, unreadable, malformed or invalid, or a
+            ``TOKENERGY_*`` variable is unknown or malformed. Every problem is listed.
     """
     source = str(config_file) if config_file else "settings"
-    file_source: type[PydanticBaseSettingsSource] | None = None
-    if config_file is not None:
-        if not config_file.is_file():
-            raise ConfigError(source, [f"no such file: {config_file}"])
-        suffix = config_file.suffix.lower()
-        if suffix == ".toml":
-            file_source = TomlConfigSettingsSource
-        elif suffix in (".yaml", ".yml"):
-            file_source = YamlConfigSettingsSource
-        else:
-            raise ConfigError(source, [f"unknown file type {suffix!r}: use .toml, .yaml or .yml"])
+    data = read_config_file(config_file) if config_file is not None else {}
+    origins: dict[tuple[str, ...], str] = {}
+    if use_env:
+        from_env, origins, problems = settings_from_env(os.environ if env is None else env)
+        if problems:
+            raise ConfigError("the environment", problems)
+        data = _deep_merge(data, from_env)
+        if config_file is None:
+            source = "the environment" if from_env else source
+    data = _deep_merge(data, overrides or {})
+    return validate_settings(data, source, origins)
 
-    class _Loaded(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            sources: list[PydanticBaseSettingsSource] = [init_settings]
-            if use_env:
-                sources.append(env_settings)
-            if file_source is TomlConfigSettingsSource:
-                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
-            elif file_source is YamlConfigSettingsSource:
-                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
-            return tuple(sources)
 
+def validate_settings(
+    data: Mapping[str, Any], source: str, origins: Mapping[tuple[str, ...], str] | None = None
+) -> Settings:
+    """Validate merged settings data (pure: no file and no environment is read).
+
+    Args:
+        data: Sections as nested dicts.
+        source: What the data came from, for the error.
+        origins: Setting path -> environment variable, to name the variable in errors.
+
+    Returns:
+        The settings.
+
+    Raises:
+        ConfigError: Listing every problem.
+    """
     try:
-        loaded = _Loaded(**(overrides or {}))
+        return Settings.model_validate(dict(data))
     except ValidationError as exc:
-        raise ConfigError(source, format_validation_error(exc)) from None
-    except (ValueError, OSError) as exc:  # malformed TOML/YAML surfaces as these
-        raise ConfigError(source, [f"cannot read: {exc}"]) from None
-    return Settings.model_validate(loaded.model_dump())
+        raise ConfigError(source, format_validation_error(exc, origins=origins)) from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML or YAML config file into a dict of sections.
+
+    Args:
+        path: The file; its suffix picks the format.
+
+    Returns:
+        The file's top-level mapping.
+
+    Raises:
+        ConfigError: One line naming the problem: missing, a directory, unknown suffix,
+            unreadable, a syntax error (with its line and column, never a snippet of the
+            file, which may hold a password), or a top level that is not a mapping.
+    """
+    source = str(path)
+    if path.is_dir():
+        raise ConfigError(source, ["is a directory; give the config file itself"])
+    if not path.is_file():
+        raise ConfigError(source, ["no such file"])
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(source, [f"unknown file type {suffix!r}: use .toml, .yaml or .yml"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(source, [f"cannot read: {reason}"]) from None
+    if suffix == ".toml":
+        try:
+            data: dict[str, Any] = tomllib.loads(text)
+            return data
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, [f"cannot read: not valid TOML: {exc}"]) from None
+    raw = parse_yaml(text, source, lambda lines: ConfigError(source, lines))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            source,
+            [f"the top level must be a mapping of sections, not a {type(raw).__name__}"],
+        )
+    return raw
+
+
+def parse_yaml(text: str, source: str, error: Callable[[list[str]], Exception]) -> Any:
+    """``yaml.safe_load`` whose syntax errors are one line with the line and column.
+
+    Args:
+        text: The YAML document.
+        source: The file name, for the message.
+        error: Builds the exception to raise from the message lines.
+
+    Returns:
+        The loaded document.
+
+    Raises:
+        Exception: What ``error`` builds, e.g. ``not valid YAML at line 3, column 9:
+            expected ',' or ']', but got ':'``. PyYAML's own message quotes the
+            offending lines, which may hold a password, so only its problem is kept.
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise error([f"not valid YAML{where}: {redact(str(problem))}"]) from None
+
+
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _models_in(annotation: Any) -> list[Any]:
+    """The annotation and, for a union or Annotated, the types inside it."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return _models_in(args[0])
+    return [annotation, *(a for arg in args for a in _models_in(arg))]
+
+
+def _is_complex(annotation: Any) -> bool:
+    """Whether a value of this type comes from the environment as JSON (model, list, dict)."""
+    for candidate in _models_in(annotation):
+        origin = typing.get_origin(candidate)
+        if origin in (list, dict, tuple, set) or candidate in (list, dict):
+            return True
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return True
+    return False
+
+
+def _env_target(parts: list[str]) -> tuple[list[str], Any] | str:
+    """Resolve ``TOKENERGY_A__B__C`` parts to field names and the field's type.
+
+    Returns:
+        (field path, annotation), or a message saying which part is unknown.
+    """
+    annotation: Any = Settings
+    for i, part in enumerate(parts):
+        candidates = _models_in(annotation)
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        dict_args = next(
+            (typing.get_args(c) for c in candidates if typing.get_origin(c) is dict), None
+        )
+        if model is not None:
+            fields = model.model_fields
+            if part not in fields:
+                hint = difflib.get_close_matches(part, list(fields), n=1)
+                fixed = [*parts[:i], hint[0], *parts[i + 1 :]] if hint else []
+                maybe = f"; did you mean {ENV_PREFIX}{'__'.join(fixed).upper()}?" if hint else ""
+                return f"no setting {part!r} here{maybe}"
+            annotation = fields[part].annotation
+        elif dict_args is not None:
+            annotation = dict_args[1] if len(dict_args) == 2 else Any
+        else:
+            return f"{'.'.join(parts[:i])} has no sub-setting {part!r}"
+    return parts, annotation
+
+
+def settings_from_env(
+    env: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str], list[str]]:
+    """Read ``TOKENERGY_SECTION__FIELD`` variables into nested settings data.
+
+    Names are case-insensitive; ``__`` separates levels; lists, dicts and whole sections
+    are JSON (``TOKENERGY_SERVERS='[{"name": "a", "url": "..."}]'``). Values are never
+    echoed in errors: they may be secrets.
+
+    Args:
+        env: The environment.
+
+    Returns:
+        (data, setting path -> variable name, one problem line per unknown or malformed
+        variable).
+    """
+    data: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    problems: list[str] = []
+    for name in sorted(env):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in OTHER_ENV_VARIABLES:
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if not all(parts):
+            problems.append(f"{name}: malformed name; use {ENV_PREFIX}SECTION__FIELD")
+            continue
+        target = _env_target(parts)
+        if isinstance(target, str):
+            problems.append(f"{name}: unknown setting: {target}")
+            continue
+        path, annotation = target
+        value: Any = env[name]
+        if _is_complex(annotation):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                problems.append(
+                    f"{name}: not valid JSON at line {exc.lineno}, column {exc.colno} "
+                    f"(character {exc.pos}): {exc.msg}"
+                )
+                continue
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(f"{name}: conflicts with another variable setting {part!r}")
+                break
+            node = child
+        else:
+            node[path[-1]] = value
+            origins[tuple(path)] = name
+    return data, origins, problems
 
 
 def _known_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
@@ -408,45 +674,74 @@ def _known_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
         fields = getattr(current, "model_fields", {})
         if part not in fields:
             return []
-        annotation = fields[part].annotation
-        args = getattr(annotation, "__args__", ())
-        candidates = [annotation, *args]
         current = next(
-            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+            (
+                c
+                for c in _models_in(fields[part].annotation)
+                if isinstance(c, type) and issubclass(c, BaseModel)
+            ),
+            None,
         )
         if current is None:
             return []
     return list(getattr(current, "model_fields", {}))
 
 
-def format_validation_error(exc: ValidationError) -> list[str]:
+def format_validation_error(
+    exc: ValidationError,
+    *,
+    model: type[BaseModel] | None = None,
+    secret: Callable[[tuple[int | str, ...]], bool] = lambda loc: False,
+    origins: Mapping[tuple[str, ...], str] | None = None,
+) -> list[str]:
     """Turn a pydantic error into lines naming the field, the bad value and what is accepted.
+
+    The one formatter for the agent's settings and the web config file.
 
     Args:
         exc: The validation error.
+        model: The root model, for 'did you mean' hints on unknown fields (the settings
+            when None).
+        secret: Whether the value at a location must never be shown (e.g. passwords).
+        origins: Setting path -> environment variable it came from, named in the line.
 
     Returns:
         One line per problem, e.g.
-        ``sampling.interval_seconds = -1: Input should be greater than 0``.
+        ``sampling.interval_seconds = -1: Input should be greater than or equal to 0.05``.
+        Values are shortened and passwords in URLs masked.
     """
+    root = Settings if model is None else model
     lines: list[str] = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
-        path = ".".join(str(p) for p in loc) or "(root)"
-        value = err.get("input")
-        shown = repr(value)
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        hidden = secret(loc)
+        shown = "(hidden)" if hidden else redact(repr(err.get("input")))
         if len(shown) > 80:
             shown = shown[:77] + "..."
         msg = str(err["msg"]).removeprefix("Value error, ")
+        origin = _origin(loc, origins or {})
         if err["type"] == "extra_forbidden":
-            known = _known_fields(Settings, loc)
+            known = _known_fields(root, loc)
             hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
             accepted = f"; did you mean {hint[0]!r}?" if hint else ""
             if known:
                 accepted += f" Known fields here: {', '.join(known)}"
-            lines.append(f"{path}: unknown field (value {shown}){accepted}")
+            value = "" if hidden else f" (value {shown})"
+            line = f"{path}: unknown field{value}{accepted}"
         elif err["type"] == "missing":
-            lines.append(f"{path}: required field is missing")
+            line = f"{path}: required field is missing"
+        elif hidden:
+            line = f"{path}: {msg} (value hidden)"
         else:
-            lines.append(f"{path} = {shown}: {msg}")
+            line = f"{path} = {shown}: {msg}"
+        lines.append(line + (f" (from {origin})" if origin else ""))
     return lines
+
+
+def _origin(loc: tuple[int | str, ...], origins: Mapping[tuple[str, ...], str]) -> str | None:
+    keys = tuple(str(p) for p in loc)
+    for size in range(len(keys), 0, -1):
+        if keys[:size] in origins:
+            return origins[keys[:size]]
+    return None

@@ -30,7 +30,9 @@ def table_rows(snapshot: Snapshot) -> list[dict[str, str]]:
         snapshot: The agent's latest Snapshot.
 
     Returns:
-        Rows with columns server, model, in tok/s, out tok/s, W, tok/J, cost/Mtok, idle.
+        Rows with columns server, model, in tok/s, out tok/s, W, tok/J, cost per million
+        tokens (all cost per output token), the input part per million input tokens and the
+        output part per million output tokens (``-`` until the split has an estimator), idle.
     """
     up = {s.name: s.up for s in snapshot.servers}
     currency = snapshot.pricing.currency
@@ -45,6 +47,8 @@ def table_rows(snapshot: Snapshot) -> list[dict[str, str]]:
                 "W": _num(m.power_watts, "{:,.0f}"),
                 "tok/J": _num(m.tokens_per_joule, "{:.2f}"),
                 f"{currency}/Mtok": _num(m.cost_per_million_tokens, "{:.3f}"),
+                "in/Mtok": _num(m.input_cost_per_million_input_tokens, "{:.3f}"),
+                "out/Mtok": _num(m.output_cost_per_million_output_tokens, "{:.3f}"),
                 "idle": _idle(m),
             }
         )
@@ -303,7 +307,10 @@ def _write_truth(
     truth["exposition"] = generate_latest(agent.registry).decode()
     truth["notes"] = (
         "Every number counts from the agent's first (baseline) sample, as the agent's own "
-        "counters do; the world is held still for that sample and for the last one."
+        "counters do; the world is held still for that sample and for the last one. "
+        "lost_input_tokens and lost_output_tokens were made between a server's (or a "
+        "data-parallel rank's) last scrape and its restart: no scraper could see them, so the "
+        "agent's tokens_total should equal input_tokens - lost_input_tokens (likewise output)."
     )
     path.write_text(json.dumps(truth, indent=2, sort_keys=True))
 

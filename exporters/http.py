@@ -3,7 +3,8 @@
 Why asyncio from the standard library, and not prometheus_client's server or a WSGI server:
 
 - prometheus_client's ``start_http_server`` starts one thread per connection with no bound and
-  no timeouts, and has no basic auth (reliability-security.md §1.1, §7.D.31).
+  no timeouts, and has no basic auth (prometheus/client_python:
+  prometheus_client/exposition.py, ``ThreadingWSGIServer``).
 - waitress buffers requests well but has no TLS; cheroot does TLS but its built-in adapter
   performs the handshake on the accept thread and a worker sits in a blocking read while a
   slow client trickles in its request; gunicorn is a process manager, not an embeddable
@@ -15,28 +16,44 @@ Why asyncio from the standard library, and not prometheus_client's server or a W
 
 How a connection is served:
 
-1. Accept (event loop). Over ``max_open_connections`` open connections, a plain-HTTP client
-   gets an immediate ``503`` and a TLS client is closed: the count is the only unbounded-
-   looking resource and it is bounded here.
+1. Accept (event loop), in small batches so a storm cannot take every descriptor at once.
+   The open-connection limit (default ``64 * max_connections``) is lowered to fit the
+   process's open-file limit, less ``reserved_fds`` kept for scraping servers and NVML. At
+   the limit, the oldest connection that has not sent a complete request (idle or slow),
+   taken from the client address holding the most of them, is shed to make room; only
+   connections younger than a second are spared, since a scraper's request is on its way.
+   When every open connection is already working on a request, a plain-HTTP client gets an
+   immediate ``503`` and a TLS client is closed.
 2. TLS handshake, if configured, and reading the request head (event loop, non-blocking).
-   One deadline, ``client_timeout_seconds``, covers both from accept; a client that has not
-   sent a complete head by then is dropped. Heads over ``max_head_bytes`` get ``431``.
-3. Handling (a ``ThreadPoolExecutor`` of ``max_connections`` threads): basic auth (bcrypt,
-   serialized), routing, rendering. Requests beyond ``max_connections`` queue in the pool; the
-   queue is bounded by the open-connection limit, and a request that waited longer than
+   One short deadline, ``header_timeout_seconds`` (capped at ``client_timeout_seconds``),
+   covers both from accept; a client that has not sent a complete head by then is dropped.
+   Heads over ``max_head_bytes`` get ``431``. Lines may end in CRLF or a bare LF.
+3. Parsing and basic auth (event loop): a credential verified before is answered from the
+   cache at once; an unknown one goes to a small bcrypt pool (``auth_workers`` threads, at
+   most ``max_pending_auth`` checks queued, more get ``429``), never to the rendering
+   workers, so a flood of wrong passwords cannot queue in front of a valid scraper. A
+   refusal is held as long as a check at the file's highest bcrypt cost takes.
+4. Rendering (a ``ThreadPoolExecutor`` of ``max_connections`` threads). Requests beyond
+   ``max_connections`` queue in the pool; a request that waited longer than
    ``client_timeout_seconds`` gets ``503`` (its scraper has given up by then).
-4. Writing (event loop): the response is written, the connection closed (``Connection:
+5. Writing (event loop): the response is written, the connection closed (``Connection:
    close``, no keep-alive, so an idle client never holds anything). A client that does not
    read it within ``client_timeout_seconds`` is aborted.
 
-Threads: one event-loop thread and at most ``max_connections`` workers, whatever the load.
+Failures never become tracebacks: errors asyncio reports (an accept out of descriptors) and
+unexpected errors in a connection's callbacks end that connection and are logged as one
+logfmt line per kind per 10 s, with the count of repeats left out.
+
+Threads: one event-loop thread, at most ``max_connections`` rendering workers and
+``auth_workers`` bcrypt workers, whatever the load.
 
 Requests: ``GET`` and ``HEAD`` only (405 otherwise); query strings are ignored, so there is
 no way to make the agent fetch anything (no SSRF surface) and no ``name[]`` filtering work.
 Basic auth, when configured, applies to every path except ``auth_excluded_paths``.
 
 The web config file is re-read when it, or a certificate, key or CA file it names, changes:
-each new connection compares their size, inode and mtime (a few ``stat`` calls). A change
+each new connection compares their size, inode and mtime (a few ``stat`` calls), and on
+:meth:`MetricsServer.reload_web_config` (the CLI calls it on SIGHUP). A change
 that does not load (bad YAML, unreadable key) is logged and the previous config stays in
 force, so a botched rotation never turns TLS or auth off.
 """
@@ -48,21 +65,29 @@ import gzip
 import http.client
 import io
 import logging
+import os
 import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from email.utils import formatdate
+from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.exposition import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    choose_encoder,
+    generate_latest,
+)
 from prometheus_client.registry import Collector
 
 from agent.config import HttpSettings, split_listen
+from agent.logs import OncePer, describe
 from exporters.webconfig import (
     BasicAuth,
     WebConfig,
@@ -82,6 +107,7 @@ _REASONS = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -131,6 +157,55 @@ def _text(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) 
 
 
 _OVERLOADED = _text(503, "too many connections; retry later", (("Retry-After", "1"),))
+_UNAUTHORIZED = _text(401, "unauthorized", (("WWW-Authenticate", 'Basic realm="tokenergy"'),))
+_AUTH_BUSY = _text(
+    429, "too many credential checks in progress; retry later", (("Retry-After", "1"),)
+)
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _is_version(value: str) -> bool:
+    """``1``, ``1.0`` or ``1.0.0``: ASCII digits in at most three dot-separated parts."""
+    parts = value.split(".")
+    return len(parts) <= 3 and all(p.isascii() and p.isdigit() for p in parts)
+
+
+def _choose_format(accept: str) -> tuple[Callable[[Collector], bytes], str]:
+    """The encoder and content type for an Accept header; a malformed one gets text 0.0.4.
+
+    Media ranges whose ``version`` is not a dotted number are dropped before
+    prometheus_client's negotiation, which raises on them.
+    """
+    kept = []
+    for media in accept.split(","):
+        params = [p.strip() for p in media.split(";")[1:]]
+        versions = [p.split("=", 1)[1].strip() for p in params if p.startswith("version=")]
+        if all(_is_version(v) for v in versions):
+            kept.append(media)
+    try:
+        return choose_encoder(",".join(kept))
+    except Exception:  # a header prometheus_client cannot read: the default format
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+
+
+def _gzip_wanted(accept_encoding: str) -> bool:
+    """Whether ``Accept-Encoding`` accepts gzip with a q-value above 0 (RFC 9110 §12.5.3)."""
+    qualities: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        name, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if name:
+            qualities[name.lower()] = q
+    if "gzip" in qualities:
+        return qualities["gzip"] > 0
+    return qualities.get("*", 0.0) > 0
 
 
 @dataclass
@@ -141,8 +216,12 @@ class _Request:
 
 
 def _parse_head(head: bytes) -> _Request | _Response:
-    """Parse a request line and headers (the bytes before the blank line)."""
-    line, _, rest = head.partition(b"\r\n")
+    """Parse a request line and headers (the bytes before the blank line).
+
+    Lines may end in CRLF or a bare LF (RFC 9112 §2.2 lets a server accept LF).
+    """
+    lines = [line.removesuffix(b"\r") for line in head.split(b"\n")]
+    line, rest = lines[0], b"\r\n".join(lines[1:])
     parts = line.decode("latin-1").split(" ")
     if len(parts) != 3 or not _TOKEN.match(parts[0]):
         return _text(400, "malformed request line")
@@ -171,12 +250,8 @@ class _App:
         self._log = log
         self.auth = BasicAuth()
 
-    def respond(self, request: _Request, config: WebConfig | None) -> _Response:
-        if self._needs_auth(request, config) and not self.auth.check(
-            config.users if config is not None else {}, request.headers.get("Authorization")
-        ):
-            self._log.debug("authentication failed for %s %s", request.method, request.path)
-            return _text(401, "unauthorized", (("WWW-Authenticate", 'Basic realm="tokenergy"'),))
+    def respond(self, request: _Request) -> _Response:
+        """Route an authorized request (credentials are checked before, on the event loop)."""
         if request.method not in ("GET", "HEAD"):
             return _text(405, "only GET and HEAD are allowed", (("Allow", "GET, HEAD"),))
         if request.path == "/metrics":
@@ -188,7 +263,7 @@ class _App:
         return _text(404, "not found; see / for the endpoints")
 
     @staticmethod
-    def _needs_auth(request: _Request, config: WebConfig | None) -> bool:
+    def needs_auth(request: _Request, config: WebConfig | None) -> bool:
         return (
             config is not None
             and bool(config.users)
@@ -196,14 +271,14 @@ class _App:
         )
 
     def _metrics(self, request: _Request) -> _Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        encoder, content_type = _choose_format(request.headers.get("Accept", ""))
         try:
             body = encoder(self._registry)
         except Exception:  # a bug in rendering must not take the server down
             self._log.exception("rendering /metrics failed")
             return _text(500, "rendering metrics failed; see the agent's log")
         headers: tuple[tuple[str, str], ...] = (("Vary", "Accept, Accept-Encoding"),)
-        if gzip_accepted(request.headers.get("Accept-Encoding", "")):
+        if _gzip_wanted(request.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body, compresslevel=6)
             headers += (("Content-Encoding", "gzip"),)
         return _Response(200, body, headers, content_type)
@@ -219,7 +294,11 @@ class _App:
 
 
 class _Conn(asyncio.Protocol):
-    """One client connection, driven by the event loop."""
+    """One client connection, driven by the event loop.
+
+    Every callback is guarded: an unexpected error (a reset socket, no memory for a
+    thread) ends this connection with one rate-limited log line, never a traceback.
+    """
 
     def __init__(self, server: MetricsServer) -> None:
         self.server = server
@@ -230,18 +309,31 @@ class _Conn(asyncio.Protocol):
         self.config: WebConfig | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.peer_eof = False
+        self.peer = ""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.server._admit(self)
+        try:
+            self.server._admit(self)
+        except Exception as exc:
+            self.server._trouble("admitting a connection failed", exc)
+            self.close(abort=True)
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception as exc:
+            self.server._trouble("reading a request failed", exc)
+            self.close(abort=True)
+
+    def _received(self, data: bytes) -> None:
         if self.state != "head":
             return
         self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
+        found = _HEAD_END.search(self.buffer)
+        end = found.start() if found is not None else -1
         if (end < 0 and len(self.buffer) > self.server._max_head_bytes) or (
             end > self.server._max_head_bytes
         ):
@@ -252,6 +344,7 @@ class _Conn(asyncio.Protocol):
         head = bytes(self.buffer[:end])
         self.buffer.clear()
         self.state = "working"
+        self.server._started_work(self)
         self.server._dispatch(self, head)
 
     def eof_received(self) -> bool | None:
@@ -283,14 +376,18 @@ class _Conn(asyncio.Protocol):
         extra = self.config.headers if self.config is not None else ()
         transport = self.transport
         assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(response.encode(head_only, extra))
-        # Read (and drop) again: a paused reader would also stall asyncio's TLS shutdown.
-        if isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
-            transport.resume_reading()
-        if transport.can_write_eof() and not self.peer_eof:
-            transport.write_eof()
-        else:
-            transport.close()
+        try:
+            transport.write(response.encode(head_only, extra))
+            # Read (and drop) again: a paused reader would also stall asyncio's TLS shutdown.
+            if isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
+                transport.resume_reading()
+            if transport.can_write_eof() and not self.peer_eof:
+                transport.write_eof()
+            else:
+                transport.close()
+        except OSError:  # the client reset the connection first (shutdown: ENOTCONN)
+            self.close(abort=True)
+            return
         self.arm(self.server._timeout if linger is None else linger)
 
     def arm(self, seconds: float) -> None:
@@ -329,13 +426,19 @@ class MetricsServer:
         registry: What /metrics renders (a ``CollectorRegistry``).
         health: Returns ``(ok, lines)``; /healthz answers 200 when ok, else 503, with the
             lines (degraded parts) in the body.
-        settings: Listen address, worker count (``max_connections``) and client timeout.
+        settings: Listen address, worker count (``max_connections``), client and header
+            timeouts, and the web config file (loaded here, the one place it is loaded).
         log: Logger; passwords and Authorization headers are never logged.
         web_config: TLS and basic auth (see :mod:`exporters.webconfig`); None = plain HTTP.
             When None, ``settings.web_config_file`` is loaded if set.
         max_open_connections: Most connections open at once (reading, queued, being
-            served or written); default ``max(64, 32 * max_connections)``.
+            served or written); default ``max(64, 64 * max_connections)``, lowered to fit
+            the process's open-file limit less ``reserved_fds``.
         max_head_bytes: Largest request line plus headers accepted, bytes.
+        reserved_fds: File descriptors kept free for scraping servers, NVML and logs.
+        auth_workers: Threads that run bcrypt checks (away from the rendering workers).
+        max_pending_auth: Most credential checks queued or running; more get ``429``.
+        open_file_limit: The soft RLIMIT_NOFILE; read from the process when None.
 
     Raises:
         WebConfigError: When ``settings.web_config_file`` is set and cannot be used.
@@ -351,6 +454,10 @@ class MetricsServer:
         *,
         max_open_connections: int | None = None,
         max_head_bytes: int = 32 * 1024,
+        reserved_fds: int = 64,
+        auth_workers: int = 2,
+        max_pending_auth: int = 32,
+        open_file_limit: int | None = None,
     ) -> None:
         if web_config is None and settings.web_config_file is not None:
             web_config = load_web_config(settings.web_config_file)
@@ -359,18 +466,36 @@ class MetricsServer:
         self._app = _App(registry, health, log)
         self._config = web_config
         self._timeout = settings.client_timeout_seconds
+        self._header_timeout = min(settings.header_timeout_seconds, self._timeout)
         self._workers = settings.max_connections
-        self._max_open = max_open_connections or max(64, 32 * settings.max_connections)
+        wanted = max_open_connections or max(64, 64 * settings.max_connections)
+        limit = _open_file_limit() if open_file_limit is None else open_file_limit
+        budget = max(16, limit - _open_fds() - reserved_fds) if limit > 0 else 4 * wanted
+        # asyncio accepts a batch per wake-up and may accept ~3 batches before admitting any;
+        # those, and the 503s still draining, must fit in the budget as well.
+        self._accept_batch = max(1, min(64, budget // 16))
+        self._max_rejected = max(1, min(16, budget // 16))
+        room = budget - 3 * self._accept_batch - self._max_rejected
+        self._max_open = max(1, min(wanted, room))
+        # A connection younger than this is not shed: it is likely a scraper whose request
+        # is on its way; idle attackers are older.
+        self._min_idle_age = min(1.0, self._header_timeout / 2)
         self._max_head_bytes = max_head_bytes
+        self._auth_workers = auth_workers
+        self._max_pending_auth = max_pending_auth
+        self._pending_auth = 0
         self._conns: set[_Conn] = set()
+        # Connections still reading their head, oldest first, per client address.
+        self._idle: dict[str, OrderedDict[_Conn, None]] = {}
         self._rejected: set[_Conn] = set()  # answered 503 at the limit, draining before close
         self._tasks: set[asyncio.Task[None]] = set()
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._auth_pool: ThreadPoolExecutor | None = None
         self._aserver: asyncio.Server | None = None
-        self._busy_logged_at = -1e9
+        self._once = OncePer(10.0)
         self._pending_work = 0
 
     # -- public ------------------------------------------------------------------------------
@@ -393,30 +518,61 @@ class MetricsServer:
         """``https`` when TLS is configured, else ``http``."""
         return "https" if self._config is not None and self._config.tls is not None else "http"
 
+    @property
+    def max_open_connections(self) -> int:
+        """The open-connection limit in force (after fitting the open-file limit)."""
+        return self._max_open
+
     def start(self) -> None:
         """Bind the listener and start serving in the background.
 
         Raises:
             OSError: When the address cannot be bound (in use, not local, no permission);
                 the message names the address.
+            RuntimeError: When the event-loop thread cannot be started (no memory).
         """
         if self._thread is not None:
             raise RuntimeError("the server is already started")
         self._sock = _bind(self._settings.listen)
-        if self._config is not None:
-            self._app.auth.prepare(self._config.users)
-        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="http")
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(ready,), name="http-loop", daemon=True
-        )
-        self._thread.start()
+        try:
+            if self._config is not None:
+                self._app.auth.prepare(self._config.users)
+            self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="http")
+            self._auth_pool = ThreadPoolExecutor(
+                max_workers=self._auth_workers, thread_name_prefix="http-auth"
+            )
+            self._loop = asyncio.new_event_loop()
+            self._loop.set_exception_handler(self._loop_error)
+            ready = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run, args=(ready,), name="http-loop", daemon=True
+            )
+            self._thread.start()
+        except BaseException:
+            self._sock.close()
+            if self._loop is not None:
+                self._loop.close()
+            self._sock = self._loop = self._thread = self._pool = self._auth_pool = None
+            raise
         ready.wait()
         future = asyncio.run_coroutine_threadsafe(self._open(), self._loop)
         future.result()
         host, port = self.address
-        self._log.info("serving %s on %s port %d", self.scheme, host, port)
+        self._log.info(
+            "serving %s on %s port %d", self.scheme, host, port,
+            extra={"max_open_connections": self._max_open},
+        )  # fmt: skip
+
+    def reload_web_config(self) -> None:
+        """Re-read the web config now (SIGHUP), whether or not its files look changed.
+
+        A config that does not load is logged and the one in force stays.
+        """
+        loop = self._loop
+        if loop is None or self._config is None:
+            self._log.info("no web config to re-read")
+            return
+        loop.call_soon_threadsafe(self._current_config, True)
 
     def stop(self, grace_seconds: float = 5.0) -> None:
         """Stop listening, let in-flight requests finish within ``grace_seconds``, then close.
@@ -442,9 +598,11 @@ class MetricsServer:
             if self._pool is not None:
                 # Workers still busy past the grace period are left to finish on their own.
                 self._pool.shutdown(wait=self._pending_work == 0, cancel_futures=True)
+            if self._auth_pool is not None:
+                self._auth_pool.shutdown(wait=False, cancel_futures=True)
             if self._sock is not None:
                 self._sock.close()
-            self._loop = self._thread = self._pool = self._aserver = None
+            self._loop = self._thread = self._pool = self._auth_pool = self._aserver = None
 
     def __enter__(self) -> MetricsServer:
         self.start()
@@ -464,9 +622,13 @@ class MetricsServer:
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._sock is not None
+        # asyncio accepts up to ``backlog`` sockets per wake-up before any is admitted; a
+        # small batch keeps a storm from taking every descriptor at once. The kernel queue
+        # is then widened again, so a burst waits there instead of being refused.
         self._aserver = await loop.create_server(
-            lambda: _Conn(self), sock=self._sock, backlog=min(socket.SOMAXCONN, 4096)
+            lambda: _Conn(self), sock=self._sock, backlog=self._accept_batch
         )
+        self._sock.listen(min(socket.SOMAXCONN, 4096))
 
     async def _close(self, grace_seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -486,12 +648,30 @@ class MetricsServer:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.sleep(0)
 
-    def _current_config(self) -> WebConfig | None:
-        """The web config in force, reloaded when its files changed."""
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Errors asyncio reports (accept out of descriptors...): one line per kind per 10 s."""
+        message = str(context.get("message", "event loop error"))
+        exc = context.get("exception")
+        self._trouble(message, exc if isinstance(exc, BaseException) else None)
+
+    def _trouble(self, what: str, exc: BaseException | None) -> None:
+        """Log an unexpected condition once per interval, without a traceback."""
+        reason = describe(exc) if exc is not None else ""
+        key = f"{what}|{type(exc).__name__}|{getattr(exc, 'errno', '')}"
+        left_out = self._once.ready(key)
+        if left_out is None:
+            return
+        self._log.warning(
+            what,
+            extra={"error": reason or "-", "repeats_left_out": left_out},
+        )
+
+    def _current_config(self, force: bool = False) -> WebConfig | None:
+        """The web config in force, reloaded when its files changed (or when forced)."""
         config = self._config
         if config is None:
             return None
-        if file_signature(config.files()) == config.signature:
+        if not force and file_signature(config.files()) == config.signature:
             return config
         try:
             fresh = load_web_config(config.path)
@@ -510,29 +690,68 @@ class MetricsServer:
         loop = asyncio.get_running_loop()
         transport = conn.transport
         assert transport is not None
+        peername = transport.get_extra_info("peername")
+        conn.peer = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
         if len(self._conns) >= self._max_open:
-            now = loop.time()
-            if now - self._busy_logged_at > 10.0:
-                self._busy_logged_at = now
-                self._log.warning("connection limit %d reached; refusing clients", self._max_open)
-            config = self._config
-            if (config is None or config.tls is None) and len(self._rejected) < self._max_open:
-                self._rejected.add(conn)
-                conn.reply(_OVERLOADED, head_only=False, linger=1.0)
-            else:
-                transport.abort()  # type: ignore[attr-defined]
-                conn.state = "closed"
+            self._shed_oldest_idle()
+        if len(self._conns) >= self._max_open:
+            self._refuse(conn)
             return
         self._conns.add(conn)
+        self._idle.setdefault(conn.peer, OrderedDict())[conn] = None
         conn.accepted_at = time.monotonic()
         conn.config = self._current_config()
-        conn.arm(self._timeout)
+        conn.arm(self._header_timeout)
         if conn.config is not None and conn.config.tls is not None:
             assert isinstance(transport, asyncio.ReadTransport)
             transport.pause_reading()
             task = loop.create_task(self._handshake(conn, conn.config))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _shed_oldest_idle(self) -> None:
+        """Close the oldest unfinished connection of the address that holds the most.
+
+        Per-address fairness: a client that opens hundreds of idle sockets loses its own
+        oldest first, not another client's handshake in progress.
+        """
+        if not self._idle:
+            return
+        busiest = max(self._idle.values(), key=len)
+        oldest = next(iter(busiest))
+        if time.monotonic() - oldest.accepted_at < self._min_idle_age:
+            # The busiest address only has fresh connections; try the oldest of any address.
+            oldest = min((next(iter(d)) for d in self._idle.values()), key=lambda c: c.accepted_at)
+            if time.monotonic() - oldest.accepted_at < self._min_idle_age:
+                return
+        self._shed(oldest, "open-connection limit")
+
+    def _shed(self, conn: _Conn, why: str) -> None:
+        self._trouble(f"{why} reached; oldest idle connection shed", None)
+        conn.close(abort=True)
+        self._forget(conn)
+
+    def _refuse(self, conn: _Conn) -> None:
+        """Every open connection is working on a request: answer 503 (plain) or close (TLS)."""
+        transport = conn.transport
+        assert transport is not None
+        self._trouble(f"connection limit {self._max_open} reached; refusing clients", None)
+        config = self._config
+        if (config is None or config.tls is None) and len(self._rejected) < self._max_rejected:
+            self._rejected.add(conn)
+            conn.reply(_OVERLOADED, head_only=False, linger=1.0)
+        else:
+            transport.abort()  # type: ignore[attr-defined]
+            conn.state = "closed"
+
+    def _started_work(self, conn: _Conn) -> None:
+        """The head is in: the connection is no longer idle, nor sheddable."""
+        idle = self._idle.get(conn.peer)
+        if idle is not None:
+            idle.pop(conn, None)
+            if not idle:
+                del self._idle[conn.peer]
+        conn.arm(self._timeout)
 
     async def _handshake(self, conn: _Conn, config: WebConfig) -> None:
         assert config.tls is not None and conn.transport is not None
@@ -543,7 +762,7 @@ class MetricsServer:
                 conn,
                 config.tls.context,
                 server_side=True,
-                ssl_handshake_timeout=self._timeout,
+                ssl_handshake_timeout=self._header_timeout,
             )
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
             self._log.debug("TLS handshake failed: %s", exc)
@@ -559,13 +778,81 @@ class MetricsServer:
             conn.close(abort=True)
 
     def _dispatch(self, conn: _Conn, head: bytes) -> None:
-        loop = asyncio.get_running_loop()
+        """Parse the head and check credentials on the loop; bcrypt and rendering elsewhere.
+
+        A credential already verified (cached) goes straight to the rendering workers; an
+        unknown one waits for the small bcrypt pool, so a flood of wrong passwords never
+        queues in front of a scraper that authenticated before.
+        """
         transport = conn.transport
         if isinstance(transport, asyncio.ReadTransport):
             transport.pause_reading()
+        parsed = _parse_head(head)
+        if isinstance(parsed, _Response):
+            conn.reply(parsed, head_only=False)
+            return
+        config = conn.config
+        if not self._app.needs_auth(parsed, config):
+            self._render(conn, parsed)
+            return
+        users = config.users if config is not None else {}
+        header = parsed.headers.get("Authorization")
+        verdict = self._app.auth.cached(users, header)
+        if verdict is True:
+            self._render(conn, parsed)
+        elif verdict is False:
+            self._log.debug("authentication failed for %s %s", parsed.method, parsed.path)
+            conn.reply(_UNAUTHORIZED, head_only=False)
+        elif self._pending_auth >= self._max_pending_auth:
+            self._trouble("too many credential checks at once; answering 429", None)
+            conn.reply(_AUTH_BUSY, head_only=False)
+        else:
+            self._verify(conn, parsed, users, header)
+
+    def _verify(
+        self, conn: _Conn, request: _Request, users: Mapping[str, bytes], header: str | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._auth_pool is not None
+        self._pending_auth += 1
+        try:
+            check = loop.run_in_executor(self._auth_pool, self._app.auth.verify, users, header)
+        except RuntimeError as exc:  # no thread could be started (memory limit)
+            self._pending_auth -= 1
+            self._trouble("cannot start a worker thread", exc)
+            conn.reply(_text(503, "server busy; retry later", (("Retry-After", "1"),)), False)
+            return
+
+        def done(fut: asyncio.Future[tuple[bool, float]]) -> None:
+            self._pending_auth -= 1
+            if fut.cancelled() or conn.state != "working":
+                conn.close(abort=True)
+                return
+            exc = fut.exception()
+            if exc is not None:
+                self._trouble("checking credentials failed", exc)
+                conn.reply(_UNAUTHORIZED, head_only=False)
+                return
+            ok, hold = fut.result()
+            if ok:
+                self._render(conn, request)
+                return
+            self._log.debug("authentication failed for %s %s", request.method, request.path)
+            # Held as long as the slowest hash takes, so timing tells no user names.
+            loop.call_later(hold, conn.reply, _UNAUTHORIZED, False)
+
+        check.add_done_callback(done)
+
+    def _render(self, conn: _Conn, request: _Request) -> None:
+        loop = asyncio.get_running_loop()
         assert self._pool is not None
+        try:
+            work = loop.run_in_executor(self._pool, self._work, request, conn.accepted_at)
+        except RuntimeError as exc:  # no thread could be started (memory limit)
+            self._trouble("cannot start a worker thread", exc)
+            conn.reply(_text(503, "server busy; retry later", (("Retry-After", "1"),)), False)
+            return
         self._pending_work += 1
-        work = loop.run_in_executor(self._pool, self._work, head, conn.config, conn.accepted_at)
 
         def done(fut: asyncio.Future[tuple[_Response, bool]]) -> None:
             self._pending_work -= 1
@@ -574,36 +861,54 @@ class MetricsServer:
                 return
             exc = fut.exception()
             if exc is not None:
-                self._log.error("request handling failed: %r", exc)
+                self._trouble("request handling failed", exc)
                 conn.reply(_text(500, "internal error"), head_only=False)
                 return
             response, head_only = fut.result()
             try:
                 conn.reply(response, head_only)
-            except Exception:  # never leave a client hanging on a bug in writing
-                self._log.exception("writing a response failed")
+            except Exception as error:  # never leave a client hanging on a bug in writing
+                self._trouble("writing a response failed", error)
                 conn.close(abort=True)
 
         work.add_done_callback(done)
 
     # -- worker side -------------------------------------------------------------------------
 
-    def _work(
-        self, head: bytes, config: WebConfig | None, accepted_at: float
-    ) -> tuple[_Response, bool]:
+    def _work(self, request: _Request, accepted_at: float) -> tuple[_Response, bool]:
         waited = time.monotonic() - accepted_at
         if waited > self._timeout:
             return _text(503, "server busy; retry later", (("Retry-After", "1"),)), False
-        parsed = _parse_head(head)
-        if isinstance(parsed, _Response):
-            return parsed, False
-        response = self._app.respond(parsed, config)
-        self._log.debug("%s %s -> %d", parsed.method, parsed.path, response.status)
-        return response, parsed.method == "HEAD"
+        response = self._app.respond(request)
+        self._log.debug("%s %s -> %d", request.method, request.path, response.status)
+        return response, request.method == "HEAD"
 
     def _forget(self, conn: _Conn) -> None:
         self._conns.discard(conn)
         self._rejected.discard(conn)
+        idle = self._idle.get(conn.peer)
+        if idle is not None:
+            idle.pop(conn, None)
+            if not idle:
+                del self._idle[conn.peer]
+
+
+def _open_file_limit() -> int:
+    """The soft RLIMIT_NOFILE, or 0 when unknown or unlimited."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 0
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 0 if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def _open_fds() -> int:
+    """Descriptors this process has open now (Linux /proc; 0 elsewhere)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
 
 
 def _bind(listen: str) -> socket.socket:

@@ -35,10 +35,12 @@ Any other key is an error naming it. Loading reads the files, so a missing certi
 a key that does not match is a startup error, not a failed scrape later.
 
 :class:`BasicAuth` checks credentials the way exporter-toolkit does: an unknown user is
-checked against a dummy hash of the same cost (so it takes as long as a wrong password),
-bcrypt runs one check at a time behind a lock (it is CPU-heavy by design), and results are
-cached per (user, stored hash, SHA-256 of the offered password) so a scraper that sends the
-same credentials every 15 s pays for bcrypt once. Plain passwords are never stored or logged.
+checked against a dummy hash of the highest cost in the file, and every uncached refusal is
+held as long as a check at that cost takes (so mixed costs tell no user names); bcrypt runs
+at most two checks at once (it is CPU-heavy by design); results are cached per (user, stored
+hash, SHA-256 of the offered password) so a scraper that sends the same credentials every
+15 s pays for bcrypt once, and a cached answer needs no bcrypt thread at all. Plain
+passwords are never stored or logged.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import os
 import re
 import ssl
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -58,8 +61,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bcrypt
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.config import format_validation_error, parse_yaml
 
 ClientAuth = Literal["NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
 
@@ -212,15 +216,9 @@ def file_signature(paths: tuple[Path, ...]) -> tuple[tuple[str, int, int, int], 
     return tuple(out)
 
 
-def _format_errors(exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key")
-        else:
-            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-    return lines
+def _secret(loc: tuple[int | str, ...]) -> bool:
+    """Values under basic_auth_users may be passwords pasted by mistake: never shown."""
+    return bool(loc) and loc[0] == "basic_auth_users"
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -389,10 +387,7 @@ def load_web_config(path: Path) -> WebConfig:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise WebConfigError(path, [f"cannot read: {exc}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise WebConfigError(path, [f"not valid YAML: {exc}"]) from None
+    raw = parse_yaml(text, str(path), lambda lines: WebConfigError(path, lines))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -400,7 +395,9 @@ def load_web_config(path: Path) -> WebConfig:
     try:
         model = _FileModel.model_validate(raw)
     except ValidationError as exc:
-        raise WebConfigError(path, _format_errors(exc)) from None
+        raise WebConfigError(
+            path, format_validation_error(exc, model=_FileModel, secret=_secret)
+        ) from None
 
     errors: list[str] = []
     if model.rate_limit is not None:
@@ -457,37 +454,126 @@ def peer_has_allowed_san(peercert: Mapping[str, Any] | None, allowed: tuple[str,
 class BasicAuth:
     """Checks ``Authorization: Basic`` headers against bcrypt hashes (exporter-toolkit style).
 
-    Thread-safe: bcrypt checks run one at a time; the result cache has its own lock.
+    Thread-safe. Three steps, so a server can keep bcrypt off its rendering workers:
+    :meth:`cached` answers from the cache (microseconds, safe on an event loop),
+    :meth:`verify` runs bcrypt (at most ``max_concurrent`` at once) and says how long to hold
+    a refusal, :meth:`check` does both and holds the refusal itself.
+
+    Timing: an unknown user is checked against a dummy hash of the highest cost among the
+    users, and every refusal is held until as long as a check at that cost takes, so a
+    user with a cheaper hash is not told apart from an unknown one by its speed.
 
     Args:
         cache_size: Most (user, hash, password digest) results kept, oldest dropped first.
+        max_concurrent: Most bcrypt checks running at once.
     """
 
-    def __init__(self, cache_size: int = 1024) -> None:
-        self._bcrypt_lock = threading.Lock()
-        self._cache_lock = threading.Lock()
+    def __init__(self, cache_size: int = 1024, max_concurrent: int = 2) -> None:
+        self._bcrypt_slots = threading.BoundedSemaphore(max_concurrent)
+        self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, bytes, bytes], bool] = OrderedDict()
         self._cache_size = cache_size
         self._dummies: dict[int, bytes] = {}
+        self._seconds_at_cost: dict[int, float] = {}
 
     def prepare(self, users: Mapping[str, bytes]) -> None:
-        """Make the dummy hash for the users' bcrypt cost now, not on the first unknown user.
+        """Make the dummy hash for the users' highest bcrypt cost now, and time it.
 
         Args:
             users: User name -> bcrypt hash.
         """
         self._dummy(users)
 
+    @staticmethod
+    def _cost(users: Mapping[str, bytes]) -> int:
+        return max((int(h[4:6]) for h in users.values()), default=10)
+
     def _dummy(self, users: Mapping[str, bytes]) -> bytes:
-        # Same cost as the real hashes, so an unknown user takes as long as a wrong password.
-        cost = max((int(h[4:6]) for h in users.values()), default=10)
-        with self._bcrypt_lock:
-            if cost not in self._dummies:
-                self._dummies[cost] = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(cost))
-            return self._dummies[cost]
+        cost = self._cost(users)
+        with self._lock:
+            dummy = self._dummies.get(cost)
+        if dummy is None:
+            t0 = time.perf_counter()
+            dummy = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(cost))
+            elapsed = time.perf_counter() - t0
+            with self._lock:
+                self._dummies.setdefault(cost, dummy)
+                self._seconds_at_cost.setdefault(cost, elapsed)
+                dummy = self._dummies[cost]
+        return dummy
+
+    @staticmethod
+    def _key(
+        users: Mapping[str, bytes], credentials: tuple[str, bytes]
+    ) -> tuple[str, bytes, bytes]:
+        # No bcrypt here (it may run on an event loop): an unknown user keys on b"".
+        user, password = credentials
+        return user, users.get(user, b""), hashlib.sha256(password).digest()
+
+    def cached(self, users: Mapping[str, bytes], authorization: str | None) -> bool | None:
+        """The answer without bcrypt, when there is one.
+
+        Args:
+            users: User name -> bcrypt hash, from the web config in force.
+            authorization: The ``Authorization`` header value, or None.
+
+        Returns:
+            True or False from the cache, False for a missing or malformed header, None
+            when bcrypt must run (:meth:`verify`).
+        """
+        credentials = _parse_basic(authorization)
+        if credentials is None:
+            return False
+        key = self._key(users, credentials)
+        with self._lock:
+            found = self._cache.get(key)
+            if found is not None:
+                self._cache.move_to_end(key)
+            return found
+
+    def verify(self, users: Mapping[str, bytes], authorization: str | None) -> tuple[bool, float]:
+        """Run bcrypt for a header :meth:`cached` could not answer, and cache the result.
+
+        Args:
+            users: User name -> bcrypt hash.
+            authorization: The ``Authorization`` header value, or None.
+
+        Returns:
+            (accepted, seconds to hold a refusal before answering it: the time a check at
+            the highest cost takes, less the time this one took; 0 when accepted).
+        """
+        started = time.perf_counter()
+        credentials = _parse_basic(authorization)
+        if credentials is None:
+            return False, 0.0
+        user, password = credentials
+        key = self._key(users, credentials)
+        known = user in users
+        hashed = key[1] if known else self._dummy(users)
+        with self._bcrypt_slots:
+            t0 = time.perf_counter()
+            try:
+                matched = bcrypt.checkpw(password, hashed)
+            except ValueError:
+                # Longer than bcrypt's 72 bytes: spend the same time, then refuse.
+                bcrypt.checkpw(b"", hashed)
+                matched = False
+            took = time.perf_counter() - t0
+        result = known and matched
+        cost = self._cost(users)
+        with self._lock:
+            if not known:  # a check at the highest cost: keep its time current
+                self._seconds_at_cost[cost] = took
+            self._cache[key] = result
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            slowest = self._seconds_at_cost.get(cost, 0.0)
+        if result:
+            return True, 0.0
+        return False, max(0.0, slowest - (time.perf_counter() - started))
 
     def check(self, users: Mapping[str, bytes], authorization: str | None) -> bool:
-        """Whether the header carries the right password of a known user.
+        """Whether the header carries the right password of a known user (blocking).
 
         Args:
             users: User name -> bcrypt hash, from the web config in force.
@@ -495,34 +581,16 @@ class BasicAuth:
 
         Returns:
             True only for a known user with the right password. An unknown user costs one
-            bcrypt check against a dummy hash, like a wrong password.
+            bcrypt check against a dummy hash; every uncached refusal takes as long as a
+            check at the highest cost.
         """
-        credentials = _parse_basic(authorization)
-        if credentials is None:
-            return False
-        user, password = credentials
-        stored = users.get(user)
-        known = stored is not None
-        hashed = stored if stored is not None else self._dummy(users)
-        key = (user, hashed, hashlib.sha256(password).digest())
-        with self._cache_lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                return cached
-        with self._bcrypt_lock:
-            try:
-                matched = bcrypt.checkpw(password, hashed)
-            except ValueError:
-                # Longer than bcrypt's 72 bytes: spend the same time, then refuse.
-                bcrypt.checkpw(b"", hashed)
-                matched = False
-        result = known and matched
-        with self._cache_lock:
-            self._cache[key] = result
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return result
+        found = self.cached(users, authorization)
+        if found is not None:
+            return found
+        ok, hold = self.verify(users, authorization)
+        if hold > 0:
+            time.sleep(hold)
+        return ok
 
 
 def _parse_basic(authorization: str | None) -> tuple[str, bytes] | None:

@@ -21,7 +21,10 @@ __all__ = [
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _PER = {"s": 1.0, "sec": 1.0, "h": 3600.0, "hour": 3600.0, "day": 86400.0, "d": 86400.0}
-_NUMBER = r"[+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_NUMBER = re.compile(r"[+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_PER_PERIOD = re.compile(r"\s*([^/\s]+)\s*/\s*([a-z]+)\s*")
+_GROWTH = re.compile(r"\s*([+-]?[^%\s]+)\s*%\s*/\s*(month|mo)\s*")
 
 
 class ScenarioError(ValueError):
@@ -29,7 +32,7 @@ class ScenarioError(ValueError):
 
 
 def _number(text: str, option: str, what: str) -> float:
-    if not re.fullmatch(_NUMBER, text):
+    if not _NUMBER.fullmatch(text):
         raise ScenarioError(f"{option}: {text!r} is not a number ({what})")
     value = float(text)
     if not math.isfinite(value):
@@ -50,7 +53,7 @@ def parse_range(text: str, option: str = "--range") -> float:
     Raises:
         ScenarioError: Not a duration, or zero.
     """
-    parts = re.findall(r"(\d+)([smhdw])", text)
+    parts = _DURATION_PART.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ScenarioError(
             f"{option}: {text!r} is not a duration; use e.g. 7d, 24h, 90m, 30s or 1w"
@@ -74,7 +77,7 @@ def parse_demand(text: str, option: str = "--demand") -> float:
     Raises:
         ScenarioError: Malformed, without a period, or not positive.
     """
-    match = re.fullmatch(r"\s*([^/\s]+)\s*/\s*([a-z]+)\s*", text)
+    match = _PER_PERIOD.fullmatch(text)
     if match is None or match.group(2) not in _PER:
         raise ScenarioError(
             f"{option}: {text!r} is not a demand; use tokens per period, "
@@ -99,7 +102,7 @@ def parse_growth(text: str, option: str = "--growth") -> float:
     Raises:
         ScenarioError: Malformed, another period, or a shrink of 100 % or more.
     """
-    match = re.fullmatch(r"\s*([+-]?[^%\s]+)\s*%\s*/\s*(month|mo)\s*", text)
+    match = _GROWTH.fullmatch(text)
     if match is None:
         raise ScenarioError(
             f"{option}: {text!r} is not a growth rate; use a percentage per month, e.g. 15%/month"

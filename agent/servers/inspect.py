@@ -94,14 +94,15 @@ def inspect_command(
                 f"unsupported URL scheme {scheme.group(1)!r} in {source}: use an http:// or "
                 "https:// URL, a file, or - for standard input"
             )
+        content_type: str | None = None
         if scheme is not None:
-            body = _fetch(source, engine, scrape, ca_file)
+            body, content_type = _fetch(source, engine, scrape, ca_file)
         elif source == "-":
             body = _read_limited(stdin, limits.max_body_bytes, where)
         else:
             body = _read_file(Path(source), limits.max_body_bytes)
         _check_text(body, where)
-        result = read_exposition_detailed(body, engine, limits)
+        result = read_exposition_detailed(body, engine, limits, content_type)
     except _InputError as exc:
         stderr.write(f"tokenergy inspect: {exc}\n")
         return EXIT_BAD_INPUT
@@ -134,7 +135,9 @@ def _check_text(body: bytes, where: str) -> None:
         )
 
 
-def _fetch(url: str, engine: str, scrape: ScrapeSettings, ca_file: Path | None = None) -> bytes:
+def _fetch(
+    url: str, engine: str, scrape: ScrapeSettings, ca_file: Path | None = None
+) -> tuple[bytes, str | None]:
     try:
         server = ServerSettings.model_validate(
             {"name": "inspect", "url": url, "engine": engine, "ca_file": ca_file}
@@ -148,8 +151,8 @@ def _fetch(url: str, engine: str, scrape: ScrapeSettings, ca_file: Path | None =
         raise _InputError(f"bad URL {url!r}: no host")
     scraper = ServerScraper(server, scrape)
     try:
-        # TODO(parser): hand fetched.content_type to the parser once it takes one.
-        return scraper.fetch().body
+        fetched = scraper.fetch()
+        return fetched.body, fetched.content_type
     except ScrapeError as exc:
         raise _InputError(f"{url}: {exc}") from None
     finally:

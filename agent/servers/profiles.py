@@ -594,7 +594,10 @@ def _check_not_empty(body: bytes | str) -> None:
 
 
 def read_exposition(
-    body: bytes | str, engine: str = "auto", limits: ParseLimits = DEFAULT_LIMITS
+    body: bytes | str,
+    engine: str = "auto",
+    limits: ParseLimits = DEFAULT_LIMITS,
+    content_type: str | None = None,
 ) -> ServerReading:
     """Read one server's exposition into a normalized reading.
 
@@ -602,6 +605,8 @@ def read_exposition(
         body: The ``/metrics`` body, bytes (UTF-8) or text.
         engine: An engine name from :data:`ENGINE_NAMES`, or ``auto`` to detect it.
         limits: Parser limits.
+        content_type: The response's Content-Type (format and name escaping), or None to
+            sniff; see :meth:`~agent.servers.parser.Scanner.parse`.
 
     Returns:
         The reading: engine name, one TokenReading per model, start time where exposed.
@@ -611,11 +616,14 @@ def read_exposition(
         UnknownEngineError: When the engine is unknown, cannot be detected, or its metrics
             are absent.
     """
-    return read_exposition_detailed(body, engine, limits).reading
+    return read_exposition_detailed(body, engine, limits, content_type).reading
 
 
 def read_exposition_detailed(
-    body: bytes | str, engine: str = "auto", limits: ParseLimits = DEFAULT_LIMITS
+    body: bytes | str,
+    engine: str = "auto",
+    limits: ParseLimits = DEFAULT_LIMITS,
+    content_type: str | None = None,
 ) -> ExpositionResult:
     """Like :func:`read_exposition`, and also return the warnings.
 
@@ -623,6 +631,7 @@ def read_exposition_detailed(
         body: The ``/metrics`` body, bytes (UTF-8) or text.
         engine: An engine name from :data:`ENGINE_NAMES`, or ``auto``.
         limits: Parser limits.
+        content_type: The response's Content-Type, or None to sniff.
 
     Returns:
         The reading and the warnings.
@@ -637,9 +646,9 @@ def read_exposition_detailed(
         )
     _check_not_empty(body)
     if engine == "auto":
-        exp = _AUTO_SCANNER.parse(body, limits)
+        exp = _AUTO_SCANNER.parse(body, limits, content_type)
         return interpret(exp, detect_engine(exp))
-    exp = _SCANNERS[engine].parse(body, limits)
+    exp = _SCANNERS[engine].parse(body, limits, content_type)
     best = _best(exp, PROFILES[engine])
     if not best:
         raise UnknownEngineError(

@@ -256,9 +256,10 @@ class ServerScraper:
         """
         fetched = self.fetch()
         try:
-            # TODO(parser): pass content_type=fetched.content_type once read_exposition takes
-            # it (the parser branch adds it to Scanner.parse), so OpenMetrics is told apart.
-            return read_exposition(fetched.body, self._server.engine, self._limits)
+            # The Content-Type tells OpenMetrics (and its name escaping) from the classic text.
+            return read_exposition(
+                fetched.body, self._server.engine, self._limits, fetched.content_type
+            )
         except ExpositionError as exc:
             if fetched.redirected_from is not None:
                 # The answer of a redirect target is not shown: it may be any internal service.

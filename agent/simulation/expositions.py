@@ -3,7 +3,7 @@
 Pure module: builds text from counters; no I/O, no clock, no threads.
 
 Each renderer writes what the real server writes, as far as the reference
-(``/work/shared/reference/inference-metrics.md``) and the servers' source tell: real metric
+and the servers' source tell: real metric
 names, HELP and TYPE lines, label names, number formatting, the real vLLM V1 histogram bucket
 boundaries (``vllm/v1/metrics/loggers.py``, ``PrometheusStatLogger``), ``_created`` series
 where the server's registry emits them, and ``process_*``/``python_*``/``http_*`` noise. The
@@ -13,7 +13,13 @@ demo's simulated servers render on every request, so the renderers are written f
 Token totals are split across ranks (vLLM ``engine``, SGLang ``dp_rank``, LMDeploy
 ``engine``) so that the matching engine profile's sum equals the input exactly. The one
 exception is llama.cpp, which prints values with six significant digits like the real server:
-from 1e6 tokens up the rendered counter is rounded (to 10 tokens at 1e6, 100 at 1e7).
+from 1e6 tokens up the rendered counter is rounded (to 10 tokens at 1e6, 100 at 1e7). Its
+``prompt_tokens_total`` excludes the prompt-cache hits, which ``prompt_tokens_cached_total``
+counts (as llama-server does).
+
+vLLM, SGLang and LMDeploy are also built from prometheus_client registries served by the
+engines' own apps (:mod:`agent.simulation.engines`); the demo's servers use those. The text
+renderers here stay for fixtures and the parser benchmarks.
 """
 
 # The metric tables below keep each real HELP string on one line, next to its name.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 __all__ = [
     "ENGINES",
@@ -122,7 +129,15 @@ _SGLANG_ITL = (
 )  # fmt: skip
 _SGLANG_E2E = (*_SGLANG_TTFT, 600, 1200, 1800, 2400)
 _TRITON_TOKENS = (10, 50, 100, 500, 1000)
-_DYNAMO_TOKENS = (0, 100, 210, 430, 870, 1700, 3500, 7000, 14000, 28000, 56000, 110000)
+# Bucket boundaries of the Dynamo frontend's histograms, as its /metrics shows them
+# (ai-dynamo/dynamo : docs/observability/metrics_examples/fe.log).
+_DYNAMO_INPUT = (0, 100, 210, 430, 870, 1800, 3600, 7400, 15000, 31000, 63000, 130000)
+_DYNAMO_OUTPUT = (0, 100, 210, 430, 880, 1800, 3700, 7600, 16000, 32000)
+_DYNAMO_ITL = (0, 0.0019, 0.0035, 0.0067, 0.013, 0.024, 0.045, 0.084, 0.16, 0.3, 0.56, 1.1, 2)
+_DYNAMO_DURATION = (0, 1.9, 3.4, 6.3, 12, 22, 40, 75, 140, 260)
+_DYNAMO_TTFT = (
+    0, 0.0022, 0.0047, 0.01, 0.022, 0.047, 0.1, 0.22, 0.47, 1, 2.2, 4.7, 10, 22, 48, 100, 220, 480,
+)  # fmt: skip
 
 # Per-rank values handed to the vLLM tables below.
 _P, _G, _C, _RUN, _WAIT, _FIN = range(6)
@@ -763,20 +778,27 @@ def _tgi(models: Sequence[SimModelCounters]) -> str:
 
 
 def _llamacpp(models: Sequence[SimModelCounters]) -> str:
-    # No labels at all; values through a default C++ stream (6 significant digits, like %g).
+    # tools/server/server-context.cpp, the metrics handler: no labels at all; values through a
+    # default C++ stream (six significant digits, like %g); prompt_tokens_total counts the
+    # prompt tokens evaluated, the cache hits apart in prompt_tokens_cached_total.
     m = models[0] if models else SimModelCounters(model="")
+    evaluated = m.prompt_tokens - m.cached_prompt_tokens
     rows: tuple[tuple[str, str, str, float], ...] = (
-        ("prompt_tokens_total", "counter", "Number of prompt tokens processed.", m.prompt_tokens),
-        ("prompt_seconds_total", "counter", "Prompt process time", m.prompt_tokens / 2500.0),
-        ("tokens_predicted_total", "counter", "Number of generation tokens processed.", m.generation_tokens),
-        ("tokens_predicted_seconds_total", "counter", "Predict process time", m.generation_tokens / 45.0),
-        ("n_decode_total", "counter", "Total number of llama_decode() calls", m.generation_tokens // 2),
-        ("n_tokens_max", "counter", "Largest observed n_tokens.", 8192),
-        ("n_busy_slots_per_decode", "counter", "Average number of busy slots per llama_decode() call", 1.73),
-        ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s.", 2500.0),
-        ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s.", 45.0),
-        ("requests_processing", "gauge", "Number of requests processing.", m.requests_running),
-        ("requests_deferred", "gauge", "Number of requests deferred.", m.requests_waiting),
+        ("prompt_tokens_total", "counter", "Number of prompt tokens processed, excluding cached tokens", evaluated),
+        ("prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache", m.cached_prompt_tokens),
+        ("prompt_seconds_total", "counter", "Total time spent processing prompts", evaluated / 2500.0),
+        ("tokens_predicted_total", "counter", "Number of generation tokens processed", m.generation_tokens),
+        ("tokens_predicted_seconds_total", "counter", "Total time spent generating tokens", m.generation_tokens / 45.0),
+        ("n_decode_total", "counter", "Total number of llama_decode() calls, excluding speculative decoding and multimodal decoding", m.generation_tokens // 2),
+        ("n_tokens_max", "counter", "Largest observed sequence length (prompt + generation)", 8192 if m.prompt_tokens else 0),
+        ("spec_decode_num_draft_tokens_total", "counter", "Speculative: Total draft tokens generated", 0),
+        ("spec_decode_num_accepted_tokens_total", "counter", "Speculative: Total draft tokens accepted by the target model", 0),
+        ("spec_decode_num_drafts_total", "counter", "Speculative: Total speculative decoding verification steps", 0),
+        ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s", 2500.0),
+        ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s", 45.0),
+        ("requests_processing", "gauge", "Number of requests processing", m.requests_running),
+        ("requests_deferred", "gauge", "Number of requests deferred", m.requests_waiting),
+        ("n_busy_slots_per_decode", "gauge", "Average number of busy slots per llama_decode() call", 1.67362),
     )  # fmt: skip
     return "".join(
         f"# HELP llamacpp:{name} {help_text}\n# TYPE llamacpp:{name} {kind}\n"
@@ -904,51 +926,138 @@ def _lmdeploy(models: Sequence[SimModelCounters], ranks: int, start: float) -> s
     return w.text()
 
 
+def _rust_float(value: float) -> str:
+    """Format as Rust's ``f64`` Display: ``33``, ``0.6126917290000005``, never an exponent."""
+    v = float(value)
+    if v.is_integer():
+        return str(int(v))
+    text = repr(v)
+    return format(Decimal(text), "f") if "e" in text else text
+
+
 def _dynamo(models: Sequence[SimModelCounters]) -> str:
-    # Rust prometheus crate under the dynamo_frontend_ prefix; label `model`.
-    w = _Writer(created_at=None)
-    parts = w.parts
+    # The Rust prometheus crate's gather(): families sorted by name, labels sorted with `le`
+    # last, Rust number formatting; the frontend's families (label `model`).
     esc = [(escape_label_value(m.model), m) for m in models]
-    gauges: tuple[tuple[str, str, Callable[[SimModelCounters], int]], ...] = (
-        ("inflight_requests", "Number of inflight requests", lambda m: m.requests_running),
-        ("queued_requests", "Number of requests in HTTP processing queue", lambda m: m.requests_waiting),
-    )  # fmt: skip
-    for name, help_text, pick in gauges:
-        w.meta(f"dynamo_frontend_{name}", "gauge", help_text)
-        parts.extend(f'dynamo_frontend_{name}{{model="{mo}"}} {pick(m)}\n' for mo, m in esc)
-    w.meta("dynamo_frontend_requests_total", "counter", "Total number of LLM requests processed")
-    parts.extend(
-        f'dynamo_frontend_requests_total{{endpoint="chat_completions",model="{mo}",'
-        f'request_type="stream",status="success"}} {m.requests_finished}\n'
-        for mo, m in esc
+    families: list[tuple[str, str, str, list[str]]] = []
+
+    def scalar(name: str, kind: str, help_text: str, rows: Sequence[tuple[str, float]]) -> None:
+        lines = [
+            f"{name}{{{labels}}} {_rust_float(v)}\n" if labels else f"{name} {_rust_float(v)}\n"
+            for labels, v in rows
+        ]
+        families.append((name, kind, help_text, lines))
+
+    def histogram(
+        name: str,
+        help_text: str,
+        bounds: Sequence[float],
+        pick: Callable[[SimModelCounters], tuple[int, float]],
+    ) -> None:
+        lines: list[str] = []
+        for mo, m in esc:
+            n, total = pick(m)
+            cum = _cumulative(n, len(bounds) + 1)
+            lines.extend(
+                f'{name}_bucket{{model="{mo}",le="{_rust_float(b)}"}} {c}\n'
+                for b, c in zip(bounds, cum[:-1], strict=True)
+            )
+            lines.append(f'{name}_bucket{{model="{mo}",le="+Inf"}} {n}\n')
+            lines.append(f'{name}_sum{{model="{mo}"}} {_rust_float(total)}\n')
+            lines.append(f'{name}_count{{model="{mo}"}} {n}\n')
+        families.append((name, "histogram", help_text, lines))
+
+    f = "dynamo_frontend_"
+    scalar(f"{f}disconnected_clients", "gauge", "Number of disconnected clients", [("", 0)])
+    scalar(
+        f"{f}inflight_requests",
+        "gauge",
+        "Number of inflight requests",
+        [(f'model="{mo}"', m.requests_running) for mo, m in esc],
     )
-    w.meta(
-        "dynamo_frontend_output_tokens_total",
+    scalar(
+        f"{f}queued_requests",
+        "gauge",
+        "Number of requests in HTTP processing queue",
+        [(f'model="{mo}"', m.requests_waiting) for mo, m in esc],
+    )
+    histogram(
+        f"{f}input_sequence_tokens",
+        "Input sequence length in tokens",
+        _DYNAMO_INPUT,
+        lambda m: (m.requests_finished, m.prompt_tokens),
+    )
+    histogram(
+        f"{f}output_sequence_tokens",
+        "Output sequence length in tokens",
+        _DYNAMO_OUTPUT,
+        lambda m: (m.requests_finished, m.generation_tokens),
+    )
+    histogram(
+        f"{f}inter_token_latency_seconds",
+        "Inter-token latency in seconds",
+        _DYNAMO_ITL,
+        lambda m: (m.generation_tokens, 0.002 * m.generation_tokens),
+    )
+    histogram(
+        f"{f}request_duration_seconds",
+        "Duration of LLM requests",
+        _DYNAMO_DURATION,
+        lambda m: (m.requests_finished, 2.2 * m.requests_finished),
+    )
+    histogram(
+        f"{f}time_to_first_token_seconds",
+        "Time to first token in seconds",
+        _DYNAMO_TTFT,
+        lambda m: (m.requests_finished, 0.16 * m.requests_finished),
+    )
+    scalar(
+        f"{f}output_tokens_total",
         "counter",
         "Total number of output tokens generated (updates in real-time)",
+        [(f'model="{mo}"', m.generation_tokens) for mo, m in esc],
     )
-    parts.extend(
-        f'dynamo_frontend_output_tokens_total{{model="{mo}"}} {m.generation_tokens}\n'
-        for mo, m in esc
-    )
-    for family, help_text, attr in (
-        ("input_sequence_tokens", "Input sequence length in tokens", "prompt_tokens"),
-        ("output_sequence_tokens", "Output sequence length in tokens", "generation_tokens"),
-        ("cached_tokens", "Number of cached tokens (prefix cache hits) per request", "cached_prompt_tokens"),
-    ):  # fmt: skip
-        name = f"dynamo_frontend_{family}"
-        w.meta(name, "histogram", help_text)
-        for mo, m in esc:
-            n = m.requests_finished
-            cum = _cumulative(n, len(_DYNAMO_TOKENS) + 1)
-            parts.extend(
-                f'{name}_bucket{{model="{mo}",le="{b}"}} {c}\n'
-                for b, c in zip(_DYNAMO_TOKENS, cum[:-1], strict=True)
+    scalar(
+        f"{f}requests_total",
+        "counter",
+        "Total number of LLM requests processed",
+        [
+            (
+                f'endpoint="chat_completions",model="{mo}",request_type="stream",status="success"',
+                m.requests_finished,
             )
-            parts.append(f'{name}_bucket{{model="{mo}",le="+Inf"}} {n}\n')
-            parts.append(f'{name}_sum{{model="{mo}"}} {getattr(m, attr)}\n')
-            parts.append(f'{name}_count{{model="{mo}"}} {n}\n')
-    return w.text()
+            for mo, m in esc
+        ],
+    )
+    for name, help_text, value in (
+        (
+            "model_context_length",
+            "Maximum context length in tokens for a worker serving the model",
+            40960,
+        ),
+        (
+            "model_kv_cache_block_size",
+            "KV cache block size in tokens for a worker serving the model",
+            16,
+        ),
+        (
+            "model_max_num_batched_tokens",
+            "Maximum number of batched tokens for a worker serving the model",
+            16384,
+        ),
+        ("model_max_num_seqs", "Maximum number of sequences for a worker serving the model", 256),
+        ("model_migration_limit", "Maximum number of request migrations allowed for the model", 0),
+        (
+            "model_total_kv_blocks",
+            "Total KV cache blocks available for a worker serving the model",
+            92962,
+        ),
+    ):
+        scalar(f"{f}{name}", "gauge", help_text, [(f'model="{mo}"', value) for mo, _ in esc])
+    return "".join(
+        f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n" + "".join(lines)
+        for name, kind, help_text, lines in sorted(families)
+    )
 
 
 def _nim(models: Sequence[SimModelCounters], start: float) -> str:

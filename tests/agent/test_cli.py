@@ -65,3 +65,37 @@ def test_unknown_scenario_is_refused_with_the_choices() -> None:
     result = tokenergy("demo", "--scenario", "sunny")
     assert result.returncode == 2
     assert "invalid choice: 'sunny'" in result.stderr and "bursty" in result.stderr
+
+
+def test_a_subcommand_is_one_more_command_entry() -> None:
+    import argparse
+    import logging
+
+    from agent.cli import COMMANDS, Command, build_parser
+
+    seen: list[argparse.Namespace] = []
+
+    def configure(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--horizon", type=float, default=1.0)
+
+    def run(args: argparse.Namespace, log: logging.Logger) -> int:
+        seen.append(args)
+        return 7
+
+    parser = build_parser((*COMMANDS, Command("forecast", "forecast capacity", configure, run)))
+    args = parser.parse_args(["forecast", "--horizon", "3", "--log-level", "debug"])
+    assert args.handler(args, logging.getLogger("t")) == 7
+    assert seen[0].horizon == 3.0 and seen[0].log_level == "debug"
+    assert parser.parse_args(["--log-level", "error", "forecast"]).log_level == "error"
+    assert parser.parse_args(["forecast"]).log_level == "info"
+    assert [c.name for c in COMMANDS] == ["run", "demo", "inspect", "check-config", "plan", "top"]
+
+
+def test_failures_of_run_are_one_logfmt_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[sampling]\ninterval_seconds = 0\n[pricing]\npue = 9\n")
+    result = tokenergy("run", "--config", str(config))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("ts=") and "level=error" in lines[0]
+    assert f"source={config}" in lines[0] and "sampling.interval_seconds = 0" in lines[0]

@@ -138,3 +138,151 @@ def test_split_listen(value: str, expected: tuple[str, int]) -> None:
 def test_split_listen_rejects(value: str) -> None:
     with pytest.raises(ValueError, match="ADDR:PORT"):
         split_listen(value)
+
+
+# -- issue 12: bounds, URLs, the environment, file syntax, secrets -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [
+        ("sampling", "interval_seconds", 1e-6),
+        ("sampling", "interval_seconds", 301),
+        ("gpu", "interval_seconds", 0.001),
+        ("gpu", "read_timeout_seconds", 1e-9),
+        ("gpu", "reinit_backoff_max_seconds", 1e9),
+        ("scrape", "connect_timeout_seconds", 0.0),
+        ("scrape", "read_timeout_seconds", 1e6),
+        ("http", "client_timeout_seconds", 1e-9),
+        ("http", "header_timeout_seconds", 3600),
+        ("sampling", "discovery_interval_seconds", float("inf")),
+        ("sampling", "window_seconds", float("nan")),
+    ],
+)
+def test_every_duration_has_a_floor_and_a_ceiling(section: str, field: str, value: float) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {section: {field: value}}, use_env=False)
+    assert any(line.startswith(f"{section}.{field} = ") for line in caught.value.lines)
+
+
+@pytest.mark.parametrize(
+    "url", ["HTTP://127.0.0.1:8000/metrics", "Https://h/m", "http://[::1]:8000/metrics"]
+)
+def test_urls_httpx_reads_are_accepted(url: str) -> None:
+    settings = load_settings(None, {"servers": [{"name": "a", "url": url}]}, use_env=False)
+    assert settings.servers[0].url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://[::1/metrics", "not a valid URL"),
+        ("ftp://x/m", "must start with http:// or https://"),
+        ("http:///m", "has no host"),
+        ("http://h:70000/m", "port 70000 is not in 1..65535"),
+        ("127.0.0.1:8000/metrics", "must start with http:// or https://"),
+    ],
+)
+def test_urls_httpx_cannot_use_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {"servers": [{"name": "a", "url": url}]}, use_env=False)
+    assert reason in caught.value.lines[0], caught.value.lines
+
+
+def test_url_password_is_masked_in_errors() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            None, {"servers": [{"name": "a", "url": "http://u:pw-9431@[::1/m"}]}, use_env=False
+        )
+    assert "pw-9431" not in str(caught.value) and "u:***@" in str(caught.value)
+
+
+def test_environment_sections_fields_dicts_and_json() -> None:
+    env = {
+        "TOKENERGY_SAMPLING__INTERVAL_SECONDS": "7",
+        "tokenergy_http__listen": "127.0.0.1:5",
+        "TOKENERGY_PRICING__GPU_HOURLY__DEFAULT": "3",
+        "TOKENERGY_PRICING__GPU_HOURLY__H100": "4",
+        "TOKENERGY_SERVERS": '[{"name": "a", "url": "http://127.0.0.1:1/metrics"}]',
+        "TOKENERGY_HEALTHCHECK_URL": "http://127.0.0.1:1/healthz",  # the health check's own
+        "OTHER": "x",
+    }
+    settings = load_settings(None, env=env)
+    assert settings.sampling.interval_seconds == 7
+    assert settings.http.listen == "127.0.0.1:5"
+    assert settings.pricing.gpu_hourly == {"default": 3.0, "h100": 4.0}
+    assert settings.servers[0].name == "a"
+
+
+SUGGESTED = "did you mean TOKENERGY_SAMPLING__INTERVAL_SECONDS?"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("TOKENERGY_SAMPLNG__INTERVAL_SECONDS", "5", SUGGESTED),
+        ("TOKENERGY_SAMPLING__INTERVAL_SECS", "5", SUGGESTED),
+        ("TOKENERGY_SAMPLING__INTERVAL_SECONDS__X", "5", "interval_seconds has no sub-setting 'x'"),
+        ("TOKENERGY_SAMPLING____X", "5", "malformed name"),
+        ("TOKENERGY_SERVERS", '[{"name": "a",}]', "not valid JSON at line 1, column 15"),
+        ("TOKENERGY_HTTP", "{", "not valid JSON at line 1, column 2"),
+    ],
+)
+def test_environment_problems_name_the_variable(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, env={name: value})
+    assert caught.value.source == "the environment"
+    assert caught.value.lines[0].startswith(f"{name}: ") and expected in caught.value.lines[0]
+
+
+def test_bad_environment_value_names_its_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, env={"TOKENERGY_HTTP__MAX_CONNECTIONS": "many"})
+    assert caught.value.lines[0].startswith("http.max_connections = 'many'")
+    assert caught.value.lines[0].endswith("(from TOKENERGY_HTTP__MAX_CONNECTIONS)")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sampling:\n  interval_seconds: [5\n", "not valid YAML at line 3, column 1:"),
+        ("password: pw-777: x\n", "not valid YAML at line 1, column 17: mapping values"),
+        ("- a\n", "the top level must be a mapping of sections, not a list"),
+        ("just text\n", "the top level must be a mapping of sections, not a str"),
+    ],
+)
+def test_yaml_errors_are_one_line_with_position_and_no_snippet(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text, "c.yaml"), use_env=False)
+    assert caught.value.lines == [caught.value.lines[0]] and expected in caught.value.lines[0]
+    assert "pw-777" not in str(caught.value)
+
+
+def test_a_directory_is_not_a_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_settings(tmp_path, use_env=False)
+
+
+def test_check_config_applies_the_environment_it_is_given(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    path = write(tmp_path, GOOD)
+    env = {"TOKENERGY_SAMPLING__INTERVAL_SECONDS": "0.01"}
+    assert check_config(path, out, err, env=env) == 1
+    assert "sampling.interval_seconds = '0.01'" in err.getvalue()
+    assert "TOKENERGY_SAMPLING__INTERVAL_SECONDS" in err.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    assert check_config(path, out, err, env={"TOKENERGY_SAMPLING__INTERVAL_SECONDS": "9"}) == 0
+    assert "sampling every 9 s" in out.getvalue()
+    assert "environment: TOKENERGY_SAMPLING__INTERVAL_SECONDS" in out.getvalue()
+
+
+def test_the_engine_choices_are_the_profiles() -> None:
+    # The config's Literal and the profiles' table are written apart: this keeps them one list.
+    from typing import get_args
+
+    from agent.config import Engine
+    from agent.servers.profiles import ENGINE_NAMES
+
+    assert set(get_args(Engine)) == {"auto", *ENGINE_NAMES}

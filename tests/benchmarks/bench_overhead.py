@@ -27,7 +27,7 @@ The simulated NVML costs Python time that real NVML calls (C, microseconds) do n
 GPU poll figure is an upper bound. The host is shared (2 cores, other jobs running): the
 numbers are CPU time, not wall time, so contention inflates them only slightly (caches).
 
-Rerun: ``.venv/bin/python tests/benchmarks/bench_overhead.py [--minutes 10] [--quick]``
+Rerun: ``python tests/benchmarks/bench_overhead.py [--minutes 10] [--quick]``
 (``--quick``: a 60 s loop with RSS every 10 s).
 """
 
@@ -410,7 +410,7 @@ def report(
             f"{vllm_body_bytes:>11,}{_ratio(vllm_body_bytes, sent):>11}"
         )
     add("")
-    add("rerun: .venv/bin/python tests/benchmarks/bench_overhead.py [--minutes 10] [--quick]")
+    add("rerun: python tests/benchmarks/bench_overhead.py [--minutes 10] [--quick]")
     return "\n".join(lines)
 
 

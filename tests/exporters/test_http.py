@@ -320,17 +320,43 @@ def test_200_concurrent_scrapes_are_all_served_without_leaks(make_server: Make) 
     assert fd_count() == fds
 
 
-def test_connections_beyond_the_open_limit_get_503(make_server: Make) -> None:
+def test_idle_connections_are_shed_oldest_first_for_a_prompt_request(make_server: Make) -> None:
     srv = make_server(max_open_connections=5, client_timeout_seconds=5.0)
     idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(5)]
     try:
-        time.sleep(0.2)
-        reply = raw(srv.port, b"GET /metrics HTTP/1.1\r\n\r\n")
-        assert reply.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in reply
+        time.sleep(1.2)  # connections under 1 s old are never shed
+        assert fetch(srv.port)[0] == 200, "a complete request beats idle sockets"
+        idle[0].settimeout(2.0)
+        with contextlib.suppress(ConnectionResetError):
+            assert idle[0].recv(1) == b"", "the oldest idle connection was closed"
+        idle[-1].sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        idle[-1].settimeout(2.0)
+        assert idle[-1].recv(64).startswith(b"HTTP/1.1 200"), "the newest idle one was kept"
     finally:
         for s in idle:
             s.close()
-    time.sleep(0.2)
+
+
+def test_connections_beyond_the_open_limit_get_503_when_all_are_working(make_server: Make) -> None:
+    release = threading.Event()
+
+    def slow_health() -> tuple[bool, list[str]]:
+        release.wait(5)
+        return True, []
+
+    srv = make_server(health=slow_health, max_open_connections=3, client_timeout_seconds=5.0)
+    busy = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
+    try:
+        for s in busy:
+            s.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        time.sleep(0.3)
+        reply = raw(srv.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in reply
+    finally:
+        release.set()
+        for s in busy:
+            s.close()
+    time.sleep(0.3)
     assert fetch(srv.port)[0] == 200, "capacity comes back when clients leave"
 
 

@@ -348,7 +348,7 @@ def test_bad_web_config_is_a_clear_startup_error(tmp_path: Path) -> None:
 
     path = tmp_path / "web.yml"
     path.write_text("tls_server_config:\n  certfile: x\n")
-    with pytest.raises(WebConfigError, match=r"tls_server_config\.certfile: unknown key"):
+    with pytest.raises(WebConfigError, match=r"tls_server_config\.certfile: unknown field"):
         MetricsServer(
             registry=None,  # type: ignore[arg-type]
             health=lambda: (True, []),

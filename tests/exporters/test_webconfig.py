@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,9 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, certs: A
 @pytest.mark.parametrize(
     ("text", "named"),
     [
-        ("tls_server_config:\n  cert_fle: x\n", "tls_server_config.cert_fle: unknown key"),
-        ("basic_auth_user:\n  a: b\n", "basic_auth_user: unknown key"),
-        ("http_server_config:\n  http3: true\n", "http_server_config.http3: unknown key"),
+        ("tls_server_config:\n  cert_fle: x\n", "tls_server_config.cert_fle: unknown field"),
+        ("basic_auth_user:\n  a: b\n", "basic_auth_user: unknown field"),
+        ("http_server_config:\n  http3: true\n", "http_server_config.http3: unknown field"),
         ("rate_limit:\n  burst: 1\n", "rate_limit: not supported"),
         ("tls_server_config:\n  cert: inline\n  key_file: k\n  cert_file: c\n",
          "tls_server_config.cert: inline keys are not supported"),
@@ -220,3 +221,50 @@ def test_unknown_user_is_checked_against_a_dummy_of_the_same_cost(users: dict[st
     assert list(auth._dummies) == [4]
     assert not auth.check(users, basic("mallory", "s3cret"))
     assert list(auth._dummies) == [4]
+
+
+def test_cached_answers_need_no_bcrypt_and_verify_fills_the_cache(users: dict[str, bytes]) -> None:
+    auth = BasicAuth()
+    header = basic("alice", "s3cret")
+    assert auth.cached(users, header) is None, "never seen: bcrypt must run"
+    assert auth.cached(users, None) is False and auth.cached(users, "Bearer x") is False
+    assert auth.verify(users, header) == (True, 0.0)
+    assert auth.cached(users, header) is True
+    assert auth.cached(users, basic("alice", "wrong")) is None
+    assert auth.verify(users, basic("alice", "wrong"))[0] is False
+    assert auth.cached(users, basic("alice", "wrong")) is False
+
+
+def test_refusals_are_held_as_long_as_the_costliest_hash() -> None:
+    users = {
+        "cheap": bcrypt.hashpw(b"a", bcrypt.gensalt(4)),
+        "dear": bcrypt.hashpw(b"b", bcrypt.gensalt(10)),
+    }
+    auth = BasicAuth()
+    auth.prepare(users)
+    assert list(auth._dummies) == [10], "the dummy has the highest cost in the file"
+    ok, hold = auth.verify(users, basic("cheap", "guess"))
+    assert not ok and hold > 0.005, "a cost-4 refusal waits for the cost-10 time"
+    t0 = time.perf_counter()
+    assert not auth.check(users, basic("cheap", "guess-2"))
+    cheap = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    assert not auth.check(users, basic("nobody", "guess-2"))
+    unknown = time.perf_counter() - t0
+    assert cheap > 0.5 * unknown, (cheap, unknown)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "basic_auth_users:\n  alice: 84736251\n",
+        "basic_auth_users:\n  alice: [pw-84736251]\n",
+        "basic_auth_users:\n  alice: pw-84736251: x\n",
+        'basic_auth_users: {alice: "pw-84736251\n',
+    ],
+)
+def test_no_error_quotes_a_pasted_password(write_web_config: Write, text: str) -> None:
+    with pytest.raises(WebConfigError) as err:
+        write_web_config(text)
+    assert "84736251" not in str(err.value), str(err.value)
+    assert "basic_auth_users" in str(err.value) or "not valid YAML at line" in str(err.value)

@@ -1,27 +1,48 @@
-"""The selective exposition parser: valid input, refusals, limits, agreement with the client."""
+"""The selective exposition parser.
+
+Valid input, refusals, limits, agreement with the client, hostile lines (linear work),
+OpenMetrics escaping and content types.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import ScrapeSettings
 from agent.servers.parser import (
+    ESCAPING_SCHEMES,
+    Exposition,
     ExpositionError,
     ParseError,
     ParseLimits,
     Scanner,
     family_candidates,
-    parse_exposition,
+    name_spellings,
 )
+from agent.servers.profiles import PROFILES, read_exposition
+from agent.servers.scraper import ACCEPT
+
+
+def _parse(body: str | bytes, names: list[str], limits: ParseLimits | None = None) -> Exposition:
+    return Scanner(names).parse(body, limits or ParseLimits())
 
 
 def _values(body: str | bytes, name: str) -> list[tuple[dict[str, str], float]]:
-    exp = parse_exposition(body, [name])
+    exp = _parse(body, [name])
     return [(dict(s.labels), s.value) for s in exp.get(name)]
 
 
@@ -74,7 +95,7 @@ def test_reads_help_and_type_of_wanted_families_only() -> None:
         "# HELP a_total Tokens \\\\ and\\nmore\n# TYPE a_total counter\na_total 1\n"
         "# HELP h Latency\n# TYPE h histogram\nh_sum 2\n# TYPE other gauge\nother 1\n"
     )
-    exp = parse_exposition(body, ["a_total", "h_sum"])
+    exp = _parse(body, ["a_total", "h_sum"])
     assert exp.types == {"a_total": "counter", "h": "histogram"}
     assert exp.helps == {"a_total": "Tokens \\ and\nmore", "h": "Latency"}
     assert exp.declared("h_sum") and exp.declared("a_total")
@@ -95,7 +116,7 @@ def test_skips_prefixes_of_wanted_names() -> None:
 
 def test_duplicate_series_keep_the_first_and_are_counted() -> None:
     body = 'a{x="1",y="2"} 1\na{y="2",x="1"} 9\na{x="2"} 3\n'
-    exp = parse_exposition(body, ["a"])
+    exp = _parse(body, ["a"])
     assert [s.value for s in exp.get("a")] == [1.0, 3.0]
     assert exp.duplicates == 1
 
@@ -124,7 +145,7 @@ def test_duplicate_series_keep_the_first_and_are_counted() -> None:
 )
 def test_refuses_malformed_input_naming_the_line(body: str, line: int, fragment: str) -> None:
     with pytest.raises(ParseError) as info:
-        parse_exposition(body, ["a", "b"])
+        _parse(body, ["a", "b"])
     assert info.value.line == line
     assert fragment in str(info.value)
     assert str(info.value).startswith(f"line {line}: ")
@@ -138,24 +159,24 @@ def test_malformed_lines_of_other_families_are_not_validated() -> None:
 def test_html_error_page_is_not_an_exposition() -> None:
     page = b"<!DOCTYPE html>\n<html><body><h1>502 Bad Gateway</h1></body></html>\n"
     with pytest.raises(ParseError, match="not a Prometheus exposition: the body looks like HTML"):
-        parse_exposition(page, ["a"])
+        _parse(page, ["a"])
 
 
 def test_undecodable_bytes_are_a_parse_error_with_the_line() -> None:
     with pytest.raises(ParseError, match=r"line 2: not UTF-8: byte 0xff"):
-        parse_exposition(b'a 1\nb{x="\xff"} 2\n', ["a"])
+        _parse(b'a 1\nb{x="\xff"} 2\n', ["a"])
 
 
 def test_lone_surrogate_text_is_a_parse_error() -> None:
     with pytest.raises(ParseError, match="not encodable as UTF-8"):
-        parse_exposition('a{x="\ud800"} 1\n', ["a"])
+        _parse('a{x="\ud800"} 1\n', ["a"])
 
 
 def test_body_size_limit() -> None:
     limits = ParseLimits(max_body_bytes=10)
-    assert parse_exposition("a 1\n", ["a"], limits).get("a")
+    assert _parse("a 1\n", ["a"], limits).get("a")
     with pytest.raises(ParseError, match="over the limit max_body_bytes=10"):
-        parse_exposition("a 1\nb 22222\n", ["a"], limits)
+        _parse("a 1\nb 22222\n", ["a"], limits)
 
 
 @pytest.mark.parametrize("limit", [1, 2, 7, 8, 9, 100])
@@ -164,9 +185,9 @@ def test_line_length_limit_is_exact(limit: int) -> None:
     long_line = "y" * (limit - 1) + " 1"  # limit + 1 bytes
     limits = ParseLimits(max_line_bytes=max(limit, 3))
     if limit >= 3:
-        parse_exposition("a 1\n" + ok, ["a"], limits)
+        _parse("a 1\n" + ok, ["a"], limits)
     with pytest.raises(ParseError) as info:
-        parse_exposition("a 1\n" + long_line + "\nb 2\n", ["a"], ParseLimits(max_line_bytes=limit))
+        _parse("a 1\n" + long_line + "\nb 2\n", ["a"], ParseLimits(max_line_bytes=limit))
     if limit >= 3:
         assert info.value.line == 2
         assert f"max_line_bytes={limit}" in str(info.value)
@@ -179,18 +200,18 @@ def test_one_mib_label_value_is_refused_by_default_and_read_when_allowed() -> No
         f'vllm:lora_requests_info{{running="{huge}"}} 1\nx 2\n'
     )
     with pytest.raises(ParseError, match=r"line 2: line is 1048\d+ bytes, over the limit"):
-        parse_exposition(body, ["x"])
+        _parse(body, ["x"])
     roomy = ParseLimits(max_line_bytes=2 * 1024 * 1024)
-    exp = parse_exposition(body, ["vllm:lora_requests_info", "x"], roomy)
+    exp = _parse(body, ["vllm:lora_requests_info", "x"], roomy)
     assert exp.get("vllm:lora_requests_info")[0].labels == (("running", huge),)
     assert exp.get("x")[0].value == 2.0
 
 
 def test_series_per_family_limit() -> None:
     body = "".join(f'a{{i="{i}"}} 1\n' for i in range(5))
-    assert len(parse_exposition(body, ["a"], ParseLimits(max_series_per_family=5)).get("a")) == 5
+    assert len(_parse(body, ["a"], ParseLimits(max_series_per_family=5)).get("a")) == 5
     with pytest.raises(ParseError, match=r"line 5: more than max_series_per_family=4 series of a"):
-        parse_exposition(body, ["a"], ParseLimits(max_series_per_family=4))
+        _parse(body, ["a"], ParseLimits(max_series_per_family=4))
 
 
 def test_limits_from_settings() -> None:
@@ -237,11 +258,14 @@ def _fmt(value: float) -> str:
 @st.composite
 def _expositions(draw: st.DrawFn) -> tuple[str, dict[str, list[tuple[dict[str, str], float]]]]:
     families = draw(st.lists(_names, min_size=1, max_size=5, unique=True))
+    # Interleaved: sample lines of every family shuffled together, no HELP/TYPE (the
+    # classic format's parsers accept that; each run of a name becomes its own family).
+    interleave = draw(st.booleans())
     lines: list[str] = []
-    truth: dict[str, list[tuple[dict[str, str], float]]] = {}
+    samples: list[tuple[str, str, dict[str, str], float]] = []
     for family in families:
         kind = draw(st.sampled_from(["gauge", "untyped", "histogram", "summary", "none"]))
-        if kind != "none":
+        if kind != "none" and not interleave:
             lines.append(f"# HELP {family} {_escape(draw(_label_values))}")
             lines.append(f"# TYPE {family} {kind}")
         suffixes = {"histogram": ["_bucket", "_sum", "_count"], "summary": ["", "_sum", "_count"]}
@@ -263,10 +287,20 @@ def _expositions(draw: st.DrawFn) -> tuple[str, dict[str, list[tuple[dict[str, s
                 inner = ",".join(f'{k}="{_escape(v)}"' for k, v in items)
                 braces: bool = draw(st.booleans())
                 text_labels = "{" + inner + "}" if items or braces else ""
-                lines.append(f"{name}{text_labels} {_fmt(value)}{stamp}")
-                truth.setdefault(name, []).append((dict(labels), value))
-        if draw(st.booleans()):
+                line = f"{name}{text_labels} {_fmt(value)}{stamp}"
+                if interleave:
+                    samples.append((line, name, dict(labels), value))
+                else:
+                    lines.append(line)
+                    samples.append(("", name, dict(labels), value))
+        if draw(st.booleans()) and not interleave:
             lines.append("")
+    if interleave:
+        samples = draw(st.permutations(samples))
+        lines = [line for line, *_ in samples]
+    truth: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for _, name, labels, value in samples:
+        truth.setdefault(name, []).append((labels, value))
     return "\n".join(lines) + "\n", truth
 
 
@@ -285,7 +319,7 @@ def test_agrees_with_prometheus_client(
         for sample in family.samples:
             reference.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     wanted = data.draw(st.lists(st.sampled_from(sorted(truth) or ["unused"]), max_size=4))
-    exp = parse_exposition(text, wanted)
+    exp = _parse(text, wanted)
     for name in wanted:
         ours = [(dict(s.labels), s.value) for s in exp.get(name)]
         theirs = reference.get(name, [])
@@ -299,7 +333,7 @@ def test_agrees_with_prometheus_client(
 @given(st.text(max_size=300), st.lists(_names, max_size=3))
 def test_arbitrary_text_returns_or_raises_parse_error(text: str, wanted: list[str]) -> None:
     try:
-        exp = parse_exposition(text, wanted)
+        exp = _parse(text, wanted)
     except ParseError as exc:
         assert str(exc)
     else:
@@ -322,9 +356,503 @@ _exposition_alphabet = st.sampled_from(
 )
 def test_arbitrary_bytes_returns_or_raises_parse_error(body: bytes) -> None:
     try:
-        exp = parse_exposition(body, ["a", "x_total", "b:c"], ParseLimits(max_line_bytes=64))
+        exp = _parse(body, ["a", "x_total", "b:c"], ParseLimits(max_line_bytes=64))
     except ParseError as exc:
         assert str(exc)
     else:
         for samples in exp.samples.values():
             assert all(isinstance(s.value, float) for s in samples)
+
+
+# --- extraction details: label cache, interleaving, bytes never decoded ----------------
+
+
+def test_a_cached_label_set_never_hides_a_malformed_line() -> None:
+    # The second line starts with the same label text as the first; its tail is bad.
+    body = 'a{x="1"} 1\nb{x="1"} 2 3 4\n'
+    with pytest.raises(ParseError, match="line 2: malformed sample line"):
+        _parse(body, ["a", "b"])
+    with pytest.raises(ParseError, match="line 2: malformed sample line"):
+        _parse('a{x="1"} 1\nb{x="1"}2\n', ["a", "b"])
+
+
+def test_a_brace_inside_a_quoted_value_is_not_the_end_of_the_labels() -> None:
+    body = 'a{x="}"} 1\nb{x="}"} 2\nb{x="}",y="2"} 3\n'
+    exp = _parse(body, ["a", "b"])
+    assert [(s.labels, s.value) for s in exp.get("b")] == [
+        ((("x", "}"),), 2.0),
+        ((("x", "}"), ("y", "2")), 3.0),
+    ]
+
+
+def test_interleaved_families_and_samples_before_type_are_all_read() -> None:
+    body = (
+        'a{x="1"} 1\nb 2\n# TYPE a counter\n# HELP a Help.\na{x="2"} 3\nother 4\n'
+        'a{x="3"} 5\n# TYPE b gauge\n'
+    )
+    exp = _parse(body, ["a", "b"])
+    assert [s.value for s in exp.get("a")] == [1.0, 3.0, 5.0]
+    assert exp.types == {"a": "counter", "b": "gauge"}
+    assert exp.helps == {"a": "Help."}
+
+
+def test_a_line_after_blanks_is_read_and_numbered_from_its_start() -> None:
+    assert _values(' \t a{x="1"} 1\n', "a") == [({"x": "1"}, 1.0)]
+    with pytest.raises(ParseError, match="line 2: "):
+        _parse("b 1\n   a{x=1} 1\n", ["a"])
+    # Vertical tab and form feed start a line as whitespace, as prometheus_client strips them.
+    assert _values("\x0bz 1\n\x0ca 2\n", "a") == []
+
+
+def test_sample_is_an_immutable_named_tuple_with_a_label_lookup() -> None:
+    (sample,) = _parse('a{x="1"} 2\n', ["a"]).get("a")
+    assert sample.labels == (("x", "1"),) and sample.value == 2.0
+    assert sample.label("x") == "1" and sample.label("y", "none") == "none"
+    with pytest.raises(AttributeError):
+        sample.value = 3.0  # type: ignore[misc]
+
+
+# --- hostile input (issue 12): linear work, structurally -------------------------------
+
+_LINE = 256 * 1024  # the default max_line_bytes: the longest line a body may hold
+_NAME_B = b"vllm:prompt_tokens_total"
+
+
+def _fill(head: bytes, unit: bytes, tail: bytes) -> bytes:
+    """A line of exactly ``_LINE`` bytes: ``head``, ``unit`` repeated, ``tail``."""
+    count = (_LINE - len(head) - len(tail)) // len(unit)
+    line = head + unit * count + tail
+    return line + b" " * (_LINE - len(line)) if tail == b"" else line
+
+
+def _pairs_line() -> bytes:
+    pairs = b",".join(b'l%d="v"' % i for i in range(_LINE // 8))
+    inner = pairs[: pairs.rfind(b",", 0, _LINE - len(_NAME_B) - 8)]
+    line = _NAME_B + b"{" + inner + b"} 1"
+    return line + b" " * (_LINE - len(line))  # trailing blanks are allowed
+
+
+_HOSTILE: dict[str, tuple[bytes, str | None]] = {
+    # The two lines of issue 12: minutes each with the old backtracking regexes.
+    "name then blanks": (_fill(_NAME_B, b" ", b""), "has no value"),
+    "name then braces": (_fill(_NAME_B, b"{", b" 1"), "label set is not closed"),
+    "name then quotes": (_fill(_NAME_B + b"{", b'"', b"} 1"), "malformed label pair"),
+    "unterminated escapes": (_fill(_NAME_B + b'{a="', b"x\\", b""), "unterminated quoted"),
+    "escaped value": (_fill(_NAME_B + b'{a="', b"\\\\", b'"} 1'), None),
+    "blanks between value and junk": (_fill(_NAME_B + b" 1", b" ", b"x y"), "malformed sample"),
+    "thousands of label pairs": (_pairs_line(), None),
+    "comment of blanks": (_fill(b"#", b" ", b"x"), None),
+    "blanks before a name": (_fill(b"", b" ", _NAME_B + b" 1"), None),
+    "help of blanks": (_fill(b"# HELP vllm:prompt_tokens", b" ", b"x"), None),
+}
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", sorted(_HOSTILE))
+def test_hostile_256_kib_line_is_read_or_refused_promptly(kind: str) -> None:
+    # A regression guard with a generous timeout (the old parser took minutes on the
+    # first four); the linear-work guarantee itself is test_regexes_cannot_backtrack.
+    line, problem = _HOSTILE[kind]
+    assert len(line) == _LINE
+    body = b"a 1\n" + line + b"\n"
+    scanner = Scanner(["vllm:prompt_tokens_total", "a"])
+    if problem is None:
+        exp = scanner.parse(body)
+        assert exp.get("a")[0].value == 1.0
+    else:
+        with pytest.raises(ParseError, match=problem) as info:
+            scanner.parse(body)
+        assert info.value.line == 2
+
+
+def test_hostile_label_pairs_are_all_read() -> None:
+    exp = Scanner(["vllm:prompt_tokens_total"]).parse(_pairs_line() + b"\n")
+    (sample,) = exp.get("vllm:prompt_tokens_total")
+    assert len(sample.labels) > 20_000
+    assert sample.label("l0") == "v"
+
+
+_re_parser: Any = importlib.import_module(
+    "re._parser" if sys.version_info >= (3, 11) else "sre_parse"
+)
+_re_constants: Any = importlib.import_module(
+    "re._constants" if sys.version_info >= (3, 11) else "sre_constants"
+)
+_ALPHABET = frozenset(range(256))
+_CATEGORIES = {
+    "CATEGORY_SPACE": "s",
+    "CATEGORY_NOT_SPACE": "S",
+    "CATEGORY_DIGIT": "d",
+    "CATEGORY_NOT_DIGIT": "D",
+    "CATEGORY_WORD": "w",
+    "CATEGORY_NOT_WORD": "W",
+}  # every pattern here is ASCII-based: this decides overlap
+
+
+def _charset(op: Any, arg: Any) -> frozenset[int] | None:
+    """Characters (0..255) one single-character item matches, or None if not one."""
+    c = _re_constants
+    if op is c.LITERAL:
+        return frozenset([arg])
+    if op is c.NOT_LITERAL:
+        return _ALPHABET - {arg}
+    if op is c.ANY:
+        return _ALPHABET - {10}
+    if op is c.IN:
+        chars: set[int] = set()
+        negate = False
+        for item_op, item_arg in arg:
+            if item_op is c.NEGATE:
+                negate = True
+            elif item_op is c.LITERAL:
+                chars.add(item_arg)
+            elif item_op is c.RANGE:
+                chars.update(range(item_arg[0], min(item_arg[1], 255) + 1))
+            elif item_op is c.CATEGORY:
+                probe = re.compile(f"[\\{_CATEGORIES[str(item_arg)]}]")
+                chars.update(i for i in range(256) if probe.match(chr(i)))
+            else:
+                raise AssertionError(f"unexpected set item {item_op}")
+        return _ALPHABET - chars if negate else frozenset(chars)
+    return None
+
+
+def _first(items: list[Any], rest: list[list[Any]]) -> frozenset[int]:
+    """Characters that can start a match of ``items`` followed by the ``rest`` sequences."""
+    c = _re_constants
+    if not items:
+        return _first(rest[0], rest[1:]) if rest else frozenset()
+    op, arg = items[0]
+    following = [items[1:], *rest]
+    single = _charset(op, arg)
+    if single is not None:
+        return single
+    if op in (c.MAX_REPEAT, c.MIN_REPEAT):
+        low, _, body = arg
+        first = _first(list(body), [])
+        return first | _first(items[1:], rest) if low == 0 else first
+    if op is c.SUBPATTERN:
+        return _first(list(arg[-1]), following)
+    if op is c.BRANCH:
+        return frozenset().union(*(_first(list(alt), following) for alt in arg[1]))
+    if op in (c.AT, c.ASSERT, c.ASSERT_NOT):
+        return _first(items[1:], rest)
+    raise AssertionError(f"unexpected op {op}")
+
+
+def _backtracking_problems(items: list[Any], rest: list[list[Any]]) -> list[str]:
+    """Repeats that could backtrack: repeated groups, or a run the next item can continue."""
+    c = _re_constants
+    problems: list[str] = []
+    for i, (op, arg) in enumerate(items):
+        following = [items[i + 1 :], *rest]
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT):
+            _, high, body = arg
+            (item,) = list(body) if len(body) == 1 else [(None, None)]
+            run = _charset(*item) if item[0] is not None else None
+            if high > 1 and run is None:
+                problems.append(f"a repeated group or sequence: {list(body)!r}")
+            elif high > 1 and run is not None:
+                overlap = run & _first(items[i + 1 :], rest)
+                if overlap:
+                    problems.append(
+                        f"a run of {sorted(run)[:5]}... can continue into the next item"
+                    )
+            elif high <= 1:
+                problems += _backtracking_problems(list(body), following)  # an optional part
+        elif op is c.SUBPATTERN:
+            problems += _backtracking_problems(list(arg[-1]), following)
+        elif op is c.BRANCH:
+            for alt in arg[1]:
+                problems += _backtracking_problems(list(alt), following)
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            problems += _backtracking_problems(list(arg[1]), [])
+    return problems
+
+
+def _check_linear(pattern: re.Pattern[Any]) -> list[str]:
+    flags = pattern.flags
+    parsed = _re_parser.parse(pattern.pattern, flags)
+    return _backtracking_problems(list(parsed), [])
+
+
+def _module_patterns(module: ModuleType) -> dict[str, re.Pattern[Any]]:
+    return {k: v for k, v in vars(module).items() if isinstance(v, re.Pattern)}
+
+
+# Any call that runs or compiles a pattern (re.escape of trusted names is not one).
+_USES_RE = re.compile(r"\bre\.(?:compile|match|search|fullmatch|sub|subn|findall|finditer|split)\(")
+_AUDITED = (
+    "agent.servers.parser",
+    "agent.servers.inspect",
+    "agent.plan.scenario",
+    "agent.discovery.environ",
+    "agent.logs",
+    "exporters.http",
+    "exporters.webconfig",
+)
+
+
+def test_every_regex_module_is_audited() -> None:
+    root = Path(__file__).resolve().parents[2]
+    with_regexes = {
+        ".".join(path.relative_to(root).with_suffix("").parts)
+        for top in ("agent", "exporters")
+        for path in (root / top).rglob("*.py")
+        if _USES_RE.search(path.read_text(encoding="utf-8"))
+    }
+    assert with_regexes == set(_AUDITED)
+
+
+@pytest.mark.parametrize("module_name", _AUDITED)
+def test_regexes_cannot_backtrack(module_name: str) -> None:
+    # Every repeat is of one character class (no repeated groups, so nothing nested), and
+    # what follows a run can never start with a character of the run: the engine never
+    # gives a run back successfully, so a match attempt is linear in what it reads.
+    module = importlib.import_module(module_name)
+    patterns = _module_patterns(module)
+    assert patterns
+    for name, pattern in patterns.items():
+        assert _check_linear(pattern) == [], name
+
+
+def test_the_checker_fails_on_the_parser_before_issue_12() -> None:
+    # The frozen pre-issue copy kept for the benchmark: its sample-line regex runs `[ \t]*`
+    # into `[ \t]+`, and its label regexes repeat groups (the 1.6 s and 3.5 s of issue 12).
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_extract_old_parser.py"
+    spec = importlib.util.spec_from_file_location("_old_parser_for_audit", path)
+    assert spec is not None and spec.loader is not None
+    old = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = old
+    spec.loader.exec_module(old)
+    problems = {name: _check_linear(p) for name, p in _module_patterns(old).items()}
+    assert any("continue into" in p for p in problems["_LINE_RE"])
+    assert any("repeated group" in p for p in problems["_LINE_RE"])
+    assert _check_linear(re.compile(r"[ \t]*[a-z]+=")) == []
+
+
+@pytest.mark.parametrize("escaping", [None, *ESCAPING_SCHEMES])
+def test_compiled_scanners_cannot_backtrack(escaping: str | None) -> None:
+    scanner = Scanner(n for profiles in PROFILES.values() for p in profiles for n in p.names)
+    content_type = None if escaping is None else f"text/plain; escaping={escaping}"
+    scanner.parse(b"a 1\n", content_type=content_type)
+    for compiled in scanner._compiled.values():
+        assert _check_linear(compiled.first) == []
+        assert _check_linear(compiled.rest) == []
+
+
+# --- OpenMetrics, content type and escaped names (issue 11) ----------------------------
+
+_OM_LATEST = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+_WANTED = ["sglang:prompt_tokens_total", "sglang:prompt_tokens_created", "sglang:num_running_reqs"]
+
+
+def _sglang_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    prompt = Counter(
+        "sglang:prompt_tokens", "Prompt tokens.", labelnames=["model_name"], registry=registry
+    )
+    prompt.labels(model_name="m1").inc(42)
+    prompt.labels(model_name="m2").inc(7)
+    generation = Counter(
+        "sglang:generation_tokens", "Generated tokens.", ["model_name"], registry=registry
+    )
+    generation.labels(model_name="m1").inc(5)
+    running = Gauge("sglang:num_running_reqs", "Running.", ["model_name"], registry=registry)
+    running.labels(model_name="m1").set(3)
+    # A UTF-8 name and label name: quoted under allow-utf-8, escaped otherwise.
+    Gauge("my.metric", "UTF-8 name.", ["model.name"], registry=registry).labels("m1").set(1)
+    return registry
+
+
+_ACCEPTS = [
+    ACCEPT,  # the scraper's: prometheus_client >= 0.23 answers OpenMetrics, underscores
+    "application/openmetrics-text",
+    "application/openmetrics-text;version=1.0.0;escaping=underscores",
+    "application/openmetrics-text;version=1.0.0;escaping=dots",
+    "application/openmetrics-text;version=1.0.0;escaping=values",
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8",
+    "text/plain;version=0.0.4",
+    "text/plain;version=1.0.0;escaping=underscores",
+    "text/plain;version=1.0.0;escaping=dots",
+    "text/plain;version=1.0.0;escaping=values",
+    "text/plain;version=1.0.0;escaping=allow-utf-8",
+]
+
+
+def _by_model(exp: Exposition, name: str) -> dict[str | None, float]:
+    return {s.label("model_name"): s.value for s in exp.get(name)}
+
+
+@pytest.mark.parametrize("accept", _ACCEPTS)
+def test_reads_real_prometheus_client_output_for_every_accept(accept: str) -> None:
+    encoder, content_type = choose_encoder(accept)
+    body = encoder(_sglang_registry())
+    exp = Scanner(_WANTED).parse(body, content_type=content_type)
+    assert _by_model(exp, "sglang:prompt_tokens_total") == {"m1": 42.0, "m2": 7.0}
+    assert _by_model(exp, "sglang:num_running_reqs") == {"m1": 3.0}
+    assert exp.declared("sglang:prompt_tokens_total")
+    assert exp.types.get("sglang:num_running_reqs") == "gauge"
+    if "openmetrics" in content_type:
+        assert set(_by_model(exp, "sglang:prompt_tokens_created")) == {"m1", "m2"}
+        assert exp.types.get("sglang:prompt_tokens") == "counter"
+    else:
+        assert exp.types.get("sglang:prompt_tokens_total") == "counter"
+
+
+def test_the_scraper_accept_gets_the_classic_text_with_colons() -> None:
+    # The scraper asks for what every engine serves: prometheus_client answers the classic
+    # text format and keeps the colons, whatever its version.
+    encoder, content_type = choose_encoder(ACCEPT)
+    body = encoder(_sglang_registry()).decode()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert 'sglang:prompt_tokens_total{model_name="m1"} 42.0' in body
+    reading = read_exposition(body, "sglang", content_type=content_type)
+    assert {m.model: m.input_tokens for m in reading.models} == {"m1": 42.0, "m2": 7.0}
+
+
+def test_an_openmetrics_answer_with_escaped_names_reads_the_same() -> None:
+    # The case of issue 11: a server that answers OpenMetrics anyway (prometheus_client >=
+    # 0.23 whenever Accept lists it): sample names lose their colon, TYPE lines keep it.
+    encoder, content_type = choose_encoder("application/openmetrics-text;version=1.0.0")
+    body = encoder(_sglang_registry()).decode()
+    assert "escaping=underscores" in content_type
+    assert 'sglang_prompt_tokens_total{model_name="m1"} 42.0' in body
+    assert "# TYPE sglang:prompt_tokens counter" in body
+    reading = read_exposition(body, "sglang", content_type=content_type)
+    assert {m.model: m.input_tokens for m in reading.models} == {"m1": 42.0, "m2": 7.0}
+    assert {m.model: m.output_tokens for m in reading.models} == {"m1": 5.0, "m2": 0.0}
+    # Sniffing (no content type) reads it the same way.
+    assert read_exposition(body, "sglang") == reading
+
+
+@pytest.mark.parametrize(
+    ("escaping", "name", "label"),
+    [
+        ("values", "U__my_2e_metric", "model.name"),
+        ("dots", "my_dot_metric", "model.name"),
+        ("underscores", "my_metric", "model_name"),  # lossy: nothing to undo
+    ],
+)
+def test_label_names_are_unescaped_as_the_content_type_says(
+    escaping: str, name: str, label: str
+) -> None:
+    encoder, content_type = choose_encoder(
+        f"application/openmetrics-text;version=1.0.0;escaping={escaping}"
+    )
+    body = encoder(_sglang_registry())
+    (sample,) = Scanner([name]).parse(body, content_type=content_type).get(name)
+    assert sample.labels == ((label, "m1"),)
+
+
+def test_quoted_utf8_names_and_label_names() -> None:
+    encoder, content_type = choose_encoder(
+        "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8"
+    )
+    text = encoder(_sglang_registry()).decode()
+    assert Scanner(_WANTED).parse(text, content_type=content_type).get("sglang:num_running_reqs")
+    line = next(x for x in text.splitlines() if x.startswith('{"my.metric"'))
+    assert line == '{"my.metric","model.name"="m1"} 1.0'
+    # Not a legacy name, so no profile asks for it; the same line with a legacy name is read.
+    body = line.replace('"my.metric"', '"wanted"') + "\n# EOF\n"
+    (sample,) = Scanner(["wanted"]).parse(body, content_type=content_type).get("wanted")
+    assert sample.labels == (("model.name", "m1"),)
+
+
+_PRE_023 = """\
+# HELP sglang:prompt_tokens Prompt tokens.
+# TYPE sglang:prompt_tokens counter
+sglang:prompt_tokens_total{model_name="m1"} 42.0
+sglang:prompt_tokens_created{model_name="m1"} 1.7e+09
+# EOF
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (_PRE_023, _OM_LATEST),  # prometheus_client < 0.23: colons everywhere
+        (_PRE_023, None),
+        (_PRE_023.replace("sglang:", "sglang_"), _OM_LATEST),  # TYPE line escaped too
+        (_PRE_023.replace("sglang:prompt_tokens_", "sglang_prompt_tokens_"), None),
+        (_PRE_023.replace("sglang:prompt_tokens_total", '{"sglang:prompt_tokens_total"'), None),
+    ],
+)
+def test_openmetrics_fixtures_give_the_names_asked_for(body: str, content_type: str | None) -> None:
+    body = body.replace('"sglang:prompt_tokens_total"{', '"sglang:prompt_tokens_total",')
+    exp = Scanner(_WANTED).parse(body, content_type=content_type)
+    assert _by_model(exp, "sglang:prompt_tokens_total") == {"m1": 42.0}
+    assert exp.types == {"sglang:prompt_tokens": "counter"}
+    assert exp.helps == {"sglang:prompt_tokens": "Prompt tokens."}
+
+
+def test_the_spelling_as_written_wins_over_an_escaped_one() -> None:
+    body = "a:b_total 1\na_b_total 2\n"
+    assert _values(body, "a:b_total") == [({}, 1.0)]
+    assert _values(body, "a_b_total") == [({}, 2.0)]
+    assert _values("a_b_total 2\n", "a:b_total") == [({}, 2.0)]
+    # allow-utf-8 promises names as written: no escaped spelling is looked for.
+    exp = Scanner(["a:b_total"]).parse(
+        "a_b_total 2\n", content_type="text/plain; escaping=allow-utf-8"
+    )
+    assert exp.get("a:b_total") == ()
+
+
+def test_quoted_names_of_other_families_do_not_break_parsing() -> None:
+    body = '{"my.metric", label="x"} 1\n{"other"} 2\n# TYPE "my.metric" gauge\na 3\n'
+    assert _values(body, "a") == [({}, 3.0)]
+    assert _values('{ "a" , b="c" } 4\n{"a"} 5\n', "a") == [({"b": "c"}, 4.0), ({}, 5.0)]
+    with pytest.raises(ParseError, match="line 1: malformed label"):
+        _parse('{"a" b="c"} 4\n', ["a"])
+
+
+def test_format_comes_from_the_content_type() -> None:
+    body = 'a 1\n# EOF\na{x="2"} 2\n'
+    # In the classic format `# EOF` is a comment.
+    exp = Scanner(["a"]).parse(body, content_type="text/plain; version=0.0.4; charset=utf-8")
+    assert [s.value for s in exp.get("a")] == [1.0, 2.0]
+    with pytest.raises(ParseError, match="line 3: text after '# EOF'"):
+        Scanner(["a"]).parse(body, content_type=_OM_LATEST)
+    with pytest.raises(ParseError, match="does not end with '# EOF'"):
+        Scanner(["a"]).parse("a 1\n", content_type=_OM_LATEST)
+    with pytest.raises(ParseError, match="does not end with a newline"):
+        Scanner(["a"]).parse("a 1\n# EOF", content_type="text/plain")
+    # Unknown media types and escaping values fall back to sniffing and underscores.
+    assert Scanner(["a:b"]).parse("a_b 1\n# EOF\n", content_type="x/y; escaping=nope").get("a:b")
+
+
+@pytest.mark.parametrize(
+    ("name", "escaping", "expected"),
+    [
+        ("sglang:prompt_tokens_total", "underscores", ("sglang_prompt_tokens_total",)),
+        (
+            "sglang:prompt_tokens_total",
+            "dots",
+            ("sglang__prompt__tokens__total", "sglang:prompt__tokens__total"),
+        ),
+        ("sglang:prompt_tokens_total", "values", ("U__sglang_3a_prompt__tokens__total",)),
+        ("sglang:prompt_tokens_total", "allow-utf-8", ()),
+        ("plain_name", "underscores", ()),
+    ],
+)
+def test_name_spellings(name: str, escaping: str, expected: tuple[str, ...]) -> None:
+    assert name_spellings(name, escaping) == (name, *expected)
+
+
+_legacy_names = st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,12}", fullmatch=True).filter(
+    lambda n: not n.startswith("__") and not n.endswith(("_total", "_created"))
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_legacy_names, st.sampled_from(_ACCEPTS), st.integers(0, 10**9))
+def test_any_counter_name_survives_any_escaping(name: str, accept: str, value: int) -> None:
+    registry = CollectorRegistry()
+    try:
+        counter = Counter(name, "Help.", ["model_name"], registry=registry)
+    except ValueError:
+        return  # a name prometheus_client itself refuses (reserved suffixes, and so on)
+    counter.labels(model_name="m").inc(value)
+    encoder, content_type = choose_encoder(accept)
+    exp = Scanner([f"{name}_total"]).parse(encoder(registry), content_type=content_type)
+    assert _by_model(exp, f"{name}_total") == {"m": float(value)}

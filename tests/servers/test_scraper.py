@@ -605,3 +605,29 @@ def test_connection_is_kept_after_gzip_and_chunked_bodies(
     for _ in range(3):
         assert scraper.scrape().models[0].output_tokens == 456_789
     assert scraper.connections_opened == server.accepted == 1
+
+
+def test_an_openmetrics_answer_with_escaped_names_is_read_by_its_content_type(
+    serve: Serve,
+) -> None:
+    # A server that answers OpenMetrics whatever we ask (prometheus_client >= 0.23 does when
+    # Accept lists it at all): sample names lose their colon, the TYPE line keeps it.
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    registry = CollectorRegistry()
+    counter = Counter("sglang:prompt_tokens", "Prompt tokens.", ["model_name"], registry=registry)
+    counter.labels("m1").inc(42)
+    Counter("sglang:generation_tokens", "Gen.", ["model_name"], registry=registry).labels(
+        "m1"
+    ).inc(5)
+    body = generate_latest(registry)  # type: ignore[no-untyped-call]
+    content_type = (
+        "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=underscores"
+    )
+    assert b"sglang_prompt_tokens_total" in body
+    server = serve(lambda path: {"body": body, "headers": {"Content-Type": content_type}})
+    reading = _scraper(server.url()).scrape()
+    assert reading.engine == "sglang"
+    assert [(m.model, m.input_tokens, m.output_tokens) for m in reading.models] == [
+        ("m1", 42.0, 5.0)
+    ]

@@ -8,13 +8,14 @@ from collections.abc import Iterator, Sequence
 
 import httpx
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.clock import ManualClock
 from agent.simulation.expositions import SimModelCounters
 from agent.simulation.servers import MAX_CONCURRENT_REQUESTS, SimulatedServer
 
-# Token counter sample names per engine (reference inference-metrics.md §1-4).
+# Token counter sample names per engine (see agent/servers/README.md).
 PROMPT_SAMPLES = {
     "vllm": "vllm:prompt_tokens_total",
     "sglang": "sglang:prompt_tokens_total",
@@ -75,9 +76,14 @@ def test_serves_a_parseable_exposition_whose_sums_match(
         )
         response = httpx.get(server.url, timeout=5)
         assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+        # prometheus-fastapi-instrumentator answers with prometheus_client's newest text type.
+        expected = CONTENT_TYPE_LATEST if engine == "vllm" else "text/plain; version=0.0.4"
+        assert response.headers["content-type"].startswith(expected)
         text = response.text
-        assert _sum(text, PROMPT_SAMPLES[engine]) == 345_677
+        prompt = _sum(text, PROMPT_SAMPLES[engine])
+        if engine == "llamacpp":  # llama-server counts the cache hits apart
+            prompt += _sum(text, "llamacpp:prompt_tokens_cached_total")
+        assert prompt == 345_677
         assert _sum(text, GENERATION_SAMPLES[engine]) == 300_001
     finally:
         server.stop()
@@ -95,9 +101,32 @@ def test_vllm_exposition_has_one_series_per_rank(vllm: SimulatedServer) -> None:
     assert engines == {"0", "1"}
 
 
-def test_unknown_path_is_404(vllm: SimulatedServer) -> None:
-    response = httpx.get(vllm.url.replace("/metrics", "/v1/models"), timeout=5)
-    assert response.status_code == 404
+@pytest.fixture
+def llamacpp(clock: ManualClock) -> Iterator[SimulatedServer]:
+    server = _server(clock, "llamacpp", "", 1)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_unknown_path_is_404(vllm: SimulatedServer, llamacpp: SimulatedServer) -> None:
+    for server in (vllm, llamacpp):
+        response = httpx.get(server.url.replace("/metrics", "/v1/models"), timeout=5)
+        assert response.status_code == 404
+
+
+def test_llamacpp_sends_its_start_as_monotonic_microseconds(clock: ManualClock) -> None:
+    server = SimulatedServer("l", "llamacpp", [""], wall=clock.wall, monotonic=clock.monotonic)
+    server.start()
+    try:
+        header = httpx.get(server.url, timeout=5).headers["Process-Start-Time-Unix"]
+        assert int(header) == int(clock.monotonic() * 1e6)
+        clock.advance(7)
+        server.restart()
+        header = httpx.get(server.url, timeout=5).headers["Process-Start-Time-Unix"]
+        assert int(header) == int(clock.monotonic() * 1e6)
+    finally:
+        server.stop()
 
 
 def test_restart_resets_served_counters_but_not_lifetime(
@@ -187,17 +216,18 @@ def test_a_failing_renderer_gives_500_and_the_server_lives_on(clock: ManualClock
         server.stop()
 
 
-def test_requests_over_the_cap_are_dropped_not_queued(vllm: SimulatedServer) -> None:
+def test_requests_over_the_cap_are_dropped_not_queued(llamacpp: SimulatedServer) -> None:
     # Idle connections hold every request slot (each handler waits for a request line).
     idle = [
-        socket.create_connection(("127.0.0.1", vllm.port)) for _ in range(MAX_CONCURRENT_REQUESTS)
+        socket.create_connection(("127.0.0.1", llamacpp.port))
+        for _ in range(MAX_CONCURRENT_REQUESTS)
     ]
     try:
         # Give the accept loop time to hand each to a handler thread.
         deadline = threading.Event()
         deadline.wait(0.3)
         with pytest.raises(httpx.TransportError) as caught:
-            httpx.get(vllm.url, timeout=3)
+            httpx.get(llamacpp.url, timeout=3)
         assert not isinstance(caught.value, httpx.TimeoutException)
     finally:
         for s in idle:
@@ -205,10 +235,29 @@ def test_requests_over_the_cap_are_dropped_not_queued(vllm: SimulatedServer) -> 
     # Closed clients free their slots at once.
     for _ in range(50):
         try:
-            if httpx.get(vllm.url, timeout=3).status_code == 200:
+            if httpx.get(llamacpp.url, timeout=3).status_code == 200:
                 break
         except httpx.TransportError:
             threading.Event().wait(0.05)
+    else:
+        pytest.fail("the server did not recover after idle clients left")
+
+
+def test_engine_apps_answer_503_over_the_cap_at_once(vllm: SimulatedServer) -> None:
+    # uvicorn's limit_concurrency: idle connections count, the next request is refused now.
+    idle = [
+        socket.create_connection(("127.0.0.1", vllm.port)) for _ in range(MAX_CONCURRENT_REQUESTS)
+    ]
+    try:
+        threading.Event().wait(0.3)
+        assert httpx.get(vllm.url, timeout=3).status_code == 503
+    finally:
+        for s in idle:
+            s.close()
+    for _ in range(50):
+        if httpx.get(vllm.url, timeout=3).status_code == 200:
+            break
+        threading.Event().wait(0.05)
     else:
         pytest.fail("the server did not recover after idle clients left")
 
