@@ -225,10 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stdout)
         return 0
-    from agent.logs import configure_logging, install_excepthooks
+    from agent.logs import logging_for_a_command
 
-    log = configure_logging(args.log_level)
-    install_excepthooks(log)
+    with logging_for_a_command(args.log_level) as log:
+        return _run_command(args, log)
+
+
+def _run_command(args: argparse.Namespace, log: logging.Logger) -> int:
     try:
         code: int = args.handler(args, log)
         return code
