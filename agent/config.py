@@ -15,6 +15,7 @@ Every duration has a floor (no busy loop) and a ceiling; URLs are checked as htt
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import os
 import sys
@@ -425,6 +426,27 @@ OTHER_ENV_VARIABLES = frozenset({"TOKENERGY_HEALTHCHECK_URL"})
 """``TOKENERGY_*`` variables read by other tools (the container health check), not settings."""
 
 
+def is_service_link(name: str) -> bool:
+    """True for a Kubernetes service-link variable, which is not a setting.
+
+    Kubernetes gives every pod ``<SERVICE>_SERVICE_HOST``, ``<SERVICE>_SERVICE_PORT[_<PORT>]``,
+    ``<SERVICE>_PORT`` and ``<SERVICE>_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]`` for each Service
+    in its namespace: a Service named ``tokenergy`` (the DaemonSet's own) makes
+    ``TOKENERGY_PORT=tcp://...``. Settings always use ``__`` between levels, so a name without
+    it and of that shape is never one.
+
+    Args:
+        name: The variable's name.
+    """
+    upper = name.upper()
+    if "__" in upper:
+        return False
+    if upper.endswith(("_SERVICE_HOST", "_PORT")) or "_SERVICE_PORT" in upper:
+        return True
+    parts = upper.split("_")
+    return any(a == "PORT" and b.isdigit() for a, b in itertools.pairwise(parts))
+
+
 def load_settings(
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -631,7 +653,10 @@ def settings_from_env(
     origins: dict[tuple[str, ...], str] = {}
     problems: list[str] = []
     for name in sorted(env):
-        if not name.upper().startswith(ENV_PREFIX) or name.upper() in OTHER_ENV_VARIABLES:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in OTHER_ENV_VARIABLES:
+            continue
+        if is_service_link(name):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         if not all(parts):

@@ -30,7 +30,7 @@ def test_ci_builds_llama_server_and_lints_before_the_readme_command() -> None:
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     steps = [
         "tests/llamacpp/build_llama_server.sh",
-        "export TOKENERGY_REQUIRE_LLAMA_SERVER=1",
+        "export REQUIRE_LLAMA_SERVER=1",
         "ruff check .",
         "mypy --strict",
         quick_start_commands()[1],

@@ -286,3 +286,25 @@ def test_the_engine_choices_are_the_profiles() -> None:
     from agent.servers.profiles import ENGINE_NAMES
 
     assert set(get_args(Engine)) == {"auto", *ENGINE_NAMES}
+
+
+def test_kubernetes_service_links_of_a_service_named_tokenergy_are_not_settings() -> None:
+    # The DaemonSet's own Service is named tokenergy: every pod in its namespace gets these.
+    from agent.config import load_settings
+
+    links = {
+        "TOKENERGY_PORT": "tcp://10.0.0.7:10110",
+        "TOKENERGY_SERVICE_HOST": "10.0.0.7",
+        "TOKENERGY_SERVICE_PORT": "10110",
+        "TOKENERGY_SERVICE_PORT_METRICS": "10110",
+        "TOKENERGY_PORT_10110_TCP": "tcp://10.0.0.7:10110",
+        "TOKENERGY_PORT_10110_TCP_PROTO": "tcp",
+        "TOKENERGY_PORT_10110_TCP_PORT": "10110",
+        "TOKENERGY_PORT_10110_TCP_ADDR": "10.0.0.7",
+        "TOKENERGY_GRAFANA_SERVICE_HOST": "10.0.0.8",
+    }
+    settings = load_settings(None, None, env={**links, "TOKENERGY_SAMPLING__WINDOW_SECONDS": "30"})
+    assert settings.sampling.window_seconds == 30
+    # A misspelt section is still refused.
+    with pytest.raises(ConfigError):
+        load_settings(None, None, env={**links, "TOKENERGY_SAMPLNG__INTERVAL_SECONDS": "5"})

@@ -3,7 +3,7 @@
 As node_exporter's ``collector/fixtures/*.out``: any change to a metric name, label, help text,
 type or order shows in review as a diff of ``golden/rich_snapshot.prom``. After an intended
 change, regenerate both files and commit the diff:
-``TOKENERGY_UPDATE_GOLDEN=1 python -m pytest tests/exporters/test_golden.py``.
+``UPDATE_GOLDEN=1 python -m pytest tests/exporters/test_golden.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ GOLDEN = Path(__file__).parent / "golden"
 
 def _check(name: str, text: str) -> None:
     path = GOLDEN / name
-    if os.environ.get("TOKENERGY_UPDATE_GOLDEN") == "1":
+    if os.environ.get("UPDATE_GOLDEN") == "1":
         path.write_text(text)
     expected = path.read_text()
     diff = "".join(

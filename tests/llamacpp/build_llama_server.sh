@@ -6,11 +6,11 @@
 # package registry. The version is pinned so that CI builds the same server every time.
 #
 # Idempotent: when the binary for the pinned version is already in the cache it only says so.
-# Output: <cache>/<version>/llama-server, where <cache> is $TOKENERGY_LLAMA_CACHE or
+# Output: <cache>/<version>/llama-server, where <cache> is $LLAMA_SERVER_CACHE or
 # .cache/llama-server at the repository root (gitignored). The tests find it there, or wherever
-# $TOKENERGY_LLAMA_SERVER points.
+# $LLAMA_SERVER_BINARY points.
 #
-# Environment: LLAMA_CPP_PYTHON_VERSION (default: llama-cpp-python.version), TOKENERGY_LLAMA_CACHE,
+# Environment: LLAMA_CPP_PYTHON_VERSION (default: llama-cpp-python.version), LLAMA_SERVER_CACHE,
 # LLAMA_BUILD_JOBS (default: number of CPUs). Takes about 6 minutes on 2 cores.
 set -euo pipefail
 
@@ -18,7 +18,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 # The pinned version lives in one file that the tests read too.
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-$(tr -d '[:space:]' <"$HERE/llama-cpp-python.version")}"
-CACHE="${TOKENERGY_LLAMA_CACHE:-$ROOT/.cache/llama-server}"
+CACHE="${LLAMA_SERVER_CACHE:-$ROOT/.cache/llama-server}"
 DEST="$CACHE/$VERSION"
 BIN="$DEST/llama-server"
 JOBS="${LLAMA_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"

@@ -1,9 +1,9 @@
 """A real llama.cpp ``llama-server`` on 127.0.0.1, serving a tiny random-weight model.
 
 The binary comes from ``tests/llamacpp/build_llama_server.sh`` (cached under
-``.cache/llama-server/<llama-cpp-python version>/``) or from ``$TOKENERGY_LLAMA_SERVER``. Where
+``.cache/llama-server/<llama-cpp-python version>/``) or from ``$LLAMA_SERVER_BINARY``. Where
 it has not been built the tests skip and say how to build it; with
-``TOKENERGY_REQUIRE_LLAMA_SERVER=1`` (CI) a missing binary is an error instead.
+``REQUIRE_LLAMA_SERVER=1`` (CI) a missing binary is an error instead.
 
 Tests run with ``--import-mode=importlib`` and cannot import a conftest, so the server handle
 travels as a fixture (``start_llama``).
@@ -33,11 +33,11 @@ START_TIMEOUT_S = 60.0
 
 
 def find_binary() -> Path | None:
-    """The llama-server to test: ``$TOKENERGY_LLAMA_SERVER``, else the build script's cache."""
-    explicit = os.environ.get("TOKENERGY_LLAMA_SERVER")
+    """The llama-server to test: ``$LLAMA_SERVER_BINARY``, else the build script's cache."""
+    explicit = os.environ.get("LLAMA_SERVER_BINARY")
     if explicit:
         return Path(explicit)
-    cache = Path(os.environ.get("TOKENERGY_LLAMA_CACHE") or ROOT / ".cache" / "llama-server")
+    cache = Path(os.environ.get("LLAMA_SERVER_CACHE") or ROOT / ".cache" / "llama-server")
     candidate = cache / VERSION / "llama-server"
     return candidate if candidate.is_file() else None
 
@@ -50,12 +50,12 @@ def llama_server_bin() -> Path:
     if binary is None:
         problem = (
             f"llama-server for llama-cpp-python {VERSION} is not built: run {BUILD_SCRIPT} "
-            "(about 6 minutes on 2 cores) or set TOKENERGY_LLAMA_SERVER"
+            "(about 6 minutes on 2 cores) or set LLAMA_SERVER_BINARY"
         )
     elif not os.access(binary, os.X_OK):
-        problem = f"TOKENERGY_LLAMA_SERVER={binary} is not an executable file"
+        problem = f"LLAMA_SERVER_BINARY={binary} is not an executable file"
     if problem is not None:
-        if os.environ.get("TOKENERGY_REQUIRE_LLAMA_SERVER") == "1":
+        if os.environ.get("REQUIRE_LLAMA_SERVER") == "1":
             pytest.fail(problem)
         pytest.skip(problem)
     assert binary is not None

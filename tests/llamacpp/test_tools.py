@@ -81,7 +81,7 @@ def test_build_script_skips_when_the_binary_is_cached(tmp_path: Path) -> None:
     binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
     result = subprocess.run(
         ["bash", str(HERE / "build_llama_server.sh")],
-        env={**os.environ, "TOKENERGY_LLAMA_CACHE": str(tmp_path)},
+        env={**os.environ, "LLAMA_SERVER_CACHE": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=60,
