@@ -56,6 +56,7 @@ def test_overhead_core_functions_give_finite_rows() -> None:
     # The warm-up and measured cycles reuse one kept-alive connection per server; the naive
     # cycle's httpx client opens one more of its own.
     assert opened == [1, 1]
+    assert 0 < bench.peak_rss_mb() < 100_000
     assert all(r >= 3 for r in requests) and accepted == [2, 2]
     text = bench.headline_table(costs)
     assert "% of one core" in text and "previous" in text
