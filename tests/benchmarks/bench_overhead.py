@@ -741,7 +741,8 @@ def loop_table(result: LoopResult) -> str:
     )
     lines.append(
         f"connections opened per server {result.connections} (servers accepted "
-        f"{result.accepted}, incl. the Prometheus stand-in's); /metrics requests per server "
+        f"{result.accepted}, incl. the benchmark's one size probe of the first); /metrics "
+        "requests per server "
         f"{result.requests}; fewest requests per connection {result.requests_per_connection:.0f}"
         f" (10 min at 5 s = 120)"
     )
