@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent import __version__
 from agent.clock import Clock, SystemClock
@@ -32,8 +32,17 @@ from agent.config import (
     split_listen,
 )
 from agent.logs import describe, redact
-from agent.readings import PricingInfo
+from agent.readings import GpuStatus
 from exporters.webconfig import WebConfigError
+
+if TYPE_CHECKING:  # the parts are imported when built: `tokenergy --help` stays fast
+    from prometheus_client.registry import CollectorRegistry
+
+    from agent.discovery import Discovery
+    from agent.gpu.monitor import GpuMonitor
+    from agent.sampler import Sampler
+    from agent.servers.scraper import ServerScraper
+    from exporters.http import MetricsServer
 
 
 @dataclass(frozen=True)
@@ -216,10 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stdout)
         return 0
-    from agent.logs import configure_logging, install_excepthooks
+    from agent.logs import logging_for_a_command
 
-    log = configure_logging(args.log_level)
-    install_excepthooks(log)
+    with logging_for_a_command(args.log_level) as log:
+        return _run_command(args, log)
+
+
+def _run_command(args: argparse.Namespace, log: logging.Logger) -> int:
     try:
         code: int = args.handler(args, log)
         return code
@@ -301,11 +313,11 @@ class Agent:
     """Every running part of the agent, wired; built by :func:`build_agent`."""
 
     settings: Settings
-    sampler: Any
-    monitor: Any
-    server: Any
-    scrapers: dict[str, Any]
-    registry: Any
+    sampler: Sampler
+    monitor: GpuMonitor
+    server: MetricsServer
+    scrapers: dict[str, ServerScraper]
+    registry: CollectorRegistry
 
     @property
     def port(self) -> int:
@@ -341,12 +353,12 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     Returns:
         The wired, not yet started, agent.
     """
+    from agent.accounting.anatomy import PhaseSettings
     from agent.accounting.counters import counter_limits
     from agent.accounting.ledger import Ledger
     from agent.discovery import PsutilProcessTable, discover
     from agent.gpu.monitor import GpuMonitor
     from agent.gpu.nvml import NvmlBackend
-    from agent.readings import GpuStatus
     from agent.sampler import Sampler
     from agent.servers.scraper import ServerScraper
     from exporters.http import MetricsServer
@@ -363,7 +375,7 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     scrapers = {s.name: ServerScraper(s, settings.scrape) for s in settings.servers}
     processes = PsutilProcessTable()
 
-    def discover_now(gpus: Sequence[GpuStatus]) -> Any:
+    def discover_now(gpus: Sequence[GpuStatus]) -> Discovery:
         return discover(settings.servers, gpus, processes)
 
     pricing = settings.pricing
@@ -374,15 +386,16 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
             pricing,
             settings.sampling.window_seconds,
             limits=counter_limits(settings.accounting),
+            phase=PhaseSettings(
+                forgetting=settings.accounting.phase_forgetting,
+                min_intervals=settings.accounting.phase_min_intervals,
+                max_relative_error=settings.accounting.phase_max_relative_error,
+            ),
+            kv_saturated_ratio=settings.accounting.kv_cache_saturated_ratio,
         ),
         discover=discover_now,
         clock=clock,
-        pricing=PricingInfo(
-            currency=pricing.currency,
-            electricity_per_kwh=pricing.electricity_per_kwh,
-            pue=pricing.pue,
-            carbon_g_per_kwh=pricing.carbon_g_per_kwh or None,
-        ),
+        pricing=pricing.info(),
         interval_seconds=settings.sampling.interval_seconds,
         gpu_interval_seconds=settings.gpu.interval_seconds,
         window_seconds=settings.sampling.window_seconds,

@@ -36,6 +36,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.logs import redact
+from agent.readings import PricingInfo
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -147,12 +148,16 @@ class ServerSettings(_Section):
         return value
 
 
+DEFAULT_WINDOW_SECONDS = 60.0
+"""Default window of the ratio gauges, s: several scrapes, yet live enough for a panel."""
+
+
 class SamplingSettings(_Section):
     """The sampling loop."""
 
     interval_seconds: float = _duration(5.0, 0.05, 300, "Server scrape and snapshot interval, s.")
     window_seconds: float = _duration(
-        60.0, 0.05, 3600, "Window of the ratio gauges (tokens per joule...), s."
+        DEFAULT_WINDOW_SECONDS, 0.05, 3600, "Window of the ratio gauges (tokens per joule...), s."
     )
     discovery_interval_seconds: float = _duration(
         30.0, 0.1, 86400, "How often GPU-to-server discovery runs again, s."
@@ -238,6 +243,36 @@ class AccountingSettings(_Section):
             "A model absent this long leaves /metrics; its totals fold into model `_other`, s."
         ),
     )
+    kv_cache_saturated_ratio: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description=(
+            "KV-cache usage at or above which a server with waiting requests counts as "
+            "saturated (tokenergy_kv_cache_saturated_seconds_total), 0..1."
+        ),
+    )
+    phase_forgetting: float = Field(
+        0.995,
+        gt=0.5,
+        le=1,
+        description=(
+            "Forgetting factor per interval of the input/output energy regression; 0.995 "
+            "remembers about 200 intervals."
+        ),
+    )
+    phase_min_intervals: int = Field(
+        24, ge=3, le=100_000, description="Intervals with tokens before the regression is used."
+    )
+    phase_max_relative_error: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description=(
+            "Largest relative standard error of J per input and per output token for the "
+            "regression to split energy; above it the time estimator (or none) is used."
+        ),
+    )
 
 
 class PricingSettings(_Section):
@@ -287,6 +322,15 @@ class PricingSettings(_Section):
         if not matches:
             return self.gpu_hourly["default"]
         return self.gpu_hourly[max(matches, key=len)]
+
+    def info(self) -> PricingInfo:
+        """The settings as exported in ``tokenergy_pricing_info`` (carbon None when off)."""
+        return PricingInfo(
+            currency=self.currency,
+            electricity_per_kwh=self.electricity_per_kwh,
+            pue=self.pue,
+            carbon_g_per_kwh=self.carbon_g_per_kwh or None,
+        )
 
 
 class HttpSettings(_Section):

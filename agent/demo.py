@@ -30,7 +30,9 @@ def table_rows(snapshot: Snapshot) -> list[dict[str, str]]:
         snapshot: The agent's latest Snapshot.
 
     Returns:
-        Rows with columns server, model, in tok/s, out tok/s, W, tok/J, cost/Mtok, idle.
+        Rows with columns server, model, in tok/s, out tok/s, W, tok/J, cost per million
+        tokens (all cost per output token), the input part per million input tokens and the
+        output part per million output tokens (``-`` until the split has an estimator), idle.
     """
     up = {s.name: s.up for s in snapshot.servers}
     currency = snapshot.pricing.currency
@@ -45,6 +47,8 @@ def table_rows(snapshot: Snapshot) -> list[dict[str, str]]:
                 "W": _num(m.power_watts, "{:,.0f}"),
                 "tok/J": _num(m.tokens_per_joule, "{:.2f}"),
                 f"{currency}/Mtok": _num(m.cost_per_million_tokens, "{:.3f}"),
+                "in/Mtok": _num(m.input_cost_per_million_input_tokens, "{:.3f}"),
+                "out/Mtok": _num(m.output_cost_per_million_output_tokens, "{:.3f}"),
                 "idle": _idle(m),
             }
         )

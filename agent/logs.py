@@ -6,12 +6,13 @@ logfmt is what Prometheus, node_exporter and Loki read natively. Extra fields co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 # scheme://user:password@ -> scheme://user:***@ ; the user name stays (it helps debugging).
@@ -73,6 +74,34 @@ class LogfmtFormatter(logging.Formatter):
         if record.exc_info:
             parts.append(f"exc={_quote(redact(self.formatException(record.exc_info)))}")
         return " ".join(parts)
+
+
+@contextlib.contextmanager
+def logging_for_a_command(
+    level: str = "info", stream: TextIO | None = None
+) -> Iterator[logging.Logger]:
+    """Logfmt logging and one-line exception hooks for one command, undone when it returns.
+
+    The process-wide state (the ``tokenergy`` logger's handlers, level and propagation,
+    ``sys.excepthook`` and ``threading.excepthook``) is put back afterwards, so calling the
+    command line from a test, or twice in one process, leaks nothing into what comes next.
+
+    Args:
+        level: ``debug``, ``info``, ``warning`` or ``error``.
+        stream: Where to write; stderr by default.
+
+    Yields:
+        The ``tokenergy`` logger.
+    """
+    log = logging.getLogger("tokenergy")
+    saved = (log.handlers[:], log.level, log.propagate, sys.excepthook, threading.excepthook)
+    try:
+        configure_logging(level, stream)
+        install_excepthooks(log)
+        yield log
+    finally:
+        log.handlers[:], log.level, log.propagate = saved[0], saved[1], saved[2]
+        sys.excepthook, threading.excepthook = saved[3], saved[4]
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> logging.Logger:

@@ -214,6 +214,23 @@ class ModelTotals:
         input_tokens_per_second: Prompt token rate over the window, tokens/s.
         output_tokens_per_second: Output token rate over the window, tokens/s.
         power_watts: Mean attributed power over the window, W.
+        input_energy_joules_total: Part of the energy the input (prefill) took, J.
+        output_energy_joules_total: Part of the energy the output (decode) took, J.
+        unsplit_energy_joules_total: Part no estimator could split yet, J; input + output +
+            unsplit = ``energy_joules_total``.
+        input_cost_total: Input part of energy plus hardware cost.
+        output_cost_total: Output part of the cost.
+        unsplit_cost_total: Unsplit part of the cost.
+        cache_saved_energy_joules_total: Energy the prompt cache saved: cached prompt tokens
+            times the energy of a computed one, J.
+        cache_saved_cost_total: That energy at the interval's cost per joule.
+        kv_cache_saturated_seconds_total: Time the KV cache was saturated while requests
+            waited, s.
+        phase_method: Estimator of the last split: ``regression``, ``time`` or ``none``.
+        input_joules_per_input_token: Input energy per input token over the window, J.
+        output_joules_per_output_token: Output energy per output token over the window, J.
+        input_cost_per_million_input_tokens: Input cost per million input tokens.
+        output_cost_per_million_output_tokens: Output cost per million output tokens.
     """
 
     server: str
@@ -232,6 +249,41 @@ class ModelTotals:
     input_tokens_per_second: float | None = None
     output_tokens_per_second: float | None = None
     power_watts: float | None = None
+    input_energy_joules_total: float = 0.0
+    output_energy_joules_total: float = 0.0
+    unsplit_energy_joules_total: float = 0.0
+    input_cost_total: float = 0.0
+    output_cost_total: float = 0.0
+    unsplit_cost_total: float = 0.0
+    cache_saved_energy_joules_total: float = 0.0
+    cache_saved_cost_total: float = 0.0
+    kv_cache_saturated_seconds_total: float = 0.0
+    phase_method: str | None = None
+    input_joules_per_input_token: float | None = None
+    output_joules_per_output_token: float | None = None
+    input_cost_per_million_input_tokens: float | None = None
+    output_cost_per_million_output_tokens: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseFit:
+    """A server's fitted energy model (input/output regression), when it is trusted.
+
+    Attributes:
+        server: Server name.
+        joules_per_input_token: Energy of one computed (not cached) prompt token, J.
+        joules_per_input_token_stderr: Its standard error, J.
+        joules_per_output_token: Energy of one generated token, J.
+        joules_per_output_token_stderr: Its standard error, J.
+        idle_watts: Power with no token in flight, W.
+    """
+
+    server: str
+    joules_per_input_token: float
+    joules_per_input_token_stderr: float
+    joules_per_output_token: float
+    joules_per_output_token_stderr: float
+    idle_watts: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +354,7 @@ class LedgerTotals:
         gpu_energy_joules_total: GPU UUID -> energy booked for that GPU since the agent
             started, J; monotonic across driver reloads (the ledger is its only accumulator).
         events: What this advance saw that the edge should log or count (empty mostly).
+        phase_fits: Per server, the input/output energy regression, where it is trusted.
     """
 
     models: tuple[ModelTotals, ...] = ()
@@ -312,6 +365,7 @@ class LedgerTotals:
     unattributed_carbon_grams_total: float | None = None
     gpu_energy_joules_total: tuple[tuple[str, float], ...] = ()
     events: tuple[AccountingEvent, ...] = ()
+    phase_fits: tuple[PhaseFit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The metric catalogue: every series tokenergy exports, in one table.
 
 This table is the contract that dashboards, recording rules, alerts and tests depend on
-(DESIGN.md, "Metric catalogue"). The Prometheus collector can only emit what is listed here,
+(exporters/README.md lists it). The Prometheus collector can only emit what is listed here,
 and the README's metric table is generated from it (:func:`render_markdown_table`) and checked
 against it by a test.
 
@@ -9,17 +9,12 @@ Naming follows the Prometheus guides: prefix ``tokenergy_``, base units with a p
 suffix (joules, watts, bytes, seconds, grams, ratio), ``_total`` on counters, ``_info`` gauges
 of value 1 for metadata, no colons, no hostname-like labels. Help strings name the unit, the
 source (the NVML call or the engine's own metric) and, for windowed ratios, the window.
-
-Extensions beyond DESIGN.md's table are marked ``extension=True``: ``server_requests``,
-``server_kv_cache_usage_ratio``, ``nvml_up`` and ``unattributed_carbon_grams_total``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-
-PREFIX = "tokenergy_"
 
 MetricType = Literal["gauge", "counter"]
 
@@ -37,7 +32,6 @@ class MetricSpec:
         unit: OpenMetrics unit, a suffix of the name (``joules``...), or "" for none.
         labels: Label names, in exposition order.
         help: Help text; may contain :data:`WINDOW_PLACEHOLDER`.
-        extension: True for metrics added beyond DESIGN.md's catalogue.
     """
 
     name: str
@@ -45,7 +39,6 @@ class MetricSpec:
     unit: str
     labels: tuple[str, ...]
     help: str
-    extension: bool = False
 
     def help_text(self, window_seconds: float) -> str:
         """The help string with the ratio window filled in.
@@ -86,7 +79,6 @@ METRICS: tuple[MetricSpec, ...] = (
         "",
         (),
         "1 when NVML is initialised and answered in the last cycle, else 0.",
-        extension=True,
     ),
     # -- GPUs ------------------------------------------------------------------------------
     MetricSpec(
@@ -183,7 +175,6 @@ METRICS: tuple[MetricSpec, ...] = (
         ("server", "model", "state"),
         "Requests in the server at its last scrape, state=running or waiting (queued), "
         "from the engine's own gauges; absent when the engine does not report them.",
-        extension=True,
     ),
     MetricSpec(
         "tokenergy_server_kv_cache_usage_ratio",
@@ -192,7 +183,6 @@ METRICS: tuple[MetricSpec, ...] = (
         _MODEL,
         "KV-cache usage 0..1 at the server's last scrape, from the engine's own gauge; "
         "absent when the engine does not report it.",
-        extension=True,
     ),
     # -- tokens, energy, cost per (server, model) ------------------------------------------
     MetricSpec(
@@ -265,7 +255,6 @@ METRICS: tuple[MetricSpec, ...] = (
         "grams",
         (),
         "Emissions in g CO2e of the unattributed GPU energy; only when a carbon intensity is set.",
-        extension=True,
     ),
     MetricSpec(
         "tokenergy_tokens_per_joule",
@@ -288,6 +277,115 @@ METRICS: tuple[MetricSpec, ...] = (
         _MODEL,
         f"All cost (energy + hardware) per million output tokens over {WINDOW_PLACEHOLDER}, "
         f"in the currency of tokenergy_pricing_info; {_NO_TOKENS}.",
+    ),
+    # -- where the cost goes: input vs output, prompt cache, memory pressure ---------------
+    MetricSpec(
+        "tokenergy_phase_energy_joules_total",
+        "counter",
+        "joules",
+        (*_MODEL, "phase"),
+        "Part of tokenergy_energy_joules_total in J taken by phase=input (prefill) or output "
+        "(decode), or unsplit while no estimator can split it (tokenergy_phase_split_info); "
+        "the three add up to tokenergy_energy_joules_total.",
+    ),
+    MetricSpec(
+        "tokenergy_phase_cost_total",
+        "counter",
+        "",
+        (*_MODEL, "phase"),
+        "Part of tokenergy_cost_total (energy + hardware) taken by phase=input, output or "
+        "unsplit, in the currency of tokenergy_pricing_info.",
+    ),
+    MetricSpec(
+        "tokenergy_cache_saved_energy_joules_total",
+        "counter",
+        "joules",
+        _MODEL,
+        "Energy in J the prompt cache saved: cached input tokens times the measured energy of "
+        "a computed input token.",
+    ),
+    MetricSpec(
+        "tokenergy_cache_saved_cost_total",
+        "counter",
+        "",
+        _MODEL,
+        "Cost the prompt cache saved: tokenergy_cache_saved_energy_joules_total at the "
+        "interval's cost per joule, in the currency of tokenergy_pricing_info.",
+    ),
+    MetricSpec(
+        "tokenergy_kv_cache_saturated_seconds_total",
+        "counter",
+        "seconds",
+        _MODEL,
+        "Time in s the server's KV cache was at or above accounting.kv_cache_saturated_ratio "
+        "while requests waited: memory-bound, batches cannot grow.",
+    ),
+    MetricSpec(
+        "tokenergy_joules_per_input_token",
+        "gauge",
+        "",
+        _MODEL,
+        f"Input (prefill) energy in J per input token over {WINDOW_PLACEHOLDER}; absent when "
+        "the window has no input tokens or no split energy.",
+    ),
+    MetricSpec(
+        "tokenergy_joules_per_output_token",
+        "gauge",
+        "",
+        _MODEL,
+        f"Output (decode) energy in J per output token over {WINDOW_PLACEHOLDER} "
+        "(tokenergy_joules_per_token counts all energy); absent when the window has no "
+        "output tokens or no split energy.",
+    ),
+    MetricSpec(
+        "tokenergy_cost_per_million_input_tokens",
+        "gauge",
+        "",
+        _MODEL,
+        f"Input part of the cost per million input tokens over {WINDOW_PLACEHOLDER}, in the "
+        "currency of tokenergy_pricing_info; absent without input tokens or split energy.",
+    ),
+    MetricSpec(
+        "tokenergy_cost_per_million_output_tokens",
+        "gauge",
+        "",
+        _MODEL,
+        f"Output part of the cost per million output tokens over {WINDOW_PLACEHOLDER}, in "
+        "the currency of tokenergy_pricing_info; absent without output tokens or split energy.",
+    ),
+    MetricSpec(
+        "tokenergy_output_input_cost_factor",
+        "gauge",
+        "",
+        _MODEL,
+        "How many input tokens one output token costs over "
+        f"{WINDOW_PLACEHOLDER}: tokenergy_cost_per_million_output_tokens / "
+        "tokenergy_cost_per_million_input_tokens.",
+    ),
+    MetricSpec(
+        "tokenergy_phase_split_info",
+        "gauge",
+        "",
+        (*_MODEL, "method"),
+        "How the last interval's energy was split between input and output: method=regression "
+        "(energy fitted on computed input and output tokens), time (the engine's prefill and "
+        "decode times) or none (unsplit); always 1.",
+    ),
+    MetricSpec(
+        "tokenergy_marginal_joules_per_token",
+        "gauge",
+        "",
+        ("server", "phase"),
+        "Energy in J of one more computed input (phase=input) or output (phase=output) "
+        "token, from the server's regression of energy on tokens; only while its standard "
+        "error is small enough to trust.",
+    ),
+    MetricSpec(
+        "tokenergy_marginal_joules_per_token_stderr",
+        "gauge",
+        "",
+        ("server", "phase"),
+        "Standard error in J of tokenergy_marginal_joules_per_token.",
     ),
     MetricSpec(
         "tokenergy_pricing_info",
@@ -338,12 +436,11 @@ _TABLE_WINDOW = "the ratio window (`sampling.window_seconds`, default 60 s)"
 
 
 def render_markdown_table() -> str:
-    """The README's metric table, generated from :data:`METRICS`.
+    """exporters/README.md's metric table, generated from :data:`METRICS`.
 
     Returns:
         A GitHub-flavoured Markdown table (name, type, unit, labels, help), one row per
-        metric, ending in a newline. Extensions beyond DESIGN.md are not marked: to a
-        reader every row is simply part of the catalogue.
+        metric, ending in a newline.
     """
     lines = [
         "| metric | type | unit | labels | meaning |",

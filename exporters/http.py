@@ -162,7 +162,12 @@ _AUTH_BUSY = _text(
     429, "too many credential checks in progress; retry later", (("Retry-After", "1"),)
 )
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
-_VERSION = re.compile(r"^\d+(\.\d+){0,2}$")
+
+
+def _is_version(value: str) -> bool:
+    """``1``, ``1.0`` or ``1.0.0``: ASCII digits in at most three dot-separated parts."""
+    parts = value.split(".")
+    return len(parts) <= 3 and all(p.isascii() and p.isdigit() for p in parts)
 
 
 def _choose_format(accept: str) -> tuple[Callable[[Collector], bytes], str]:
@@ -175,7 +180,7 @@ def _choose_format(accept: str) -> tuple[Callable[[Collector], bytes], str]:
     for media in accept.split(","):
         params = [p.strip() for p in media.split(";")[1:]]
         versions = [p.split("=", 1)[1].strip() for p in params if p.startswith("version=")]
-        if all(_VERSION.match(v) for v in versions):
+        if all(_is_version(v) for v in versions):
             kept.append(media)
     try:
         return choose_encoder(",".join(kept))

@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from agent.clock import Clock
+from agent.config import DEFAULT_WINDOW_SECONDS
 from agent.readings import Snapshot
 from exporters.catalogue import BY_NAME, METRICS
 
@@ -107,7 +108,7 @@ def snapshot_families(
     Yields:
         Metric families in catalogue order; before the first Snapshot only ``build_info``.
     """
-    out = _Families(snapshot.window_seconds if snapshot is not None else 60.0)
+    out = _Families(snapshot.window_seconds if snapshot is not None else DEFAULT_WINDOW_SECONDS)
     out.add("tokenergy_build_info", [version], 1)
     if snapshot is None:
         yield from out.families()
@@ -170,6 +171,35 @@ def snapshot_families(
         out.add("tokenergy_tokens_per_joule", key, m.tokens_per_joule)
         out.add("tokenergy_joules_per_token", key, m.joules_per_token)
         out.add("tokenergy_cost_per_million_tokens", key, m.cost_per_million_tokens)
+        for phase, joules, cost in (
+            ("input", m.input_energy_joules_total, m.input_cost_total),
+            ("output", m.output_energy_joules_total, m.output_cost_total),
+            ("unsplit", m.unsplit_energy_joules_total, m.unsplit_cost_total),
+        ):
+            out.add("tokenergy_phase_energy_joules_total", [*key, phase], joules)
+            out.add("tokenergy_phase_cost_total", [*key, phase], cost)
+        out.add("tokenergy_cache_saved_energy_joules_total", key, m.cache_saved_energy_joules_total)
+        out.add("tokenergy_cache_saved_cost_total", key, m.cache_saved_cost_total)
+        out.add(
+            "tokenergy_kv_cache_saturated_seconds_total", key, m.kv_cache_saturated_seconds_total
+        )
+        out.add("tokenergy_joules_per_input_token", key, m.input_joules_per_input_token)
+        out.add("tokenergy_joules_per_output_token", key, m.output_joules_per_output_token)
+        cost_in = m.input_cost_per_million_input_tokens
+        cost_out = m.output_cost_per_million_output_tokens
+        out.add("tokenergy_cost_per_million_input_tokens", key, cost_in)
+        out.add("tokenergy_cost_per_million_output_tokens", key, cost_out)
+        if cost_in and cost_out is not None:
+            out.add("tokenergy_output_input_cost_factor", key, cost_out / cost_in)
+        if m.phase_method is not None:
+            out.add("tokenergy_phase_split_info", [*key, m.phase_method], 1.0)
+    for fit in ledger.phase_fits:
+        for phase, value, stderr in (
+            ("input", fit.joules_per_input_token, fit.joules_per_input_token_stderr),
+            ("output", fit.joules_per_output_token, fit.joules_per_output_token_stderr),
+        ):
+            out.add("tokenergy_marginal_joules_per_token", [fit.server, phase], value)
+            out.add("tokenergy_marginal_joules_per_token_stderr", [fit.server, phase], stderr)
     out.add(
         "tokenergy_unattributed_energy_joules_total", [], ledger.unattributed_energy_joules_total
     )

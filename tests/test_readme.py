@@ -23,3 +23,17 @@ def test_quick_start_has_exactly_two_commands() -> None:
 def test_ci_runs_the_readme_test_command_exactly() -> None:
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert quick_start_commands()[1] in ci_lines
+
+
+def test_ci_builds_llama_server_and_lints_before_the_readme_command() -> None:
+    """The live llama-server tests run in CI: the binary is built first, and a missing one fails."""
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    steps = [
+        "tests/llamacpp/build_llama_server.sh",
+        "export TOKENERGY_REQUIRE_LLAMA_SERVER=1",
+        "ruff check .",
+        "mypy --strict",
+        quick_start_commands()[1],
+    ]
+    positions = [ci_lines.index(step) for step in steps]
+    assert positions == sorted(positions)

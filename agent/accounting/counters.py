@@ -285,7 +285,7 @@ class TokenCounters:
         present = {m.model: m for m in reading.models}
         first = state is None
         if state is None:
-            state = _ServerState(start_time_seconds=reading.start_time_seconds)
+            state = _ServerState(start_time_seconds=None)
             self._servers[name] = state
         retired = self._expire(state, present, t, events)
         tracked = self._admit(state, present, first, t, events)
@@ -454,6 +454,7 @@ class TokenCounters:
     def _start_time_moved(self, state: _ServerState, start: float | None) -> bool:
         if start is None or not math.isfinite(start):
             return False
+        # The first valid start time seen is the reference; nothing to compare it with yet.
         last = state.start_time_seconds
         if last is None or start > last:
             # Keep the newest start time seen: an older worker answering is not a restart.

@@ -3,7 +3,7 @@
 No I/O, no clock reads, no threads. :meth:`Ledger.advance` takes the readings at monotonic
 time ``t`` and returns new cumulative counters and windowed ratios as ``LedgerTotals``.
 
-Rules (DESIGN.md, "Accounting rules"):
+Rules (agent/README.md tells them to people):
 
 - **Tokens.** Per (server, model): input, output and cached input tokens, monotonic across
   server restarts; policy in :mod:`agent.accounting.counters` (per-series resets, first sight
@@ -47,10 +47,12 @@ Rules (DESIGN.md, "Accounting rules"):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from agent.accounting.anatomy import PhaseAnatomy, PhaseDelta, PhaseSettings
 from agent.accounting.cost import CostModel
 from agent.accounting.counters import (
     OTHER_MODEL,
@@ -73,6 +75,7 @@ from agent.readings import (
     GpuStatus,
     LedgerTotals,
     ModelTotals,
+    PhaseFit,
     ServerStatus,
 )
 
@@ -89,17 +92,25 @@ class _Account:
     energy_cost: float = 0.0
     hardware_cost: float = 0.0
     carbon_grams: float = 0.0
+    # Where the energy and cost went: input (prefill), output (decode), or not split yet.
+    input_energy: float = 0.0
+    output_energy: float = 0.0
+    unsplit_energy: float = 0.0
+    input_cost: float = 0.0
+    output_cost: float = 0.0
+    unsplit_cost: float = 0.0
+    cache_saved_energy: float = 0.0
+    cache_saved_cost: float = 0.0
+    kv_saturated_seconds: float = 0.0
+    phase_method: str | None = None
 
     def absorb(self, other: _Account) -> None:
         """Add every total of ``other`` (a retired model folding into ``_other``)."""
-        self.input_tokens += other.input_tokens
-        self.output_tokens += other.output_tokens
-        self.cached_input_tokens += other.cached_input_tokens
-        self.energy_joules += other.energy_joules
-        self.idle_energy_joules += other.idle_energy_joules
-        self.energy_cost += other.energy_cost
-        self.hardware_cost += other.hardware_cost
-        self.carbon_grams += other.carbon_grams
+        for name in _TOTALS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+_TOTALS = tuple(f.name for f in dataclasses.fields(_Account) if f.type in ("float", float))
 
 
 @dataclass(slots=True)
@@ -119,6 +130,9 @@ class Ledger:
         window_seconds: Window of the ratio gauges, s (> 0).
         max_intervals: Most intervals the ratio window keeps (memory bound).
         limits: Glitch ceilings, restart tolerance and cardinality bounds of the counters.
+        phase: Settings of the input/output energy split (:mod:`agent.accounting.anatomy`).
+        kv_saturated_ratio: KV-cache usage, 0..1, at or above which a server with waiting
+            requests is saturated.
 
     Raises:
         ValueError: When ``window_seconds`` is not a finite number > 0.
@@ -131,8 +145,12 @@ class Ledger:
         *,
         max_intervals: int = DEFAULT_MAX_INTERVALS,
         limits: CounterLimits | None = None,
+        phase: PhaseSettings | None = None,
+        kv_saturated_ratio: float = 0.9,
     ) -> None:
         self._cost = CostModel(pricing)
+        self._anatomy = PhaseAnatomy(phase or PhaseSettings())
+        self._kv_saturated_ratio = kv_saturated_ratio
         self._window = RatioWindow(window_seconds, max_intervals)
         self._tokens = TokenCounters(limits)
         self._gpu_energy: dict[str, float] = {}
@@ -182,8 +200,9 @@ class Ledger:
         interval: dict[Key, IntervalDelta] = {}
 
         observations = self._observe_servers(t, servers, assignment, interval)
+        self._count_kv_saturation(dt, servers)
         parts = self._split_gpus(dt, gpus, assignment, process_owners, observations)
-        self._book_parts(parts, observations, interval)
+        self._book_parts(dt, parts, observations, interval)
 
         for key in keys_before:
             if key in self._accounts:  # not a model retired in this advance
@@ -234,6 +253,20 @@ class Ledger:
                         input_tokens=delta.input_tokens, output_tokens=delta.output_tokens
                     )
         return observations
+
+    def _count_kv_saturation(self, dt: float, servers: Sequence[ServerStatus]) -> None:
+        # Read at the end of the interval: a server saturated then counts the whole interval
+        # (a sampled state, like any gauge scraped every interval).
+        for status in servers:
+            if not status.up or status.reading is None or dt <= 0:
+                continue
+            for reading in status.reading.models:
+                account = self._accounts.get((status.name, reading.model))
+                usage, waiting = reading.kv_cache_usage_ratio, reading.requests_waiting
+                if account is None or usage is None or waiting is None:
+                    continue
+                if usage >= self._kv_saturated_ratio and waiting > 0:
+                    account.kv_saturated_seconds += dt
 
     # -- energy and GPU time ------------------------------------------------------------
 
@@ -300,14 +333,17 @@ class Ledger:
 
     def _book_parts(
         self,
+        dt: float,
         parts: Mapping[str, tuple[_ServerPart, list[GpuShare]]],
         observations: Mapping[str, ServerObservation],
         interval: dict[Key, IntervalDelta],
     ) -> None:
         for server, (part, _) in parts.items():
             obs = observations[server]
+            phases = {model: _phase_delta(obs, model) for model in obs.models}
             if obs.tokens_known:
                 fractions = model_split(obs.models, obs.deltas)
+                self._anatomy.observe(server, dt, part.energy_joules, phases)
             else:
                 fractions = even_split(obs.models)
             idle = obs.tokens_known and obs.total_tokens() == 0
@@ -323,6 +359,10 @@ class Ledger:
                 account.carbon_grams += self._cost.carbon_grams(joules) or 0.0
                 if idle:
                     account.idle_energy_joules += joules
+                phase = phases.get(model, PhaseDelta())
+                split = self._book_phases(
+                    account, server, phase, joules, energy_cost + hardware_cost
+                )
                 tokens = interval.get(key, IntervalDelta())
                 interval[key] = IntervalDelta(
                     input_tokens=tokens.input_tokens,
@@ -330,7 +370,36 @@ class Ledger:
                     energy_joules=joules,
                     cost=energy_cost + hardware_cost,
                     gpu_seconds=part.gpu_seconds * fraction,
+                    input_energy_joules=split[0],
+                    output_energy_joules=split[1],
+                    input_cost=split[2],
+                    output_cost=split[3],
+                    split=split[4],
                 )
+
+    def _book_phases(
+        self, account: _Account, server: str, phase: PhaseDelta, joules: float, cost: float
+    ) -> tuple[float, float, float, float, bool]:
+        """Split one model's interval energy and cost; book the parts and cache savings."""
+        share = self._anatomy.share(server, phase)
+        account.phase_method = share.method
+        fraction = share.input_fraction
+        if fraction is None:
+            account.unsplit_energy += joules
+            account.unsplit_cost += cost
+            return 0.0, 0.0, 0.0, 0.0, False
+        # The output part is the remainder, so input + output is the energy exactly.
+        input_joules, input_cost = joules * fraction, cost * fraction
+        output_joules, output_cost = joules - input_joules, cost - input_cost
+        account.input_energy += input_joules
+        account.output_energy += output_joules
+        account.input_cost += input_cost
+        account.output_cost += output_cost
+        saved = share.cache_savings_joules(joules, phase)
+        if saved > 0 and joules > 0:
+            account.cache_saved_energy += saved
+            account.cache_saved_cost += saved * cost / joules
+        return input_joules, output_joules, input_cost, output_cost, True
 
     # -- output -------------------------------------------------------------------------
 
@@ -359,6 +428,20 @@ class Ledger:
                     input_tokens_per_second=r.input_tokens_per_second,
                     output_tokens_per_second=r.output_tokens_per_second,
                     power_watts=r.power_watts,
+                    input_energy_joules_total=a.input_energy,
+                    output_energy_joules_total=a.output_energy,
+                    unsplit_energy_joules_total=a.unsplit_energy,
+                    input_cost_total=a.input_cost,
+                    output_cost_total=a.output_cost,
+                    unsplit_cost_total=a.unsplit_cost,
+                    cache_saved_energy_joules_total=a.cache_saved_energy,
+                    cache_saved_cost_total=a.cache_saved_cost,
+                    kv_cache_saturated_seconds_total=a.kv_saturated_seconds,
+                    phase_method=a.phase_method,
+                    input_joules_per_input_token=r.input_joules_per_input_token,
+                    output_joules_per_output_token=r.output_joules_per_output_token,
+                    input_cost_per_million_input_tokens=r.input_cost_per_million_input_tokens,
+                    output_cost_per_million_output_tokens=r.output_cost_per_million_output_tokens,
                 )
             )
         shares = sorted(
@@ -375,7 +458,42 @@ class Ledger:
             unattributed_carbon_grams_total=u.carbon_grams if carbon else None,
             gpu_energy_joules_total=tuple(sorted(self._gpu_energy.items())),
             events=tuple(self._events),
+            phase_fits=self._phase_fits(),
         )
+
+    def _phase_fits(self) -> tuple[PhaseFit, ...]:
+        fits = []
+        for server in sorted({key[0] for key in self._accounts}):
+            fit = self._anatomy.trusted(server)
+            if fit is None:
+                continue
+            a, b = fit.joules_per_input_token, fit.joules_per_output_token
+            fits.append(
+                PhaseFit(
+                    server=server,
+                    joules_per_input_token=a,
+                    joules_per_input_token_stderr=a * fit.input_relative_error,
+                    joules_per_output_token=b,
+                    joules_per_output_token_stderr=b * fit.output_relative_error,
+                    idle_watts=fit.idle_watts,
+                )
+            )
+        return tuple(fits)
+
+
+def _phase_delta(obs: ServerObservation, model: str) -> PhaseDelta:
+    """One model's interval as the input/output split reads it (empty when not known)."""
+    delta = obs.deltas.get(model) if obs.tokens_known else None
+    if delta is None:
+        return PhaseDelta()
+    timed = delta.prefill_seconds > 0 or delta.decode_seconds > 0
+    return PhaseDelta(
+        input_tokens=delta.input_tokens,
+        cached_input_tokens=min(delta.cached_input_tokens, delta.input_tokens),
+        output_tokens=delta.output_tokens,
+        prefill_seconds=delta.prefill_seconds if timed else None,
+        decode_seconds=delta.decode_seconds if timed else None,
+    )
 
 
 def _all_finite(*values: float) -> bool:

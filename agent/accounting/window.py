@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 Key = tuple[str, str]
 """(server, model)."""
@@ -31,6 +31,12 @@ class IntervalDelta:
         energy_joules: Attributed energy, J.
         cost: Energy plus hardware cost, configured currency.
         gpu_seconds: GPU time attributed (by share), s; > 0 means a GPU was attributed.
+        input_energy_joules: Part of ``energy_joules`` the input (prefill) took, J; 0 when
+            the interval was not split.
+        output_energy_joules: Part the output (decode) took, J.
+        input_cost: Part of ``cost`` the input took.
+        output_cost: Part of ``cost`` the output took.
+        split: True when the interval's energy was split between input and output.
     """
 
     input_tokens: float = 0.0
@@ -38,6 +44,11 @@ class IntervalDelta:
     energy_joules: float = 0.0
     cost: float = 0.0
     gpu_seconds: float = 0.0
+    input_energy_joules: float = 0.0
+    output_energy_joules: float = 0.0
+    input_cost: float = 0.0
+    output_cost: float = 0.0
+    split: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +63,11 @@ class WindowRatios:
         input_tokens_per_second: Prompt tokens/s; None when the window spans no time.
         output_tokens_per_second: Generated tokens/s; None when the window spans no time.
         power_watts: Mean attributed power, W; None when no time or no GPU attributed.
+        input_joules_per_input_token: Input (prefill) energy per input token, J, over the
+            intervals whose energy was split; None without such intervals or input tokens.
+        output_joules_per_output_token: Output (decode) energy per output token, J, likewise.
+        input_cost_per_million_input_tokens: Input cost per 1e6 input tokens, likewise.
+        output_cost_per_million_output_tokens: Output cost per 1e6 output tokens, likewise.
     """
 
     tokens_per_joule: float | None = None
@@ -60,6 +76,10 @@ class WindowRatios:
     input_tokens_per_second: float | None = None
     output_tokens_per_second: float | None = None
     power_watts: float | None = None
+    input_joules_per_input_token: float | None = None
+    output_joules_per_output_token: float | None = None
+    input_cost_per_million_input_tokens: float | None = None
+    output_cost_per_million_output_tokens: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +139,20 @@ class RatioWindow:
             for key, d in interval.deltas.items():
                 acc = sums.get(key)
                 if acc is None:
-                    acc = sums[key] = [0.0] * 6
+                    acc = sums[key] = [0.0] * 12
                 acc[0] += interval.duration_seconds
                 acc[1] += d.input_tokens
                 acc[2] += d.output_tokens
                 acc[3] += d.energy_joules
                 acc[4] += d.cost
                 acc[5] += d.gpu_seconds
+                if d.split:
+                    acc[6] += d.input_tokens
+                    acc[7] += d.output_tokens
+                    acc[8] += d.input_energy_joules
+                    acc[9] += d.output_energy_joules
+                    acc[10] += d.input_cost
+                    acc[11] += d.output_cost
         return {key: _ratios(*acc) for key, acc in sums.items()}
 
 
@@ -136,7 +163,16 @@ def _ratios(
     joules: float,
     cost: float,
     gpu_seconds: float,
+    split_input_tokens: float,
+    split_output_tokens: float,
+    input_joules: float,
+    output_joules: float,
+    input_cost: float,
+    output_cost: float,
 ) -> WindowRatios:
+    def per(numerator: float, tokens: float, scale: float = 1.0) -> float | None:
+        return numerator / tokens * scale if tokens > 0 and attributed else None
+
     has_output = output_tokens > 0
     has_energy = joules > 0
     attributed = gpu_seconds > 0
@@ -151,6 +187,10 @@ def _ratios(
             input_tokens_per_second=input_tokens / seconds if has_time else None,
             output_tokens_per_second=output_tokens / seconds if has_time else None,
             power_watts=joules / seconds if has_time and attributed else None,
+            input_joules_per_input_token=per(input_joules, split_input_tokens),
+            output_joules_per_output_token=per(output_joules, split_output_tokens),
+            input_cost_per_million_input_tokens=per(input_cost, split_input_tokens, 1e6),
+            output_cost_per_million_output_tokens=per(output_cost, split_output_tokens, 1e6),
         )
     )
 
@@ -161,11 +201,4 @@ def _finite(r: WindowRatios) -> WindowRatios:
     def ok(v: float | None) -> float | None:
         return v if v is not None and math.isfinite(v) else None
 
-    return WindowRatios(
-        ok(r.tokens_per_joule),
-        ok(r.joules_per_token),
-        ok(r.cost_per_million_tokens),
-        ok(r.input_tokens_per_second),
-        ok(r.output_tokens_per_second),
-        ok(r.power_watts),
-    )
+    return WindowRatios(*(ok(getattr(r, f.name)) for f in fields(r)))

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import pynvml
 from pynvml import (
@@ -103,12 +103,13 @@ UNSUPPORTED_RETRY_READS = 60
 RETRIED_FIELDS = frozenset({"utilization", "memory", "power_limit"})
 """Fields asked again after NOT_SUPPORTED (MIG on/off); energy and power keep their source."""
 
-# Which NVML errors mean what for a monitor (reference gpu-telemetry.md §3.6).
+# Which NVML errors mean what for a monitor (NVIDIA nvml.h, the NVML_ERROR_* codes).
 _UNSUPPORTED = (NVMLError_NotSupported, NVMLError_FunctionNotFound, NVMLError_NoPermission)
 _LOST = (NVMLError_GpuIsLost, NVMLError_Unknown, NVMLError_GpuNotFound, NVMLError_ResetRequired)
 _DRIVER = (NVMLError_Uninitialized, NVMLError_LibRmVersionMismatch, NVMLError_DriverNotLoaded)
 _MEMORY_V2_FALLBACK = (NVMLError_FunctionNotFound, NVMLError_ArgumentVersionMismatch)
 _UNSUPPORTED_RESULT = object()
+_T = TypeVar("_T")
 
 
 def import_pynvml() -> Any:
@@ -134,7 +135,7 @@ def _map_error(exc: BaseException, what: str) -> GpuError:
 
 
 def _text(value: Any) -> str:
-    """NVML strings are ``bytes`` in old bindings and ``str`` since 11.525 (reference §3.7)."""
+    """NVML strings: ``bytes`` in old bindings, ``str`` since 11.525 (vllm-project/vllm#7649)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
@@ -230,30 +231,32 @@ class NvmlBackend:
             known = ", ".join(str(i) for i in sorted(self._devices)) or "none (call open first)"
             raise GpuReadError(f"no GPU with index {index}; known indices: {known}")
         handle = dev.handle
-        power_mw = self._field(dev, "power", handle)
-        energy_mj = self._field(dev, "energy", handle)
-        utilization = self._field(dev, "utilization", handle)
         memory_kwargs = {"version": nvmlMemory_v2} if dev.memory_v2 else {}
-        memory = self._field(dev, "memory", handle, **memory_kwargs)
-        limit_mw = self._field(dev, "power_limit", handle)
-        processes = self._field(dev, "processes", handle)
+        # Each reader converts the untyped NVML result to SI units at once, so nothing
+        # past this point is Any.
+        power_w = self._field(dev, "power", lambda f: _milli(f(handle)))
+        energy_j = self._field(dev, "energy", lambda f: _milli(f(handle)))
+        utilization = self._field(dev, "utilization", lambda f: _ratio(f(handle).gpu))
+        memory = self._field(dev, "memory", lambda f: _used_total(f(handle, **memory_kwargs)))
+        limit_w = self._field(dev, "power_limit", lambda f: _milli(f(handle)))
+        processes = self._field(dev, "processes", lambda f: _processes(f(handle)))
         shares = self._process_shares(dev) if processes else None
         return GpuReading(
             index=dev.info.index,
             uuid=dev.info.uuid,
-            power_watts=None if power_mw is None else float(power_mw) / 1000.0,
-            energy_joules=None if energy_mj is None else float(energy_mj) / 1000.0,
-            utilization_ratio=None if utilization is None else _ratio(utilization.gpu),
-            memory_used_bytes=None if memory is None else int(memory.used),
-            memory_total_bytes=None if memory is None else int(memory.total),
-            power_limit_watts=None if limit_mw is None else float(limit_mw) / 1000.0,
+            power_watts=power_w,
+            energy_joules=energy_j,
+            utilization_ratio=utilization,
+            memory_used_bytes=None if memory is None else memory[0],
+            memory_total_bytes=None if memory is None else memory[1],
+            power_limit_watts=limit_w,
             processes=tuple(
                 GpuProcess(
-                    pid=int(p.pid),
-                    used_memory_bytes=None if p.usedGpuMemory is None else int(p.usedGpuMemory),
-                    utilization_ratio=None if shares is None else shares.get(int(p.pid), 0.0),
+                    pid=pid,
+                    used_memory_bytes=used,
+                    utilization_ratio=None if shares is None else shares.get(pid, 0.0),
                 )
-                for p in processes or ()
+                for pid, used in processes or ()
             ),
         )
 
@@ -311,7 +314,7 @@ class NvmlBackend:
         )
 
         # Memory info v2 (used = allocated, reserved apart) needs driver >= 515 and
-        # nvidia-ml-py >= 11.510.69 (reference §3.4); else fall back to v1.
+        # nvidia-ml-py >= 11.510.69 (nvml.h: nvmlDeviceGetMemoryInfo_v2); else fall back to v1.
         memory_v2 = True
         try:
             self._nvml.nvmlDeviceGetMemoryInfo(handle, version=nvmlMemory_v2)
@@ -348,8 +351,8 @@ class NvmlBackend:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _field(self, dev: _Device, field_name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the NVML function of one field; None when unsupported.
+    def _field(self, dev: _Device, field_name: str, read: Callable[[Any], _T]) -> _T | None:
+        """Read one field with ``read(nvml_function)``; None when unsupported.
 
         A field unsupported from the probe is never asked again; one that became unsupported
         while reading is asked again every :data:`UNSUPPORTED_RETRY_READS` reads.
@@ -375,7 +378,7 @@ class NvmlBackend:
             )
             return None
         try:
-            return function(*args, **kwargs)
+            return read(function)
         except _UNSUPPORTED as exc:
             dev.unsupported.add(field_name)
             if field_name in RETRIED_FIELDS:
@@ -398,7 +401,9 @@ class NvmlBackend:
         if "process_utilization" in dev.unsupported:
             return None
         try:
-            samples = self._field(dev, "process_utilization", dev.handle, dev.last_seen_us)
+            samples = self._field(
+                dev, "process_utilization", lambda f: _sm_samples(f(dev.handle, dev.last_seen_us))
+            )
         except GpuReadError as exc:
             if not _no_samples(exc.__cause__):
                 raise
@@ -406,9 +411,9 @@ class NvmlBackend:
         if samples is None:
             return None
         totals: dict[int, list[float]] = {}
-        for sample in samples:
-            totals.setdefault(int(sample.pid), []).append(_ratio(sample.smUtil))
-            dev.last_seen_us = max(dev.last_seen_us, int(sample.timeStamp))
+        for pid, ratio, stamp_us in samples:
+            totals.setdefault(pid, []).append(ratio)
+            dev.last_seen_us = max(dev.last_seen_us, stamp_us)
         return {pid: sum(values) / len(values) for pid, values in totals.items()}
 
     def _log_once(self, key: tuple[str, ...], level: int, message: str, *args: Any) -> None:
@@ -422,6 +427,29 @@ class NvmlBackend:
 def _ratio(percent: Any) -> float:
     """NVML percent (0..100) -> ratio clamped to 0..1."""
     return min(1.0, max(0.0, float(percent) / 100.0))
+
+
+def _milli(value: Any) -> float:
+    """NVML milli-units (mW, mJ) -> base units (W, J)."""
+    return float(value) / 1000.0
+
+
+def _used_total(memory: Any) -> tuple[int, int]:
+    """``nvmlMemory_t`` (v1 or v2) -> (used, total) bytes."""
+    return int(memory.used), int(memory.total)
+
+
+def _processes(processes: Any) -> tuple[tuple[int, int | None], ...]:
+    """``nvmlProcessInfo_t`` list -> (host PID, used bytes or None when NVML hides it)."""
+    return tuple(
+        (int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory))
+        for p in processes or ()
+    )
+
+
+def _sm_samples(samples: Any) -> tuple[tuple[int, float, int], ...]:
+    """``nvmlProcessUtilizationSample_t`` list -> (PID, SM ratio 0..1, timestamp us)."""
+    return tuple((int(x.pid), _ratio(x.smUtil), int(x.timeStamp)) for x in samples)
 
 
 def _no_samples(exc: BaseException | None) -> bool:

@@ -5,15 +5,15 @@ percent, bytes) and pynvml's own ``NVMLError`` subclasses (re-exported by ``agen
 so this module never imports pynvml). Time comes from an injected clock, so tests run in
 virtual time; the only real-time waits are the injected hangs.
 
-Power model: board power follows the load given with :meth:`SimulatedNvml.set_load`,
-``idle + (max - idle) * load``, as a step function of time. The true energy is the exact
-integral of that step function (integrated at every load change and every read). What
-``nvmlDeviceGetPowerUsage`` returns depends on the profile, as on real parts (reference
-gpu-telemetry.md §3.1): a trailing 1 s average on Ampere (except GA100) and newer (H100, L4),
-the instantaneous value on GA100 and older (A100, P100). The energy counter is the true energy
-since the last (simulated) driver load, in whole mJ (from 0 at the start of the simulation,
-or from idle energy over ``driver_uptime_seconds`` before it); it restarts at 0 on
-:meth:`SimulatedNvml.reload_driver`, and is unsupported on the pre-Volta P100.
+Power model: board power follows the load given with :meth:`SimulatedNvml.set_load`, ``idle + (max
+- idle) * load``, as a step function of time. The true energy is the exact integral of that step
+function (integrated at every load change and every read). What ``nvmlDeviceGetPowerUsage`` returns
+depends on the profile, as on real parts (NVIDIA nvml.h, nvmlDeviceGetPowerUsage): a trailing 1 s
+average on Ampere (except GA100) and newer (H100, L4), the instantaneous value on GA100 and older
+(A100, P100). The energy counter is the true energy since the last (simulated) driver load, in
+whole mJ (from 0 at the start of the simulation, or from idle energy over ``driver_uptime_seconds``
+before it); it restarts at 0 on :meth:`SimulatedNvml.reload_driver`, and is unsupported on the
+pre-Volta P100.
 
 Faults: :meth:`~SimulatedNvml.lose_gpu`, :meth:`~SimulatedNvml.reload_driver`,
 :meth:`~SimulatedNvml.set_not_supported`, :meth:`~SimulatedNvml.hang`,

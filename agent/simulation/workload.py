@@ -7,10 +7,11 @@ after the world started. Token counts per tick are integers, so a caller that su
 exact totals (no float drift), and :meth:`Workload.cumulative` recomputes the same totals from
 scratch.
 
-The numbers are chosen to match published GPU-board figures (reference gpu-telemetry.md §5):
-an H100 serving an 8B model at ~70 % utilization draws ~500 W (with a power model of about
-70 W idle + 630 W x utilization) and produces ~3,000 output tokens/s, i.e. ~0.17 J per output
-token; llama.cpp is less efficient (~0.6 J/token); an idle-heavy server is far worse.
+The numbers are chosen to match published GPU-board figures (ML.ENERGY's measurements of vLLM, and
+the sources cited below): an H100 serving an 8B model at ~70 % utilization draws ~500 W (with a
+power model of about 70 W idle + 630 W x utilization) and produces ~3,000 output tokens/s, i.e.
+~0.17 J per output token; llama.cpp is less efficient (~0.6 J/token); an idle-heavy server is far
+worse.
 
 Scenarios:
     steady: constant demand with per-tick noise.
@@ -64,6 +65,17 @@ FAULT_SCENARIOS: tuple[str, ...] = (
 SCENARIOS: tuple[str, ...] = BASE_SCENARIOS + FAULT_SCENARIOS
 """Every scenario name :class:`Workload` accepts."""
 
+PREFILL_SPREAD_TICKS = 20
+"""Ticks over which a request's prompt is processed after it arrives (1 s, chunked prefill):
+its prompt tokens are counted, and their energy spent, a twentieth per tick, so a burst of
+long prompts never asks more of a GPU in one tick than it can do."""
+
+MIN_PROMPT_MIX = 0.3
+MAX_PROMPT_MIX = 1.8
+"""Range of the bursty scenario's prompt-length multiplier, drawn per second: request mixes
+change (chat, RAG, summarization), which is what lets the agent tell input energy from output
+energy. Demand is offered work, so a prompt-heavy second generates fewer tokens."""
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -88,6 +100,10 @@ class ServerProfile:
         cache_hit_share: Mean share of prompt tokens served from the prefix cache, 0..1.
         max_running: Batch capacity: requests running at full demand.
         demand_scale: Multiplies the scenario's demand for this server, 0..1.
+        prefill_cost_ratio: GPU work of one computed (not cached) prompt token relative to one
+            generated token. Prefill is compute-bound and batches a whole prompt in one pass;
+            decode is memory-bound, one token per pass: a prompt token costs a fraction of a
+            generated one.
     """
 
     name: str
@@ -102,16 +118,38 @@ class ServerProfile:
     cache_hit_share: float
     max_running: int
     demand_scale: float = 1.0
+    prefill_cost_ratio: float = 0.12
 
     @property
     def ranks(self) -> int:
         """Number of data-parallel ranks (one per GPU)."""
         return len(self.gpus)
 
+    @property
+    def computed_prompt_per_output(self) -> float:
+        """Computed (not cached) prompt tokens per generated token at the mean mix."""
+        computed = self.mean_prompt_tokens * (1.0 - self.cache_hit_share)
+        return computed / self.mean_output_tokens
+
+    @property
+    def peak_work_per_second_per_gpu(self) -> float:
+        """Work units a GPU does per second at full utilization with the mean mix.
+
+        One work unit is one generated token; a computed prompt token is
+        ``prefill_cost_ratio`` units.
+        """
+        return self.peak_output_tokens_per_second_per_gpu * (
+            1.0 + self.prefill_cost_ratio * self.computed_prompt_per_output
+        )
+
+    def output_share_of_work(self, prompt_mix: float) -> float:
+        """Generated tokens per work unit when prompts are ``prompt_mix`` times the mean."""
+        return 1.0 / (1.0 + self.prefill_cost_ratio * self.computed_prompt_per_output * prompt_mix)
+
 
 DEMO_SERVERS: tuple[ServerProfile, ...] = (
     # Llama 3.1 8B on H100 with vLLM: ~3,000 output tok/s per GPU at 70 % demand (ML.ENERGY
-    # measured 0.12-0.20 J/token at batch 64, reference §5).
+    # measured 0.12-0.20 J/token at batch 64, ML.ENERGY).
     ServerProfile(
         name="vllm",
         engine="vllm",
@@ -155,6 +193,7 @@ DEMO_SERVERS: tuple[ServerProfile, ...] = (
         cache_hit_share=0.2,
         max_running=8,
         demand_scale=0.8,
+        prefill_cost_ratio=0.25,
     ),
 )
 """The three servers of the demo contract (GPU 4 is left idle)."""
@@ -291,6 +330,9 @@ class TickLoad:
         kv_cache_usage: KV-cache usage, 0..1.
         utilization: Utilization of each of the server's GPUs, 0..1, in ``profile.gpus`` order.
         active: False while the server is down or its GPU is lost (no tokens, idle GPU).
+        work: GPU work done, in generated-token units (see
+            :attr:`ServerProfile.peak_work_per_second_per_gpu`).
+        prefill_work: The part of ``work`` that computed prompt tokens took.
     """
 
     server: str
@@ -305,6 +347,14 @@ class TickLoad:
     kv_cache_usage: float
     utilization: tuple[float, ...]
     active: bool
+    work: float = 0.0
+    prefill_work: float = 0.0
+
+
+def _part(tokens: int, offset: int) -> int:
+    """The share of ``tokens`` processed ``offset`` ticks after arrival (integers, exact sum)."""
+    base, extra = divmod(tokens, PREFILL_SPREAD_TICKS)
+    return base + (1 if offset < extra else 0)
 
 
 def _splitmix64(x: int) -> int:
@@ -356,9 +406,18 @@ def _poisson(lam: float, key: tuple[int, ...]) -> int:
 
 
 # Streams of the counter-based RNG, so each quantity draws independent numbers.
-_S_DEMAND, _S_ARRIVALS, _S_PROMPT, _S_CACHE, _S_GEN, _S_FINISH, _S_GAUGE, _S_UTIL, _S_BURST = range(
-    9
-)
+(
+    _S_DEMAND,
+    _S_ARRIVALS,
+    _S_PROMPT,
+    _S_CACHE,
+    _S_GEN,
+    _S_FINISH,
+    _S_GAUGE,
+    _S_UTIL,
+    _S_BURST,
+    _S_MIX,
+) = range(10)
 
 
 class Workload:
@@ -450,8 +509,16 @@ class Workload:
             phase = 2.0 * math.pi * t / DIURNAL_PERIOD_SECONDS
             level = 0.08 + 0.84 * (0.5 - 0.5 * math.cos(phase)) + 0.06 * noise
         else:  # bursty
-            level = (0.95 if self._in_burst(key, t) else 0.12) + 0.06 * noise
+            level = (0.88 if self._in_burst(key, t) else 0.12) + 0.06 * noise
         return min(1.0, max(0.0, level * profile.demand_scale))
+
+    def prompt_mix(self, server: str, tick: int) -> float:
+        """Multiplier of the mean prompt length in ``tick``: 1, or drawn per second when bursty."""
+        if self.scenario.base != "bursty":
+            return 1.0
+        slot = math.floor(tick * TICK_SECONDS)
+        u = _uniform(self.seed, self._keys[server], _S_MIX, slot)
+        return MIN_PROMPT_MIX + (MAX_PROMPT_MIX - MIN_PROMPT_MIX) * u
 
     def _in_burst(self, key: int, t: float) -> bool:
         """Bursts: in each 1-s slot, maybe one burst of 0.1-0.55 s that ends inside the slot."""
@@ -498,24 +565,29 @@ class Workload:
         seed = self.seed
         d = self.demand(server, tick)
         ranks = p.ranks
-        rps = d * ranks * p.peak_output_tokens_per_second_per_gpu / p.mean_output_tokens
-        arrivals = _poisson(rps * TICK_SECONDS, (seed, key, _S_ARRIVALS, tick))
+        mix = self.prompt_mix(server, tick)
+        output_rate = d * ranks * p.peak_work_per_second_per_gpu * p.output_share_of_work(mix)
+        rps = output_rate / p.mean_output_tokens
+        arrivals = self._prompts(server, tick)[0]
+        # A request's prompt is processed (counted, and its energy spent) over the ticks after
+        # it arrives (chunked prefill), not all in its arrival tick: that keeps one burst of
+        # long prompts from asking more of the GPU in a tick than it can do.
+        prompt = cached = 0
+        for j in range(max(0, tick - PREFILL_SPREAD_TICKS + 1), tick + 1):
+            if self.active(server, j):
+                _, arrived, hits = self._prompts(server, j)
+                prompt += _part(arrived, tick - j)
+                cached += _part(hits, tick - j)
         finished = _poisson(rps * TICK_SECONDS, (seed, key, _S_FINISH, tick))
-        prompt = 0
-        for i in range(arrivals):
-            # Prompt lengths spread over 0.25x .. 1.75x the mean.
-            u = _uniform(seed, key, _S_PROMPT, tick, i)
-            prompt += max(1, round(p.mean_prompt_tokens * (0.25 + 1.5 * u)))
-        share = p.cache_hit_share * (0.8 + 0.4 * _uniform(seed, key, _S_CACHE, tick))
-        cached = min(
-            prompt, _round_stochastic(prompt * share, _uniform(seed, key, _S_CACHE, tick, 1))
-        )
-        gen_mean = d * ranks * p.peak_output_tokens_per_second_per_gpu * TICK_SECONDS
+        gen_mean = output_rate * TICK_SECONDS
         gen_noise = 0.9 + 0.2 * _uniform(seed, key, _S_GEN, tick)
         generation = _round_stochastic(gen_mean * gen_noise, _uniform(seed, key, _S_GEN, tick, 1))
-        # Achieved load drives the GPUs, so token noise shows up in power too.
-        peak_tick = ranks * p.peak_output_tokens_per_second_per_gpu * TICK_SECONDS
-        achieved = min(1.0, generation / peak_tick)
+        # Achieved work drives the GPUs, so token noise shows up in power too: every computed
+        # prompt token and every generated token has its own energy.
+        prefill_work = p.prefill_cost_ratio * (prompt - cached)
+        work = prefill_work + generation
+        peak_tick = ranks * p.peak_work_per_second_per_gpu * TICK_SECONDS
+        achieved = min(1.0, work / peak_tick)
         u_gauge = _uniform(seed, key, _S_GAUGE, tick)
         wanted = d * p.max_running * (0.9 + 0.25 * u_gauge)
         running = min(p.max_running * ranks, round(wanted * ranks))
@@ -546,7 +618,35 @@ class Workload:
             kv_cache_usage=kv,
             utilization=utilization,
             active=True,
+            work=work,
+            prefill_work=prefill_work,
         )
+
+    def _prompts(self, server: str, tick: int) -> tuple[int, int, int]:
+        """Requests that arrived in ``tick``, their prompt tokens and the cached part of them."""
+        p = self.profile(server)
+        key = self._keys[server]
+        seed = self.seed
+        mix = self.prompt_mix(server, tick)
+        output_rate = (
+            self.demand(server, tick)
+            * p.ranks
+            * p.peak_work_per_second_per_gpu
+            * p.output_share_of_work(mix)
+        )
+        rps = output_rate / p.mean_output_tokens
+        arrivals = _poisson(rps * TICK_SECONDS, (seed, key, _S_ARRIVALS, tick))
+        prompt = 0
+        mean_prompt = p.mean_prompt_tokens * mix
+        for i in range(arrivals):
+            # Prompt lengths spread over 0.25x .. 1.75x the mean.
+            u = _uniform(seed, key, _S_PROMPT, tick, i)
+            prompt += max(1, round(mean_prompt * (0.25 + 1.5 * u)))
+        share = p.cache_hit_share * (0.8 + 0.4 * _uniform(seed, key, _S_CACHE, tick))
+        cached = min(
+            prompt, _round_stochastic(prompt * share, _uniform(seed, key, _S_CACHE, tick, 1))
+        )
+        return arrivals, prompt, cached
 
     def cumulative(self, server: str, end_tick: int) -> tuple[int, int, int]:
         """Exact totals of ticks ``0 .. end_tick - 1`` recomputed from scratch.

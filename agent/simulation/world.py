@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.clock import Clock
-from agent.simulation.nvml import SimulatedNvml
+from agent.simulation.nvml import GPU_PROFILES, GpuProfile, SimulatedNvml
 from agent.simulation.servers import SimulatedServer
 from agent.simulation.workload import (
     DEMO_SERVERS,
@@ -43,6 +43,7 @@ from agent.simulation.workload import (
 TRUTH_TOKEN_KEYS: tuple[str, ...] = (
     "input_tokens",
     "output_tokens",
+    "cached_input_tokens",
     "lost_input_tokens",
     "lost_output_tokens",
 )
@@ -145,6 +146,7 @@ class DemoWorld:
                 )
         self._lock = threading.RLock()
         self.nvml = SimulatedNvml(list(gpus), clock, seed)
+        self._gpu_names = tuple(gpus)
         self._servers: dict[str, SimulatedServer] = {}
         self._pids: dict[str, tuple[int, ...]] = {}
         next_pid = PID_BASE
@@ -360,6 +362,21 @@ class DemoWorld:
 
     # -- ground truth ------------------------------------------------------------------------
 
+    def phase_truth(self, server: str) -> dict[str, float]:
+        """The true energy model of a server: what each token costs its GPUs.
+
+        Args:
+            server: Server name.
+
+        Returns:
+            ``joules_per_input_token`` (one computed, not cached, prompt token, J),
+            ``joules_per_output_token`` (J) and ``idle_watts`` (its GPUs with no request, W):
+            exact by construction of the workload's power model, up to the +-3 % per-tick
+            utilization noise, which averages out.
+        """
+        profile = self.workload.profile(server)
+        return phase_truth_of(profile, GPU_PROFILES[self._gpu_names[profile.gpus[0]]])
+
     def truth(self) -> dict[str, Any]:
         """Ground truth since the world's creation, in the truth-file format (no exposition).
 
@@ -369,10 +386,12 @@ class DemoWorld:
 
         Returns:
             ``{"gpus": {uuid: {"index", "energy_joules"}}, "servers": {name: {"engine",
-            "energy_joules", "models": {model: {"input_tokens", "output_tokens",
-            "lost_input_tokens", "lost_output_tokens"}}}}, "unattributed_energy_joules"}``.
+            "energy_joules", "phase": {...}, "models": {model: {"input_tokens",
+            "output_tokens", "cached_input_tokens", "lost_input_tokens",
+            "lost_output_tokens"}}}}, "unattributed_energy_joules"}``.
             ``input_tokens - lost_input_tokens`` is what an agent that saw every scrape may
-            count (likewise for output). Subtract two truths with :func:`truth_delta`.
+            count (likewise for output). ``phase`` holds the server's true energy model
+            (:meth:`phase_truth`). Subtract two truths with :func:`truth_delta`.
         """
         with self._lock:
             energy = {i: float(self.nvml.true_energy_joules(i)) for i in range(self._gpu_count)}
@@ -388,10 +407,12 @@ class DemoWorld:
                 servers[profile.name] = {
                     "engine": profile.engine,
                     "energy_joules": sum(energy[i] for i in profile.gpus),
+                    "phase": self.phase_truth(profile.name),
                     "models": {
                         model: {
                             "input_tokens": counts.prompt_tokens,
                             "output_tokens": counts.generation_tokens,
+                            "cached_input_tokens": counts.cached_prompt_tokens,
                             # Made between the last scrape and a restart: no scraper saw them.
                             "lost_input_tokens": state.lost[model].prompt_tokens,
                             "lost_output_tokens": state.lost[model].generation_tokens,
@@ -405,6 +426,28 @@ class DemoWorld:
                 "servers": servers,
                 "unattributed_energy_joules": unattributed,
             }
+
+
+def phase_truth_of(profile: ServerProfile, gpu: GpuProfile) -> dict[str, float]:
+    """The true energy model of a simulated server on a GPU model (see :meth:`phase_truth`).
+
+    Args:
+        profile: The server's workload profile.
+        gpu: The profile of the GPUs it runs on.
+
+    Returns:
+        ``joules_per_input_token``, ``joules_per_output_token`` (J) and ``idle_watts`` (W).
+    """
+    # Dynamic power above the server's idle utilization is (max - idle) W x span x achieved,
+    # and achieved = work / peak work: so each work unit costs the same energy on every rank.
+    span = profile.busy_utilization - profile.idle_utilization
+    per_work_unit = (gpu.max_watts - gpu.idle_watts) * span / profile.peak_work_per_second_per_gpu
+    idle_per_gpu = gpu.idle_watts + (gpu.max_watts - gpu.idle_watts) * profile.idle_utilization
+    return {
+        "joules_per_input_token": per_work_unit * profile.prefill_cost_ratio,
+        "joules_per_output_token": per_work_unit,
+        "idle_watts": idle_per_gpu * profile.ranks,
+    }
 
 
 def truth_delta(later: Mapping[str, Any], earlier: Mapping[str, Any]) -> dict[str, Any]:
@@ -446,6 +489,8 @@ def truth_delta(later: Mapping[str, Any], earlier: Mapping[str, Any]) -> dict[st
                 for model, m in s["models"].items()
             },
         }
+        if "phase" in s:
+            servers[name]["phase"] = s["phase"]  # a model of the server, not a count
     out: dict[str, Any] = {
         "gpus": gpus,
         "servers": servers,

@@ -166,6 +166,22 @@ def _check(
     )
     assert math.isclose(hardware_all, gpu_seconds_cost, rel_tol=REL, abs_tol=1e-12)
     for m in [*totals.models]:
+        # The input/output split conserves each (server, model)'s energy and cost.
+        phases = (m.input_energy_joules_total, m.output_energy_joules_total)
+        assert min(*phases, m.unsplit_energy_joules_total) >= 0
+        assert math.isclose(
+            math.fsum((*phases, m.unsplit_energy_joules_total)),
+            m.energy_joules_total,
+            rel_tol=REL,
+            abs_tol=1e-9,
+        )
+        assert math.isclose(
+            m.input_cost_total + m.output_cost_total + m.unsplit_cost_total,
+            m.energy_cost_total + m.hardware_cost_total,
+            rel_tol=REL,
+            abs_tol=1e-12,
+        )
+        assert m.cache_saved_energy_joules_total >= 0 and m.cache_saved_cost_total >= 0
         assert math.isclose(
             m.energy_cost_total,
             m.energy_joules_total / 3.6e6 * p.pue * p.electricity_per_kwh,

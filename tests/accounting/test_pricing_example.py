@@ -1,8 +1,8 @@
-"""The README's worked example (Pricing), run through the ledger.
+"""agent/README.md's worked example (Pricing), run through the ledger.
 
 An H100 measured at 700 W while generating 1,000 output tokens/s, default pricing
 ($0.10/kWh, PUE 1.3, H100 $2.50/GPU-hour) and a carbon intensity of 366 g CO2e/kWh (US).
-The expected figures below are the README's hand arithmetic, not the code's output.
+The expected figures below are that worked example's hand arithmetic, not the code's output.
 """
 
 from __future__ import annotations

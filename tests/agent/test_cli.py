@@ -82,13 +82,13 @@ def test_a_subcommand_is_one_more_command_entry() -> None:
         seen.append(args)
         return 7
 
-    parser = build_parser((*COMMANDS, Command("plan", "plan capacity", configure, run)))
-    args = parser.parse_args(["plan", "--horizon", "3", "--log-level", "debug"])
+    parser = build_parser((*COMMANDS, Command("forecast", "forecast capacity", configure, run)))
+    args = parser.parse_args(["forecast", "--horizon", "3", "--log-level", "debug"])
     assert args.handler(args, logging.getLogger("t")) == 7
     assert seen[0].horizon == 3.0 and seen[0].log_level == "debug"
-    assert parser.parse_args(["--log-level", "error", "plan"]).log_level == "error"
-    assert parser.parse_args(["plan"]).log_level == "info"
-    assert [c.name for c in COMMANDS] == ["run", "demo", "inspect", "check-config"]
+    assert parser.parse_args(["--log-level", "error", "forecast"]).log_level == "error"
+    assert parser.parse_args(["forecast"]).log_level == "info"
+    assert [c.name for c in COMMANDS] == ["run", "demo", "inspect", "check-config", "plan", "top"]
 
 
 def test_failures_of_run_are_one_logfmt_line(tmp_path: Path) -> None:

@@ -276,3 +276,13 @@ def test_check_config_applies_the_environment_it_is_given(tmp_path: Path) -> Non
     assert check_config(path, out, err, env={"TOKENERGY_SAMPLING__INTERVAL_SECONDS": "9"}) == 0
     assert "sampling every 9 s" in out.getvalue()
     assert "environment: TOKENERGY_SAMPLING__INTERVAL_SECONDS" in out.getvalue()
+
+
+def test_the_engine_choices_are_the_profiles() -> None:
+    # The config's Literal and the profiles' table are written apart: this keeps them one list.
+    from typing import get_args
+
+    from agent.config import Engine
+    from agent.servers.profiles import ENGINE_NAMES
+
+    assert set(get_args(Engine)) == {"auto", *ENGINE_NAMES}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,18 @@ def test_once_per_lets_one_through_per_interval_and_counts_the_rest() -> None:
     now[0] = 10.5
     assert once.ready("emfile") == 3, "the next line says how many were left out"
     assert once.ready("emfile") is None
+
+
+def test_a_command_leaves_the_process_logging_as_it_found_it(tmp_path: Path) -> None:
+    # The command line runs inside tests (and twice in one process): the handler it adds
+    # writes to the stderr of its time, which must not outlive the command.
+    import sys
+    import threading
+
+    from agent.cli import main
+
+    log = logging.getLogger("tokenergy")
+    before = (log.handlers[:], log.level, log.propagate, sys.excepthook, threading.excepthook)
+    assert main(["check-config", str(tmp_path / "missing.toml")]) != 0
+    after = (log.handlers[:], log.level, log.propagate, sys.excepthook, threading.excepthook)
+    assert after == before

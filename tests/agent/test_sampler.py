@@ -12,6 +12,7 @@ import pytest
 from agent.clock import ManualClock, SystemClock
 from agent.discovery import Discovery
 from agent.readings import (
+    AccountingEvent,
     GpuDevice,
     GpuStatus,
     LedgerTotals,
@@ -99,8 +100,9 @@ def make(
     warnings: Sequence[str] = (),
     interval: float = 5,
     gpu_interval: float = 1,
+    ledger: RecordingLedger | None = None,
 ) -> tuple[Sampler, RecordingLedger, list[int]]:
-    ledger = RecordingLedger()
+    ledger = ledger or RecordingLedger()
     discoveries: list[int] = []
 
     def discover(g: Sequence[GpuStatus]) -> Discovery:
@@ -253,3 +255,70 @@ def test_stuck_scrapes_hold_only_their_own_slot() -> None:
     finally:
         release.set()
         sampler.close()
+
+
+class JouleGpus(FakeGpus):
+    """Each poll hands over 1 J (the monitor hands each joule out in one poll only)."""
+
+    def poll(self) -> tuple[GpuStatus, ...]:
+        self.polls += 1
+        return (GpuStatus(DEVICE, True, None, 1.0),)
+
+
+@dataclass
+class EnergyLedger(RecordingLedger):
+    booked_joules: float = 0.0
+    events: tuple[AccountingEvent, ...] = ()
+
+    def advance(
+        self,
+        t: float,
+        gpus: Sequence[GpuStatus],
+        servers: Sequence[ServerStatus],
+        assignment: Mapping[str, Sequence[str]],
+        process_owners: Mapping[int, str] | None = None,
+    ) -> LedgerTotals:
+        self.booked_joules += sum(g.energy_joules_added for g in gpus)
+        return LedgerTotals(events=self.events)
+
+
+def test_joules_of_polls_between_cycles_reach_the_ledger_once() -> None:
+    gpus, ledger = JouleGpus(), EnergyLedger()
+    sampler, _, _ = make(
+        {}, clock=SystemClock(), gpus=gpus, interval=0.1, gpu_interval=0.01, ledger=ledger
+    )
+    sampler.start()
+    deadline = SystemClock().monotonic() + 5
+    while gpus.polls < 30 and SystemClock().monotonic() < deadline:
+        SystemClock().sleep(0.01)
+    sampler.stop()
+    sampler.run_cycle()  # books what the last polls carried
+    sampler.close()
+    assert gpus.polls >= 30
+    assert ledger.booked_joules == gpus.polls, "every poll's joules, once"
+
+
+def test_accounting_events_are_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    ledger = EnergyLedger(
+        events=(
+            AccountingEvent("implausible", "a", "m", "input:p", 1, "increase of 1e20"),
+            AccountingEvent("too_many_models", "a", "x", "", 37, "37 not tracked"),
+            AccountingEvent("series_reset", "a", "m", "input:p", 1, "5 -> 1"),
+        )
+    )
+    sampler, _, _ = make({}, ledger=ledger)
+    with caplog.at_level(logging.INFO, LOG.name):
+        for _ in range(3):
+            snap = sampler.run_cycle()
+    sampler.close()
+    assert dict(((s, r), n) for s, r, n in snap.scrape_errors) == {
+        ("a", "implausible"): 3,
+        ("a", "too_many_models"): 111,
+    }
+    accounting = [r for r in caplog.records if r.getMessage().startswith("accounting:")]
+    assert [r.getMessage() for r in accounting] == [
+        "accounting: implausible",
+        "accounting: too_many_models",
+        "accounting: series_reset",
+    ]
+    assert [r.levelname for r in accounting] == ["WARNING", "WARNING", "INFO"]

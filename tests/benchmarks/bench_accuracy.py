@@ -18,7 +18,7 @@ exact output tokens, over the same window):
 - **DIY dcgm-exporter**: ``avg_over_time(DCGM_FI_DEV_POWER_USAGE[w]) /
   rate(vllm:generation_tokens_total[w])`` with Prometheus scraping every 15 s and
   dcgm-exporter collecting power every 15 s or every 30 s (its default, ``-c 30000``, so
-  every other scrape repeats the value; reference gpu-telemetry.md §1.3);
+  every other scrape repeats the value; dcgm-exporter's --collect-interval, pkg/cmd/app.go);
 - **DIY NVML counter**: ``increase(energy[w]) / increase(tokens[w])`` with the NVML energy
   counter read at the same 15 s scrapes.
 
@@ -26,9 +26,10 @@ Sampling phases are random per seed; windows are back to back on the agent's 5 s
 token counters are read exactly (the parser's exactness is tested elsewhere), so every error
 here is energy sampling and window alignment. Not modelled, common to every method: the
 ±5 % board gain error of real sensors and the H100's 25 %-of-the-time power sampling
-(gpu-telemetry.md §4.1), which would make the power-based rows worse, not the counter rows.
+(Yang et al., SC'24, arXiv 2312.02741), which would make the power-based rows worse, not the
+counter rows.
 
-Rerun: ``.venv/bin/python tests/benchmarks/bench_accuracy.py [--seeds 3] [--minutes 30]``
+Rerun: ``python tests/benchmarks/bench_accuracy.py [--seeds 3] [--minutes 30]``
 (about 30-60 s on 2 shared cores).
 """
 
@@ -349,7 +350,7 @@ def table(rows: Sequence[Row], seeds: int, seconds: float, wall: float) -> str:
         f"windows per method (servers x windows x seeds): {counts}",
         "DIY30/this = mean |error| of the DIY default (dcgm-exporter 30 s, Prometheus 15 s) / "
         "this row's: how many times smaller this row's error is",
-        f"({wall:.1f} s wall; rerun: .venv/bin/python tests/benchmarks/bench_accuracy.py "
+        f"({wall:.1f} s wall; rerun: python tests/benchmarks/bench_accuracy.py "
         "[--seeds 3] [--minutes 30])",
     ]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """How accurate is integrated power (GPUs without an energy counter) against the truth?
 
-Rerun: .venv/bin/python tests/benchmarks/bench_energy_integration.py [--seeds 5] [--window 900]
+Rerun: python tests/benchmarks/bench_energy_integration.py [--seeds 5] [--window 900]
 (about 15-30 s on 2 shared cores).
 
 Each run drives three simulated GPUs with the same load for ``--window`` seconds of virtual
@@ -23,8 +23,8 @@ Loads:
   interval), 0.05-3 s apart, idle in between.
 
 The simulated counter is exact by construction (whole mJ), so its error is the floor; real
-counters and real power sensors share a ~5 % board gain error (reference gpu-telemetry.md
-§4.1), which this benchmark does not model.
+counters and real power sensors share a ~5 % board gain error (Yang et al.,
+SC'24, arXiv 2312.02741), which this benchmark does not model.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main() -> None:
             print(
                 f"{load:<7}{interval:>8.1f}s" + "".join(f"{c:>28}" for c in cells) + f"{ratio:>28}"
             )
-    print(f"\n({time.perf_counter() - started:.1f} s wall; rerun: .venv/bin/python {__file__})")
+    print(f"\n({time.perf_counter() - started:.1f} s wall; rerun: python {__file__})")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ sampler does; only the body is fetched (no parsing). Clients:
 Connections are counted by the servers (accepted sockets). Requests per connection over 10
 minutes at the default 5 s interval = 120 scrapes / connections opened per server.
 
-Rerun: ``.venv/bin/python tests/benchmarks/bench_http.py [ROUNDS]`` (default 30 rounds = 240
+Rerun: ``python tests/benchmarks/bench_http.py [ROUNDS]`` (default 30 rounds = 240
 scrapes per batch, 3 batches per client; CPU of the quietest batch).
 """
 
@@ -291,7 +291,7 @@ def table(rows: Sequence[Row], body_bytes: int, servers: int) -> str:
         " scrape of each server)",
         "req/conn 10 min = 120 scrapes per server (5 s interval) / (1 + the connections the"
         " run's churn opens in 120 scrapes)",
-        "rerun: .venv/bin/python tests/benchmarks/bench_http.py [ROUNDS]",
+        "rerun: python tests/benchmarks/bench_http.py [ROUNDS]",
     ]
     return "\n".join(lines)
 

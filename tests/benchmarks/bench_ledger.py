@@ -1,6 +1,6 @@
 """Cost of one Ledger.advance and of one discover() call, on this machine.
 
-Rerun: .venv/bin/python tests/benchmarks/bench_ledger.py (about 2 min: the worst row first fills a
+Rerun: python tests/benchmarks/bench_ledger.py (about 2 min: the worst row first fills a
 3600-interval window).
 
 Baseline: one GPU, one server, one model, 60 s window at 5 s (12 intervals kept). Each

@@ -35,7 +35,7 @@ The simulated NVML is Python; real NVML calls are C (microseconds), so the GPU p
 an upper bound. The host is shared (2 cores, other jobs running): CPU time, not wall time, is
 measured, so contention inflates the numbers only slightly (caches).
 
-Rerun: ``.venv/bin/python tests/benchmarks/bench_overhead.py [--minutes 10] [--short-minutes 3]
+Rerun: ``python tests/benchmarks/bench_overhead.py [--minutes 10] [--short-minutes 3]
 [--quick]``
 (``--quick``: 1-minute loops, fewer cycles; ``--profile``: cProfile of the scrape path and of a
 cycle instead of the benchmark).
@@ -863,7 +863,7 @@ def run(
         print("\n" + loop_table(result), file=out, flush=True)
 
     print(
-        f"\n({(time.monotonic() - started) / 60:.1f} min wall; rerun: .venv/bin/python "
+        f"\n({(time.monotonic() - started) / 60:.1f} min wall; rerun: python "
         "tests/benchmarks/bench_overhead.py [--minutes 10] [--short-minutes 3] [--quick])",
         file=out,
         flush=True,

@@ -6,17 +6,18 @@ scraper (``ServerScraper``: one kept-alive connection, ``Accept-Encoding: gzip``
 CPU per scrape is the ``time.thread_time`` of the server's request-handler thread (parse the
 request, render the exposition, write the response), so the client's CPU is not counted.
 
-Real vLLM renders /metrics with ``prometheus_client`` in its API-server process (reference
-inference-metrics.md §1.1; with ``--api-server-count > 1`` through ``MultiProcessCollector``,
-which also reads every process's mmap files per scrape). The simulated renderer is a fast
-hand-written one, so a second column gives a proxy for the real server: the same families
-rendered by ``prometheus_client.generate_latest`` (parsed once, re-rendered per scrape), and
+Real vLLM renders /metrics with ``prometheus_client`` in its API-server process
+(vllm-project/vllm, vllm/v1/metrics; with ``--api-server-count > 1`` through
+``MultiProcessCollector``, which also reads every process's mmap files per scrape). The
+simulated vLLM does the same (a ``prometheus_client`` registry behind
+prometheus-fastapi-instrumentator); a second column renders the same families with
+``prometheus_client.generate_latest`` alone (parsed once, re-rendered per scrape), and
 ``gzip`` of the body at level 6 for a server that compresses when the scraper asks.
 
 % of one core = CPU per scrape / scrape interval, for the agent at its default 5 s, for
 Prometheus at 15 s (the baseline every vLLM deployment already pays), and at 1 s.
 
-Rerun: ``.venv/bin/python tests/benchmarks/bench_server_cost.py [N]`` (default N = 200).
+Rerun: ``python tests/benchmarks/bench_server_cost.py [N]`` (default N = 200).
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def table(costs: Sequence[Cost], n: int) -> str:
         "sim = the simulated server's handler thread (fast renderer, no gzip); real-ish = "
         "prometheus_client render + gzip of the same families, a proxy for real vLLM",
         "vs Prom 15 s = this scraper's cost / Prometheus' 15 s scrape of the same endpoint",
-        "rerun: .venv/bin/python tests/benchmarks/bench_server_cost.py [N]",
+        "rerun: python tests/benchmarks/bench_server_cost.py [N]",
     ]
     return "\n".join(lines)
 

@@ -136,3 +136,24 @@ def test_parser_core_functions_give_finite_rows() -> None:
     hostile = bench.hostile_rows((4096, 16384), (4096,), old, repeats=1)
     assert len(hostile) == 1 + 2 * len(bench.hostile_lines(1024))
     assert "prometheus_client" in bench.table(rows)
+
+
+def test_energy_integration_core_functions_give_finite_rows() -> None:
+    bench = _load("bench_energy_integration")
+    errors, ratio = bench.run("bursty", 1.0, 0, 60.0)
+    assert errors and all(_finite(e) for e in errors) and _finite(ratio)
+    # The counter column (the baseline) is exact in simulation.
+    assert abs(errors[-1]) < 1e-6
+
+
+def test_ledger_core_functions_give_finite_rows() -> None:
+    bench = _load("bench_ledger")
+    cost = bench._advance_cost(2, 2, 1, 10.0, 5.0)
+    assert _finite(cost) and cost > 0
+
+
+def test_anatomy_core_functions_give_finite_rows() -> None:
+    bench = _load("bench_anatomy")
+    results = bench.simulate(seed=0, minutes=2.0)
+    assert results and all(_finite(r.in_j_true, r.out_j_true) for r in results)
+    assert all(r.in_j_true >= 0 and r.out_j_true > 0 for r in results)

@@ -29,7 +29,7 @@ README_FILE = DASHBOARDS / "README.md"
 USER_THRESHOLD_SERIES = "tokenergy_cost_per_million_output_tokens_threshold"
 """Series users may define (README) to set the CostPerTokenHigh threshold; not exported."""
 
-SHORT_RANGES: Mapping[str, str] = {"5m": "20s", "1h": "30s"}
+SHORT_RANGES: Mapping[str, str] = {"5m": "20s", "10m": "25s", "1h": "30s"}
 """Rule ranges -> the ranges of the test copy run against a 1 s scrape interval."""
 
 _PROMQL_WORDS = frozenset(

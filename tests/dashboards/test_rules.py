@@ -26,6 +26,7 @@ ALERTS = (
     "CostPerTokenRegressed",
     "TokensPerJouleDropped",
     "IdleGpuBurning",
+    "KvCacheSaturated",
     "InferenceServerDown",
     "GpuDown",
     "AgentStale",

@@ -170,6 +170,19 @@ def test_package_sources_are_all_copied() -> None:
     assert {p.split(".")[0] for p in packages} <= copied
 
 
+def test_every_import_package_is_listed_for_setuptools() -> None:
+    """A package left out of the explicit list works editable but not after `pip install .`."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("agent", "exporters")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert found == listed
+
+
 # -- the health probe, against a real HTTP server -------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from agent.readings import (
     GpuStatus,
     LedgerTotals,
     ModelTotals,
+    PhaseFit,
     PricingInfo,
     ServerReading,
     ServerStatus,
@@ -109,6 +110,20 @@ def totals(server_name: str, model: str, **kw: float | None) -> ModelTotals:
         "tokens_per_joule": 0.2,
         "joules_per_token": 5.0,
         "cost_per_million_tokens": 4.38,
+        "input_energy_joules_total": 600.0,
+        "output_energy_joules_total": 1800.0,
+        "unsplit_energy_joules_total": 100.0,
+        "input_cost_total": 0.0005,
+        "output_cost_total": 0.0015,
+        "unsplit_cost_total": 0.00019,
+        "cache_saved_energy_joules_total": 55.0,
+        "cache_saved_cost_total": 0.00004,
+        "kv_cache_saturated_seconds_total": 12.5,
+        "phase_method": "regression",
+        "input_joules_per_input_token": 0.6,
+        "output_joules_per_output_token": 3.6,
+        "input_cost_per_million_input_tokens": 0.5,
+        "output_cost_per_million_output_tokens": 3.0,
     }
     values.update(kw)
     return ModelTotals(server=server_name, model=model, **values)
@@ -153,6 +168,7 @@ def rich_snapshot(**kw: Any) -> Snapshot:
             unattributed_energy_cost_total=0.00003,
             unattributed_hardware_cost_total=0.0007,
             unattributed_carbon_grams_total=0.08,
+            phase_fits=(PhaseFit("vllm", 0.012, 0.0006, 0.1, 0.002, 140.0),),
             gpu_energy_joules_total=(
                 ("GPU-0000", 12_345.0),
                 ("GPU-0001", 12_345.0),

@@ -1,6 +1,6 @@
 """Real-NVML tests: need an NVIDIA GPU and driver; skipped when NVML cannot initialise.
 
-Run: .venv/bin/python -m pytest -m gpu tests/gpu   (or tests/gpu/run.sh for the numbers too)
+Run: python -m pytest -m gpu tests/gpu   (or tests/gpu/run.sh for the numbers too)
 """
 
 from __future__ import annotations

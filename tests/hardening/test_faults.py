@@ -1,6 +1,6 @@
 """§7 A and B: GPU/NVML faults and upstream faults, through the whole agent.
 
-Unit-level versions of most cases live in tests/telemetry (GpuMonitor, NvmlBackend, energy
+Unit-level versions of most cases live in tests/gpu_backend (GpuMonitor, NvmlBackend, energy
 meter) and tests/servers (scraper); these tests check what a Prometheus scraping the agent
 would see: /metrics answers, which series are there, and whether the counters stay true.
 """

@@ -28,7 +28,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = ROOT / "dashboards" / "prometheus" / "rules.yml"
-SHORT_RANGES = {"5m": "20s", "1h": "30s"}
+SHORT_RANGES = {"5m": "20s", "10m": "25s", "1h": "30s"}
 DEMO_SECONDS = 45
 SEEDS = (1, 2)
 

@@ -109,8 +109,14 @@ def test_raw_counters_reproduce_promql(prom_stack: Any) -> None:
     assert fleet["tokens_per_joule"] == pytest.approx(float(total["value"][1]), rel=TOLERANCE)
     # Two nodes, each with four GPUs serving a server (the L4 serves none).
     assert data["fleet"]["measured"]["gpus"] == pytest.approx(8.0, rel=TOLERANCE)
-    # The cost-anatomy series do not exist yet: null, never a number.
-    assert fleet["joules_per_input_token"] is None and fleet["joules_per_output_token"] is None
+    # The cost anatomy: input (prefill) energy per input token, as PromQL gives it.
+    [per_input] = prom_stack.query(
+        f'sum(increase(tokenergy_phase_energy_joules_total{{phase="input"}}{r})) '
+        f'/ sum(increase(tokenergy_tokens_total{{type="input"}}{r}))'
+    )
+    assert fleet["joules_per_input_token"] == pytest.approx(
+        float(per_input["value"][1]), rel=TOLERANCE
+    )
 
 
 def test_recording_rules_reproduce_promql(prom_stack: Any) -> None:

@@ -586,7 +586,8 @@ _AUDITED = (
     "agent.servers.parser",
     "agent.servers.inspect",
     "agent.plan.scenario",
-    "agent.discovery",
+    "agent.discovery.environ",
+    "agent.logs",
     "exporters.http",
     "exporters.webconfig",
 )

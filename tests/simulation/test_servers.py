@@ -15,7 +15,7 @@ from agent.clock import ManualClock
 from agent.simulation.expositions import SimModelCounters
 from agent.simulation.servers import MAX_CONCURRENT_REQUESTS, SimulatedServer
 
-# Token counter sample names per engine (reference inference-metrics.md §1-4).
+# Token counter sample names per engine (see agent/servers/README.md).
 PROMPT_SAMPLES = {
     "vllm": "vllm:prompt_tokens_total",
     "sglang": "sglang:prompt_tokens_total",

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from agent.simulation.workload import (
     DEMO_SERVERS,
     DIURNAL_PERIOD_SECONDS,
+    PREFILL_SPREAD_TICKS,
     SCENARIOS,
     TICK_SECONDS,
     FaultEvent,
@@ -192,8 +193,25 @@ def test_tick_invariants(scenario: str, seed: int, server: str, tick: int) -> No
     assert 0.0 <= t.kv_cache_usage <= 1.0
     assert all(0.0 <= u <= 1.0 for u in t.utilization)
     assert len(t.utilization) == len(Workload(scenario, seed).profile(server).gpus)
-    if t.arrivals == 0:
+    w = Workload(scenario, seed)
+    recent = range(max(0, tick - PREFILL_SPREAD_TICKS + 1), tick + 1)
+    if all(w.tick(server, j).arrivals == 0 for j in recent):
+        # A prompt is processed over the ticks after its request arrived, never before.
         assert t.prompt_tokens == 0
+
+
+def test_a_prompt_is_counted_whole_over_the_ticks_after_its_arrival() -> None:
+    w = Workload("bursty", 3)
+    n = 400
+    prompts = [w._prompts("llamacpp", k)[1] for k in range(n)]
+    counted = [w.tick("llamacpp", k).prompt_tokens for k in range(n)]
+    assert sum(prompts) > 0
+    # Each prompt is counted over the ticks after its arrival, exactly once: all of it when
+    # the spread fits before tick n, the part processed so far otherwise.
+    done = sum(p for k, p in enumerate(prompts) if k + PREFILL_SPREAD_TICKS <= n)
+    in_flight = sum(prompts[n - PREFILL_SPREAD_TICKS :])
+    assert done <= sum(counted) <= done + in_flight
+    assert sum(counted[:PREFILL_SPREAD_TICKS]) <= sum(prompts[:PREFILL_SPREAD_TICKS])
 
 
 def test_faults_scenario_silences_servers_at_the_right_ticks() -> None:

@@ -247,8 +247,8 @@ def test_energy_truth_is_conserved_across_servers_and_spare() -> None:
 
 
 def test_steady_energy_per_token_is_realistic() -> None:
-    # Reference gpu-telemetry.md §5: well-batched 8B-class on H100 ~0.1-0.2 J/output token
-    # at board power; llama.cpp serves far fewer tokens for the power.
+    # ML.ENERGY's longitudinal study (Llama 3.1 8B, H100): well-batched 8B-class on H100
+    # ~0.1-0.2 J/output token at board power; llama.cpp serves far fewer tokens for the power.
     world, clock = _world("steady", 0)
     _run(world, clock, 5.0)
     first = world.truth()
@@ -281,7 +281,7 @@ def test_truth_delta_subtracts_every_number() -> None:
     assert delta["unattributed_energy_joules"] > 0
 
 
-# Token counter sample names per engine (reference inference-metrics.md §1-4).
+# Token counter sample names per engine (see agent/servers/profiles.py).
 SAMPLES = {
     "vllm": ("vllm:prompt_tokens_total", "vllm:generation_tokens_total"),
     "sglang": ("sglang:prompt_tokens_total", "sglang:generation_tokens_total"),
