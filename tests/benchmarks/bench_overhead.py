@@ -1,44 +1,58 @@
-"""What the agent costs its node: CPU per cycle, % of a core, resident memory, /metrics render.
+"""What the agent costs its node: CPU per cycle, % of a core, resident memory, connections.
 
-Setup, as on a busy 8-GPU inference node:
+Setup, as on a busy 8-GPU inference node (issue 16):
 
 - the agent, built by ``agent.cli.build_agent`` exactly as ``tokenergy run`` builds it, over a
-  ``SimulatedNvml`` of 8 ``H100-SXM-80GB`` on the system clock, default settings (scrape and
+  ``SimulatedNvml`` of ``H100-SXM-80GB`` on the system clock, default settings (scrape and
   snapshot every 5 s, GPU poll every 1 s, 60 s ratio window), /metrics on 127.0.0.1;
-- 8 simulated vLLM V1 servers on 127.0.0.1, one per GPU, each with 8 data-parallel engines
-  (``render_exposition("vllm", ..., ranks=8)``, real V1 histograms, about 0.4 MB a body),
-  counters advancing every second; and a Prometheus stand-in scraping the agent's /metrics
-  every 15 s. The servers and the Prometheus stand-in run in a **child process**, so the CPU
-  this process uses (``time.process_time``, every thread) is the agent's alone.
+- simulated vLLM V1 servers on 127.0.0.1, one per GPU (round-robin when there are more servers
+  than GPUs), each with 8 data-parallel engines and 1, 3 or 5 served models, every V1
+  histogram with its real buckets: bodies of 0.48, 1.41 and 2.34 MB (the renderer
+  ``render_exposition`` that ``bench_parser.py`` uses, written by the simulated server as text:
+  the prometheus_client app would cost the child 0.3-0.6 s per 1.4-2.3 MB body and starve a
+  2-core host); counters advance every second; a Prometheus stand-in scrapes the agent's
+  /metrics every 15 s. Servers and the Prometheus stand-in run in a **child process**, so the
+  CPU measured (``time.process_time``: every thread of the agent's process) is the agent's.
 
-Measured:
+Measured, each beside its baseline in the same run:
 
-1. CPU s per sampling cycle (``sampler.run_cycle``: 8 scrapes + parse, GPU poll, ledger,
-   Snapshot) and per GPU poll (``monitor.poll``); the % of one core at the defaults is
-   (one cycle + 4 GPU polls + a third of a /metrics render) / 5 s. Baseline, side by side:
-   the do-it-yourself cycle (same GPU poll, the same 8 bodies fetched with httpx and parsed
-   with ``prometheus_client.parser``), and both at a 1 s scrape interval.
-2. The real loop (``agent.start()``) for ``--minutes``: CPU % and RSS every minute (RSS must
-   not grow), against the targets (< 1 % of one core, < 80 MB RSS).
-3. /metrics render time and size: text 0.0.4 and OpenMetrics, plain and gzip; the baseline
-   is one vLLM server's own /metrics body.
+1. CPU per sampling cycle (``sampler.run_cycle``: the scrapes + parse, ledger, snapshot), per
+   GPU poll and per /metrics render; CPU per 5 s period = one cycle + 4 GPU polls + a third of
+   a render; % of one core = that / 5 s. Baseline: the do-it-yourself cycle (same GPU poll;
+   the same bodies fetched with httpx and parsed by ``prometheus_client.parser``), and the
+   previous release's recorded figures (issue 16: 8 H100 x 8 servers x 1.37 MB, 10 minutes).
+2. The real loop (the sampler's own thread, as ``agent.start()`` runs it), each in a fresh
+   process (one run's heap does not inflate another's RSS): CPU % and RSS per period, CPU per
+   thread, connections the agent opened per server and requests per connection. At 1.41 MB
+   for ``--minutes`` (the headline) and at 2.34 MB for ``--short-minutes``, with glibc's
+   malloc defaults; and both sizes again with :data:`MALLOC_TUNABLES` (a deployment setting,
+   no code change), to show what the kernel's page faults cost.
+3. Growth: CPU per cycle and per 5 s period against servers (1, 8, 32), GPUs (1, 8, 64) and
+   body size (0.48, 1.41, 2.34 MB), with the least-squares slope (ms per extra server, GPU, MB).
+4. /metrics render time and size, text 0.0.4 and OpenMetrics, plain and gzip.
 
-The simulated NVML costs Python time that real NVML calls (C, microseconds) do not, so the
-GPU poll figure is an upper bound. The host is shared (2 cores, other jobs running): the
-numbers are CPU time, not wall time, so contention inflates them only slightly (caches).
+The simulated NVML is Python; real NVML calls are C (microseconds), so the GPU poll figure is
+an upper bound. The host is shared (2 cores, other jobs running): CPU time, not wall time, is
+measured, so contention inflates the numbers only slightly (caches).
 
-Rerun: ``python tests/benchmarks/bench_overhead.py [--minutes 10] [--quick]``
-(``--quick``: a 60 s loop with RSS every 10 s).
+Rerun: ``python tests/benchmarks/bench_overhead.py [--minutes 10] [--short-minutes 3]
+[--quick]``
+(``--quick``: 1-minute loops, fewer cycles; ``--profile``: cProfile of the scrape path and of a
+cycle instead of the benchmark).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import gzip
+import io
 import json
 import logging
 import math
+import os
+import pstats
 import random
 import resource
 import statistics
@@ -46,87 +60,195 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import IO
 
-import httpx
 import psutil
 from prometheus_client import exposition, openmetrics
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from agent.cli import Agent, build_agent
 from agent.clock import SystemClock
 from agent.config import HttpSettings, ServerSettings, Settings
+from agent.simulation.expositions import SimModelCounters, render_exposition
 from agent.simulation.nvml import SimulatedNvml
-from agent.simulation.servers import SimulatedServer
+from agent.simulation.servers import CONTENT_TYPE, SimulatedServer
 
 GPUS = 8
+SERVERS = 8
 RANKS = 8
-MODEL = "meta-llama/Llama-3.1-70B-Instruct"
+MODEL_STEM = "neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8-dynamic"
+BODY_MODELS = {0.5: 1, 1.4: 3, 2.3: 5}
+"""Nominal body size, MB -> served models per server (8 engines each): 0.48, 1.41, 2.34 MB."""
+HEADLINE_MODELS = 3
 PROMETHEUS_INTERVAL_SECONDS = 15.0
-TARGET_CORE_PERCENT = 1.0
-TARGET_RSS_MB = 80.0
+GROWTH_SERVERS = (1, 8, 32)
+GROWTH_GPUS = (1, 8, 64)
 MB = 1024 * 1024
+
+MALLOC_TUNABLES = (
+    "glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=16777216:"
+    "glibc.malloc.mmap_threshold=16777216"
+)
+"""glibc settings of the tuned loops (``GLIBC_TUNABLES``): one malloc arena for every thread,
+and freed memory kept up to 16 MB instead of handed back to the kernel after every body (each
+1.4 MB body otherwise costs ~350 page faults to receive and as many for each copy)."""
+
+TARGETS = {3: (0.5, 60.0), 5: (0.8, 70.0)}
+"""Models per server -> (max % of one core, max RSS MB after the run) of issue 16."""
+
+PREVIOUS = {
+    "body": "1.37 MB (2.3 MB for the RSS line)",
+    "core_percent": "1.4-1.9",
+    "cycle_ms": 70.0,
+    "scrape_ms": 8.8,
+    "core_percent_2_3": "2.3",
+    "rss_mb_2_3": 84.0,
+    "peak_rss_mb_2_3": 103.0,
+}
+"""The previous release, as recorded in issue 16: 8 simulated H100, 8 local servers with
+8 data-parallel engines, defaults, 10 minutes."""
+
+
+def model_names(n: int) -> list[str]:
+    """``n`` distinct served-model names."""
+    return [f"{MODEL_STEM}-{i}" for i in range(n)]
 
 
 # -- child process: the servers and the Prometheus stand-in --------------------------------
 
 
-def serve(n_servers: int, ranks: int, stdin: IO[str], stdout: IO[str]) -> None:
+class KeepAliveServer:
+    """One simulated vLLM server's /metrics over HTTP/1.1 keep-alive, as uvicorn serves vLLM.
+
+    The body is ``SimulatedServer.exposition()`` (``render_exposition``, the renderer
+    ``bench_parser.py`` uses), rendered ahead by :meth:`refresh` so an answer never waits for
+    the renderer (0.1 s per 1.4 MB body: 32 servers rendered on demand would pass the
+    agent's 3 s deadline); the simulated server's own text listener speaks HTTP/1.0 (a
+    connection per request), which would hide whether the agent keeps its connection.
+    """
+
+    def __init__(self, sim: SimulatedServer) -> None:
+        self.sim = sim
+        self.body = b""
+        self.refresh()
+        self.requests = 0
+        self.accepted = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms stall
+
+            def setup(self) -> None:
+                owner.accepted += 1
+                super().setup()
+
+            def do_GET(self) -> None:
+                owner.requests += 1
+                body = owner.body
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/metrics"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def refresh(self) -> None:
+        """Render the body the next requests get."""
+        self.body = self.sim.exposition().encode()
+
+
+def serve(n_servers: int, n_models: int, ranks: int, stdin: IO[str], stdout: IO[str]) -> None:
     """Child process body: serve ``n_servers`` vLLM servers until stdin closes.
 
-    Prints one JSON line ``{"urls": [...]}``; then each stdin line ``URL INTERVAL`` starts a
-    thread that GETs URL every INTERVAL s (the Prometheus stand-in).
+    Prints one JSON line ``{"urls": [...]}``. Then each stdin line is either ``URL INTERVAL``
+    (start a thread that GETs URL every INTERVAL s: the Prometheus stand-in) or ``COUNT``
+    (print ``{"requests": [...], "accepted": [...]}``: /metrics requests each server answered
+    and TCP connections it accepted).
     """
     clock = SystemClock()
-    servers = [
-        SimulatedServer(f"vllm{i}", "vllm", [MODEL], wall=clock.wall, ranks=ranks)
+    names = model_names(n_models)
+    sims = [
+        SimulatedServer(f"vllm{i}", "vllm", names, wall=clock.wall, ranks=ranks)
         for i in range(n_servers)
     ]
-    for s in servers:
-        s.advance(
-            MODEL,
-            prompt_tokens=50_000_000,
-            generation_tokens=9_000_000,
-            cached_prompt_tokens=20_000_000,
-            requests_finished=80_000,
-        )
-        s.start()
+    for s in sims:
+        for m in names:
+            s.advance(
+                m,
+                prompt_tokens=50_000_000,
+                generation_tokens=9_000_000,
+                cached_prompt_tokens=20_000_000,
+                requests_finished=80_000,
+            )
+    servers = [KeepAliveServer(s) for s in sims]
     stop = threading.Event()
+
+    def renderer() -> None:
+        # A fresh body per server every 5 s (the scrape interval): counters move between
+        # scrapes, and the child spends 0.1 s per 1.4 MB body, not per request.
+        started = time.monotonic()
+        while not stop.wait(max(0.0, 5.0 - (time.monotonic() - started))):
+            started = time.monotonic()
+            for server in servers:
+                server.refresh()
 
     def workload() -> None:
         rng = random.Random(7)
         while not stop.wait(1.0):
-            for s in servers:
-                out = rng.randint(1_000, 4_000)
-                s.advance(
-                    MODEL,
-                    prompt_tokens=4 * out,
-                    generation_tokens=out,
-                    cached_prompt_tokens=out,
-                    requests_finished=out // 400,
-                    requests_running=rng.randint(20, 120),
-                    requests_waiting=rng.randint(0, 9),
-                    kv_cache_usage=rng.uniform(0.3, 0.9),
-                )
+            for s in sims:
+                for m in names:
+                    out = rng.randint(1_000, 4_000)
+                    s.advance(
+                        m,
+                        prompt_tokens=4 * out,
+                        generation_tokens=out,
+                        cached_prompt_tokens=out,
+                        requests_finished=out // 400,
+                        requests_running=rng.randint(20, 120),
+                        requests_waiting=rng.randint(0, 9),
+                        kv_cache_usage=rng.uniform(0.3, 0.9),
+                    )
 
     def prometheus(url: str, interval: float) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not stop.wait(interval):
-                with contextlib.suppress(httpx.HTTPError):
-                    client.get(url, headers={"Accept-Encoding": "gzip"})
+        while not stop.wait(interval):
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(url, timeout=10) as answer,
+            ):
+                answer.read()
 
     threading.Thread(target=workload, daemon=True).start()
+    threading.Thread(target=renderer, daemon=True).start()
     stdout.write(json.dumps({"urls": [s.url for s in servers]}) + "\n")
     stdout.flush()
     for line in stdin:
+        if line.strip() == "COUNT":
+            counts = {
+                "requests": [s.requests for s in servers],
+                "accepted": [s.accepted for s in servers],
+            }
+            stdout.write(json.dumps(counts) + "\n")
+            stdout.flush()
+            continue
         url, interval = line.split()
         threading.Thread(target=prometheus, args=(url, float(interval)), daemon=True).start()
     stop.set()
-    for s in servers:
-        s.stop()
+    for server in servers:
+        server.http.shutdown()
+        server.http.server_close()
 
 
 @dataclass
@@ -136,11 +258,21 @@ class ServerProcess:
     proc: subprocess.Popen[str]
     urls: list[str]
 
+    def _send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
     def scrape_agent(self, url: str, interval_seconds: float) -> None:
         """Ask the child to scrape ``url`` every ``interval_seconds`` (Prometheus stand-in)."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{url} {interval_seconds}\n")
-        self.proc.stdin.flush()
+        self._send(f"{url} {interval_seconds}")
+
+    def counts(self) -> tuple[list[int], list[int]]:
+        """(/metrics requests answered, TCP connections accepted) per server so far."""
+        self._send("COUNT")
+        assert self.proc.stdout is not None
+        data = json.loads(self.proc.stdout.readline())
+        return [int(n) for n in data["requests"]], [int(n) for n in data["accepted"]]
 
     def close(self) -> None:
         """Close stdin (the child exits) and wait."""
@@ -153,13 +285,28 @@ class ServerProcess:
             self.proc.wait()
 
 
-def start_servers(n_servers: int = GPUS, ranks: int = RANKS) -> ServerProcess:
+def _child_env(tunables: str | None = None) -> dict[str, str]:
+    """This environment, with the ``agent`` package this process runs first on the path."""
+    import agent
+
+    root = str(Path(agent.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    if tunables is not None:
+        env["GLIBC_TUNABLES"] = tunables
+    return env
+
+
+def start_servers(
+    n_servers: int = SERVERS, n_models: int = HEADLINE_MODELS, ranks: int = RANKS
+) -> ServerProcess:
     """Start the child process with ``n_servers`` simulated vLLM servers."""
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(n_servers), "--ranks", str(ranks)],
+        [sys.executable, __file__, "--serve", str(n_servers), str(n_models), str(ranks)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        env=_child_env(),
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -173,7 +320,7 @@ def start_servers(n_servers: int = GPUS, ranks: int = RANKS) -> ServerProcess:
 
 
 def make_agent(urls: Sequence[str], gpus: int = GPUS, **sampling: float) -> Agent:
-    """The agent as ``tokenergy run`` builds it, one server per GPU, /metrics on 127.0.0.1."""
+    """The agent as ``tokenergy run`` builds it, servers on GPUs round-robin, /metrics local."""
     settings = Settings(
         servers=[
             ServerSettings(name=f"vllm{i}", url=u, engine="vllm", gpus=[i % gpus])
@@ -186,14 +333,14 @@ def make_agent(urls: Sequence[str], gpus: int = GPUS, **sampling: float) -> Agen
     log.setLevel(logging.WARNING)
     nvml = SimulatedNvml(["H100-SXM-80GB"] * gpus, SystemClock(), seed=1)
     for i in range(gpus):
-        nvml.set_load(i, 0.6 + 0.04 * i)
+        nvml.set_load(i, 0.6 + 0.3 * (i % 8) / 8)
     return build_agent(settings, nvml, SystemClock(), log)
 
 
-def _cpu_per_call(fn: Callable[[], object], n: int) -> float:
-    """Process CPU s per call of ``fn`` (every thread of this process), median of 3 batches."""
+def _cpu_per_call(fn: Callable[[], object], n: int, batches: int = 3) -> float:
+    """Process CPU s per call of ``fn`` (every thread of this process), median of batches."""
     per: list[float] = []
-    for _ in range(3):
+    for _ in range(batches):
         t0 = time.process_time()
         for _ in range(n):
             fn()
@@ -201,8 +348,12 @@ def _cpu_per_call(fn: Callable[[], object], n: int) -> float:
     return statistics.median(per)
 
 
-def _naive_cycle(agent: Agent, client: httpx.Client, urls: Sequence[str]) -> Callable[[], float]:
-    """The do-it-yourself cycle: GPU poll, then fetch + prometheus_client parse every body."""
+def _naive_cycle(agent: Agent, urls: Sequence[str]) -> Callable[[], float]:
+    """The do-it-yourself cycle: GPU poll, then fetch (httpx) + prometheus_client parse."""
+    import httpx  # only here: the loop processes measure RSS without it
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = httpx.Client(timeout=30)
 
     def cycle() -> float:
         agent.monitor.poll()
@@ -219,43 +370,90 @@ def _naive_cycle(agent: Agent, client: httpx.Client, urls: Sequence[str]) -> Cal
 
 @dataclass(frozen=True)
 class CycleCosts:
-    """CPU seconds per call, measured in this process."""
+    """CPU seconds per call, measured in this process, for one setup."""
 
+    servers: int
+    gpus: int
+    body_bytes: int
     cycle_s: float
     gpu_poll_s: float
-    naive_cycle_s: float
     render_s: float
+    naive_cycle_s: float | None
     interval_s: float
     gpu_interval_s: float
 
-    def core_percent(self, cycle_s: float, interval_s: float) -> float:
-        """% of one core: one cycle + the GPU polls between cycles + Prometheus renders."""
-        gpu_interval = min(self.gpu_interval_s, interval_s)
-        polls_between = max(0.0, interval_s / gpu_interval - 1.0)
-        per_interval = cycle_s + polls_between * self.gpu_poll_s
-        per_interval += self.render_s * interval_s / PROMETHEUS_INTERVAL_SECONDS
-        return 100.0 * per_interval / interval_s
+    def period_s(self, cycle_s: float | None = None, interval_s: float | None = None) -> float:
+        """CPU s per scrape interval: a cycle, the GPU polls between cycles, the renders."""
+        cycle = self.cycle_s if cycle_s is None else cycle_s
+        interval = self.interval_s if interval_s is None else interval_s
+        gpu_interval = min(self.gpu_interval_s, interval)
+        polls_between = max(0.0, interval / gpu_interval - 1.0)
+        renders = interval / PROMETHEUS_INTERVAL_SECONDS
+        return cycle + polls_between * self.gpu_poll_s + renders * self.render_s
+
+    def core_percent(self, cycle_s: float | None = None, interval_s: float | None = None) -> float:
+        """% of one core at ``interval_s`` (default: the configured interval)."""
+        interval = self.interval_s if interval_s is None else interval_s
+        return 100.0 * self.period_s(cycle_s, interval) / interval
 
 
-def measure_cycles(agent: Agent, urls: Sequence[str], n: int) -> CycleCosts:
-    """CPU per sampling cycle, per GPU poll, per naive cycle and per /metrics render."""
+def measure_cycles(
+    agent: Agent, urls: Sequence[str], n: int, body_bytes: int, naive: bool = True
+) -> CycleCosts:
+    """CPU per sampling cycle, per GPU poll, per /metrics render (and per naive cycle)."""
     agent.monitor.start()
     agent.sampler.run_cycle()  # warm up: discovery, connections, first ledger step
     cycle = _cpu_per_call(agent.sampler.run_cycle, n)
     poll = _cpu_per_call(agent.monitor.poll, 4 * n)
-    with httpx.Client(timeout=10) as client:
-        naive = _naive_cycle(agent, client, urls)
-        naive()
-        naive_s = _cpu_per_call(naive, max(1, n // 2))
     render = _cpu_per_call(lambda: exposition.generate_latest(agent.registry), n)
+    naive_s: float | None = None
+    if naive:
+        naive_fn = _naive_cycle(agent, urls)
+        naive_fn()
+        naive_s = _cpu_per_call(naive_fn, max(1, n // 4), batches=2)
     return CycleCosts(
+        servers=len(urls),
+        gpus=len(agent.monitor.poll()),
+        body_bytes=body_bytes,
         cycle_s=cycle,
         gpu_poll_s=poll,
-        naive_cycle_s=naive_s,
         render_s=render,
+        naive_cycle_s=naive_s,
         interval_s=agent.settings.sampling.interval_seconds,
         gpu_interval_s=agent.settings.gpu.interval_seconds,
     )
+
+
+def measure_setup(
+    servers: int, gpus: int, n_models: int, n: int, naive: bool = False
+) -> CycleCosts:
+    """Start a child with ``servers`` servers, build an agent over ``gpus`` GPUs, measure."""
+    child = start_servers(servers, n_models)
+    try:
+        body = served_bytes(child.urls[0])
+        agent = make_agent(child.urls, gpus=gpus)
+        try:
+            return measure_cycles(agent, child.urls, n, body, naive=naive)
+        finally:
+            agent.stop()
+    finally:
+        child.close()
+
+
+def served_bytes(url: str) -> int:
+    """Size of the body ``url`` serves now, bytes."""
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return len(answer.read())
+
+
+def render_body(n_models: int) -> bytes:
+    """The body one server of the benchmark serves (same renderer, same sizes)."""
+    return render_exposition(
+        "vllm",
+        [SimModelCounters(model=m) for m in model_names(n_models)],
+        ranks=RANKS,
+        start_time_seconds=1.7e9,
+    ).encode()
 
 
 @dataclass(frozen=True)
@@ -269,7 +467,7 @@ class RenderRow:
 
 
 def measure_render(registry: CollectorRegistry, n: int) -> list[RenderRow]:
-    """Time (wall, single thread) and size of each /metrics encoding, with gzip level 6."""
+    """CPU time and size of each /metrics encoding, with gzip level 6."""
     rows = []
     encoders: tuple[tuple[str, Callable[[CollectorRegistry], bytes]], ...] = (
         ("text 0.0.4", exposition.generate_latest),
@@ -278,17 +476,20 @@ def measure_render(registry: CollectorRegistry, n: int) -> list[RenderRow]:
     for name, encode in encoders:
         body = encode(registry)
         zipped = gzip.compress(body, compresslevel=6)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            encode(registry)
-        ms = (time.perf_counter() - t0) / n * 1e3
-        t0 = time.perf_counter()
-        for _ in range(n):
-            gzip.compress(encode(registry), compresslevel=6)
-        gz_ms = (time.perf_counter() - t0) / n * 1e3
+        ms = _cpu_per_call(lambda e=encode: e(registry), n) * 1e3  # type: ignore[misc]
+        gz_ms = (
+            _cpu_per_call(
+                lambda e=encode: gzip.compress(e(registry), compresslevel=6),  # type: ignore[misc]
+                n,
+            )
+            * 1e3
+        )
         rows.append(RenderRow(name, ms, len(body), 0))
         rows.append(RenderRow(name + " + gzip", gz_ms, len(body), len(zipped)))
     return rows
+
+
+# -- the real loop -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -300,10 +501,69 @@ class LoopRow:
     cpu_percent: float
 
 
+@dataclass(frozen=True)
+class LoopResult:
+    """The real loop in a fresh process: periods, memory, connections."""
+
+    n_models: int
+    body_bytes: int
+    seconds: float
+    rss_before_mb: float
+    rows: list[LoopRow]
+    rss_after_mb: float
+    max_rss_mb: float
+    requests: list[int]
+    connections: list[int]
+    accepted: list[int]
+    thread_cpu_s: dict[str, float]
+    tunables: str = ""
+
+    @property
+    def mean_cpu(self) -> float:
+        """Mean % of one core over the periods."""
+        return statistics.fmean(r.cpu_percent for r in self.rows)
+
+    @property
+    def requests_per_connection(self) -> float:
+        """Fewest requests per connection over the servers."""
+        return min(r / max(1, c) for r, c in zip(self.requests, self.connections, strict=True))
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process image, MB: ``VmHWM``, which ``exec`` resets.
+
+    ``ru_maxrss`` is not used: Linux carries it over ``exec``, so a process started by the
+    benchmark would report the (larger) benchmark's peak.
+    """
+    with contextlib.suppress(OSError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU s (user + system) per thread name of this process, scrape threads summed."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for t in psutil.Process().threads():
+        name = names.get(t.id, "other (exited or native)")
+        name = "scrape-* (all servers)" if name.startswith("scrape-") else name
+        out[name] = out.get(name, 0.0) + t.user_time + t.system_time
+    return out
+
+
 def run_loop(
-    agent: Agent, seconds: float, every_seconds: float, out: IO[str] | None = None
+    agent: Agent,
+    seconds: float,
+    every_seconds: float,
+    out: IO[str] | None = None,
+    threads: dict[str, float] | None = None,
 ) -> list[LoopRow]:
-    """Run the real sampling loop; every ``every_seconds`` record RSS and CPU % since the last."""
+    """Run the real sampling loop; every ``every_seconds`` record RSS and CPU % since the last.
+
+    ``threads``, given, receives :func:`thread_cpu` taken before the loop thread stops.
+    """
     me = psutil.Process()
     rows: list[LoopRow] = []
     agent.sampler.start()
@@ -326,9 +586,75 @@ def run_loop(
                     flush=True,
                 )
             last_t, last_cpu = now, cpu
+        if threads is not None:
+            threads.update(thread_cpu())
     finally:
         agent.sampler.stop()
     return rows
+
+
+def loop_in_this_process(
+    n_models: int, seconds: float, every_seconds: float, n_servers: int = SERVERS
+) -> LoopResult:
+    """The agent's real loop beside a fresh child of servers; measured in this process."""
+    rss_before = psutil.Process().memory_info().rss / MB
+    child = start_servers(n_servers, n_models)
+    try:
+        body = served_bytes(child.urls[0])
+        agent = make_agent(child.urls)
+        threads: dict[str, float] = {}
+        try:
+            # agent.start() without its sampler.start(): run_loop starts the loop thread.
+            agent.server.start()
+            agent.monitor.start()
+            agent.sampler.run_cycle()
+            child.scrape_agent(
+                f"http://127.0.0.1:{agent.port}/metrics", PROMETHEUS_INTERVAL_SECONDS
+            )
+            rows = run_loop(agent, seconds, every_seconds, sys.stderr, threads)
+            requests, accepted = child.counts()
+            connections = [s.connections_opened for s in agent.scrapers.values()]
+        finally:
+            agent.stop()
+        rss_after = psutil.Process().memory_info().rss / MB
+    finally:
+        child.close()
+    for r in rows:
+        if not (math.isfinite(r.rss_mb) and math.isfinite(r.cpu_percent)):
+            raise RuntimeError(f"non-finite measurement {r}")
+    return LoopResult(
+        n_models=n_models,
+        body_bytes=body,
+        seconds=seconds,
+        rss_before_mb=rss_before,
+        rows=rows,
+        rss_after_mb=rss_after,
+        max_rss_mb=peak_rss_mb(),
+        requests=requests,
+        connections=connections,
+        accepted=accepted,
+        thread_cpu_s=threads,
+    )
+
+
+def loop_in_fresh_process(
+    n_models: int, seconds: float, every_seconds: float, tunables: str = ""
+) -> LoopResult:
+    """:func:`loop_in_this_process` in a new interpreter (its own heap, its own RSS).
+
+    ``tunables``: its ``GLIBC_TUNABLES`` (empty: glibc's defaults).
+    """
+    done = subprocess.run(
+        [sys.executable, __file__, "--loop", str(n_models), str(seconds), str(every_seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+        env=_child_env(tunables),
+    )
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    data["tunables"] = tunables
+    data["rows"] = [LoopRow(**r) for r in data["rows"]]
+    return LoopResult(**data)
 
 
 # -- report --------------------------------------------------------------------------------
@@ -338,121 +664,276 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 else "-"
 
 
-def report(
-    costs: CycleCosts,
-    renders: Sequence[RenderRow],
-    loop: Sequence[LoopRow],
-    rss_before_mb: float,
-    vllm_body_bytes: int,
-    minutes: float,
-) -> str:
-    """The printed tables."""
-    lines: list[str] = []
-    add = lines.append
-    add(
-        f"tokenergy agent overhead: {GPUS} simulated H100 + {GPUS} vLLM V1 servers x {RANKS} "
-        f"DP engines ({vllm_body_bytes / 1e6:.2f} MB each), servers in a child process"
-    )
-    add(f"host: {psutil.cpu_count()} logical cores shared with other jobs; CPU = process time")
-    add("")
-    add(f"{'per-cycle CPU':<46}{'tokenergy':>12}{'naive':>12}{'naive/tok':>11}")
-    add(
-        f"{'CPU per cycle, 8 scrapes + GPU poll (ms)':<46}{costs.cycle_s * 1e3:>12.2f}"
-        f"{costs.naive_cycle_s * 1e3:>12.2f}{_ratio(costs.naive_cycle_s, costs.cycle_s):>11}"
-    )
-    add(
-        f"{'CPU per GPU poll, 8 GPUs (ms)':<46}{costs.gpu_poll_s * 1e3:>12.2f}"
-        f"{costs.gpu_poll_s * 1e3:>12.2f}{'1.00x':>11}"
-    )
-    add(
-        f"{'CPU per /metrics render (ms, every 15 s)':<46}{costs.render_s * 1e3:>12.2f}"
-        f"{costs.render_s * 1e3:>12.2f}{'1.00x':>11}"
-    )
+def slope(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares line through the points: (slope, intercept)."""
+    fit = statistics.linear_regression(xs, ys)
+    return fit.slope, fit.intercept
+
+
+def headline_table(costs: CycleCosts) -> str:
+    """Per-cycle CPU at the headline setup, beside the DIY cycle and the previous release."""
+    lines = [
+        f"per-cycle CPU: {costs.gpus} simulated H100, {costs.servers} vLLM V1 servers x {RANKS} "
+        f"DP engines, {costs.body_bytes / 1e6:.2f} MB bodies, defaults (scrape 5 s, GPU 1 s)",
+        f"{'':<44}{'tokenergy':>11}{'DIY':>11}{'DIY/tok':>9}{'previous':>11}{'prev/tok':>9}",
+    ]
+    naive = costs.naive_cycle_s or math.nan
+    prev_cycle = PREVIOUS["cycle_ms"]
+    assert isinstance(prev_cycle, float)
+    rows: list[tuple[str, float, float, float | None]] = [
+        ("CPU per cycle, all scrapes + ledger (ms)", costs.cycle_s, naive, prev_cycle / 1e3),
+        (
+            "CPU per server scrape (ms)",
+            costs.cycle_s / costs.servers,
+            naive / costs.servers,
+            float(str(PREVIOUS["scrape_ms"])) / 1e3,
+        ),
+        ("CPU per GPU poll, all GPUs (ms)", costs.gpu_poll_s, costs.gpu_poll_s, None),
+        ("CPU per /metrics render (ms)", costs.render_s, costs.render_s, None),
+        ("CPU per 5 s period (ms)", costs.period_s(), costs.period_s(naive), None),
+    ]
+    for label, tok, diy, prev in rows:
+        prev_text = f"{prev * 1e3:>11.2f}{_ratio(prev, tok):>9}" if prev is not None else ""
+        lines.append(
+            f"{label:<44}{tok * 1e3:>11.2f}{diy * 1e3:>11.2f}{_ratio(diy, tok):>9}{prev_text}"
+        )
     for interval in (costs.interval_s, 1.0):
-        ours = costs.core_percent(costs.cycle_s, interval)
-        naive = costs.core_percent(costs.naive_cycle_s, interval)
-        label = f"% of one core, scrape every {interval:g} s, GPU 1 s"
-        add(f"{label:<46}{ours:>12.3f}{naive:>12.3f}{_ratio(naive, ours):>11}")
-    add("naive = same GPU poll, bodies fetched with httpx and parsed by prometheus_client")
-    add("")
-    target_ok = costs.core_percent(costs.cycle_s, costs.interval_s) < TARGET_CORE_PERCENT
-    add(
-        f"target < {TARGET_CORE_PERCENT:g} % of one core at the defaults (estimate): "
-        f"{'MET' if target_ok else 'MISSED'}"
+        tok = costs.core_percent(interval_s=interval)
+        diy = costs.core_percent(naive, interval)
+        label = f"% of one core, scrape every {interval:g} s (estimate)"
+        prev_col = f"{PREVIOUS['core_percent']:>11}" if interval == costs.interval_s else ""
+        lines.append(f"{label:<44}{tok:>11.3f}{diy:>11.3f}{_ratio(diy, tok):>9}{prev_col}")
+    lines.append(
+        "DIY = same GPU poll; bodies fetched with httpx, parsed by prometheus_client.parser; "
+        "previous = issue 16's recorded run of the previous release (1.37 MB bodies)"
     )
-    add("")
-    add(f"real loop, {minutes:g} min (agent.start(); Prometheus stand-in scrapes every 15 s)")
-    add(f"{'t (s)':>8}{'RSS (MB)':>12}{'CPU % core':>12}")
-    add(f"{'before':>8}{rss_before_mb:>12.1f}{'-':>12}")
-    for row in loop:
-        add(f"{row.t_s:>8.0f}{row.rss_mb:>12.1f}{row.cpu_percent:>12.3f}")
-    if loop:
-        mean_cpu = statistics.fmean(r.cpu_percent for r in loop)
-        peak_rss = max(r.rss_mb for r in loop)
-        growth = loop[-1].rss_mb - loop[0].rss_mb
-        add(
-            f"mean CPU {mean_cpu:.3f} % of one core (target < {TARGET_CORE_PERCENT:g} %: "
-            f"{'MET' if mean_cpu < TARGET_CORE_PERCENT else 'MISSED'}); "
-            f"peak RSS {peak_rss:.1f} MB (target < {TARGET_RSS_MB:g} MB: "
-            f"{'MET' if peak_rss < TARGET_RSS_MB else 'MISSED'}); "
-            f"RSS first->last period {growth:+.1f} MB; "
-            f"ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MB"
-        )
-    add("")
-    add(
-        f"{'/metrics encoding':<26}{'ms':>8}{'bytes':>10}{'gzip':>9}"
-        f"{'vLLM body':>11}{'vLLM/ours':>11}"
-    )
-    for r in renders:
-        sent = r.gzip_bytes or r.plain_bytes
-        add(
-            f"{r.name:<26}{r.ms:>8.2f}{r.plain_bytes:>10,}{r.gzip_bytes or '-':>9}"
-            f"{vllm_body_bytes:>11,}{_ratio(vllm_body_bytes, sent):>11}"
-        )
-    add("")
-    add("rerun: python tests/benchmarks/bench_overhead.py [--minutes 10] [--quick]")
     return "\n".join(lines)
 
 
-def run(minutes: float, every_seconds: float, cycles: int, out: IO[str] | None) -> str:
-    """The whole benchmark; returns the report text."""
-    rss_before = psutil.Process().memory_info().rss / MB
-    servers = start_servers()
+def loop_table(result: LoopResult) -> str:
+    """The real loop's periods and verdicts."""
+    target_cpu, target_rss = TARGETS.get(result.n_models, (math.nan, math.nan))
+    lines = [
+        f"real loop, {result.seconds / 60:g} min, {len(result.requests)} servers x "
+        f"{result.body_bytes / 1e6:.2f} MB bodies, fresh process, "
+        f"{'GLIBC_TUNABLES=' + result.tunables if result.tunables else 'glibc malloc defaults'}"
+        " (the real loop; a Prometheus stand-in scrapes /metrics every 15 s)",
+        f"{'t (s)':>8}{'RSS (MB)':>12}{'CPU % core':>12}",
+        f"{'before':>8}{result.rss_before_mb:>12.1f}{'-':>12}",
+    ]
+    for row in result.rows:
+        lines.append(f"{row.t_s:>8.0f}{row.rss_mb:>12.1f}{row.cpu_percent:>12.3f}")
+    first, last = result.rows[0], result.rows[-1]
+    lines.append(f"{'after':>8}{result.rss_after_mb:>12.1f}{'-':>12}")
+    mean = result.mean_cpu
+    prev = (
+        f"previous {PREVIOUS['core_percent']} %"
+        if result.n_models == HEADLINE_MODELS
+        else f"previous {PREVIOUS['core_percent_2_3']} %, RSS {PREVIOUS['rss_mb_2_3']:g} MB "
+        f"(peak {PREVIOUS['peak_rss_mb_2_3']:g})"
+    )
+    lines.append(
+        f"mean CPU {mean:.3f} % of one core (target < {target_cpu:g} %: "
+        f"{'MET' if mean < target_cpu else 'MISSED'}); RSS after {result.rss_after_mb:.1f} MB "
+        f"(target < {target_rss:g} MB: {'MET' if result.rss_after_mb < target_rss else 'MISSED'})"
+        f"; RSS first->last period {last.rss_mb - first.rss_mb:+.1f} MB; "
+        f"peak (VmHWM) {result.max_rss_mb:.1f} MB; {prev}"
+    )
+    lines.append(
+        f"connections opened per server {result.connections} (servers accepted "
+        f"{result.accepted}, incl. the benchmark's one size probe of the first); /metrics "
+        "requests per server "
+        f"{result.requests}; fewest requests per connection {result.requests_per_connection:.0f}"
+        f" (10 min at 5 s = 120)"
+    )
+    total = sum(result.thread_cpu_s.values())
+    shares = ", ".join(
+        f"{name} {100 * cpu / total:.0f} %"
+        for name, cpu in sorted(result.thread_cpu_s.items(), key=lambda kv: -kv[1])
+        if cpu > 0
+    )
+    lines.append(f"CPU by thread, whole process life ({total:.1f} s): {shares}")
+    return "\n".join(lines)
+
+
+def growth_table(name: str, unit: str, xs: Sequence[float], costs: Sequence[CycleCosts]) -> str:
+    """CPU per cycle and per period against one dimension, with the least-squares slopes."""
+    lines = [
+        f"{name:>10}{'servers':>9}{'GPUs':>6}{'body MB':>9}{'cycle ms':>10}{'GPU poll ms':>13}"
+        f"{'render ms':>11}{'5 s period ms':>15}{'% core':>8}{'vs first':>10}"
+    ]
+    for x, c in zip(xs, costs, strict=True):
+        lines.append(
+            f"{x:>10.3g}{c.servers:>9}{c.gpus:>6}{c.body_bytes / 1e6:>9.2f}{c.cycle_s * 1e3:>10.2f}"
+            f"{c.gpu_poll_s * 1e3:>13.3f}{c.render_s * 1e3:>11.2f}{c.period_s() * 1e3:>15.2f}"
+            f"{c.core_percent():>8.3f}{_ratio(c.period_s(), costs[0].period_s()):>10}"
+        )
+    cycle_slope, cycle_icpt = slope(xs, [c.cycle_s * 1e3 for c in costs])
+    period_slope, period_icpt = slope(xs, [c.period_s() * 1e3 for c in costs])
+    lines.append(
+        f"slope: cycle {cycle_slope:.3f} ms per {unit} (intercept {cycle_icpt:.2f} ms); "
+        f"5 s period {period_slope:.3f} ms per {unit} (intercept {period_icpt:.2f} ms)"
+    )
+    return "\n".join(lines)
+
+
+def render_table(renders: Sequence[RenderRow], vllm_body_bytes: int) -> str:
+    """/metrics encodings beside one vLLM server's body."""
+    lines = [
+        f"{'/metrics encoding (CPU)':<26}{'ms':>8}{'bytes':>10}{'gzip':>9}"
+        f"{'vLLM body':>12}{'vLLM/ours':>11}"
+    ]
+    for r in renders:
+        sent = r.gzip_bytes or r.plain_bytes
+        lines.append(
+            f"{r.name:<26}{r.ms:>8.2f}{r.plain_bytes:>10,}{r.gzip_bytes or '-':>9}"
+            f"{vllm_body_bytes:>12,}{_ratio(vllm_body_bytes, sent):>11}"
+        )
+    return "\n".join(lines)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def run(
+    minutes: float, short_minutes: float, every_seconds: float, cycles: int, out: IO[str]
+) -> None:
+    """The whole benchmark, printing each table as it is measured.
+
+    Args:
+        minutes: Length of the headline real loop (1.41 MB bodies, glibc defaults), min.
+        short_minutes: Length of the other loops (2.34 MB; both sizes with
+            :data:`MALLOC_TUNABLES`), min.
+        every_seconds: Reporting period of the loops, s.
+        cycles: Cycles per CPU batch at the headline setup (half that per growth point).
+        out: Where the tables go.
+    """
+    started = time.monotonic()
+    print(
+        f"tokenergy agent overhead (issue 16); host: {psutil.cpu_count()} logical cores shared "
+        "with other jobs; CPU = process time of the agent's process; servers in a child process",
+        file=out,
+        flush=True,
+    )
+    headline = measure_setup(SERVERS, GPUS, HEADLINE_MODELS, cycles, naive=True)
+    print("\n" + headline_table(headline), file=out, flush=True)
+
+    short = max(3, cycles // 2)
+    by_servers = [
+        headline if s == SERVERS else measure_setup(s, GPUS, HEADLINE_MODELS, short)
+        for s in GROWTH_SERVERS
+    ]
+    by_gpus = [
+        headline if g == GPUS else measure_setup(SERVERS, g, HEADLINE_MODELS, short)
+        for g in GROWTH_GPUS
+    ]
+    by_body = [
+        headline if m == HEADLINE_MODELS else measure_setup(SERVERS, GPUS, m, short)
+        for m in BODY_MODELS.values()
+    ]
+    print(f"\ngrowth (CPU; {short} cycles x 3 batches per point, 8x8x1.41 MB from above)", file=out)
+    print(growth_table("servers", "server", GROWTH_SERVERS, by_servers), file=out)
+    print(growth_table("GPUs", "GPU", GROWTH_GPUS, by_gpus), file=out)
+    print(
+        growth_table("body MB", "MB", [c.body_bytes / 1e6 for c in by_body], by_body),
+        file=out,
+        flush=True,
+    )
+
+    child = start_servers(SERVERS, HEADLINE_MODELS)
     try:
-        body = httpx.get(servers.urls[0], timeout=10).content
-        agent = make_agent(servers.urls)
-        agent.server.start()
+        agent = make_agent(child.urls)
         try:
-            costs = measure_cycles(agent, servers.urls, cycles)
+            agent.monitor.start()
+            agent.sampler.run_cycle()
             renders = measure_render(agent.registry, max(3, cycles))
-            servers.scrape_agent(
-                f"http://127.0.0.1:{agent.port}/metrics", PROMETHEUS_INTERVAL_SECONDS
-            )
-            loop = run_loop(agent, minutes * 60.0, every_seconds, out)
         finally:
             agent.stop()
     finally:
-        servers.close()
-    for r in loop:
-        if not (math.isfinite(r.rss_mb) and math.isfinite(r.cpu_percent)):
-            raise RuntimeError(f"non-finite measurement {r}")
-    return report(costs, renders, loop, rss_before, len(body), minutes)
+        child.close()
+    print("\n" + render_table(renders, len(render_body(HEADLINE_MODELS))), file=out)
+    loops = (
+        (BODY_MODELS[2.3], short_minutes, ""),
+        (HEADLINE_MODELS, short_minutes, MALLOC_TUNABLES),
+        (BODY_MODELS[2.3], short_minutes, MALLOC_TUNABLES),
+        (HEADLINE_MODELS, minutes, ""),  # the headline, longest, last
+    )
+    for n_models, length, tunables in loops:
+        result = loop_in_fresh_process(n_models, length * 60.0, every_seconds, tunables)
+        print("\n" + loop_table(result), file=out, flush=True)
+
+    print(
+        f"\n({(time.monotonic() - started) / 60:.1f} min wall; rerun: python "
+        "tests/benchmarks/bench_overhead.py [--minutes 10] [--short-minutes 3] [--quick])",
+        file=out,
+        flush=True,
+    )
+
+
+def profile(cycles: int, out: IO[str], top: int = 18) -> None:
+    """Profile (cProfile) the 8 scrapes run serially on this thread, then of whole cycles.
+
+    ``run_cycle`` scrapes on worker threads, which cProfile does not see; the first profile
+    runs each server's ``scrape()`` here, the second shows the cycle's own thread (ledger,
+    snapshot, waiting).
+    """
+    child = start_servers(SERVERS, HEADLINE_MODELS)
+    try:
+        agent = make_agent(child.urls)
+        try:
+            agent.monitor.start()
+            agent.sampler.run_cycle()
+            for title, fn in (
+                ("8 scrapes, serially", lambda: [s.scrape() for s in agent.scrapers.values()]),
+                ("sampler.run_cycle (its own thread)", agent.sampler.run_cycle),
+            ):
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(cycles):
+                    fn()
+                prof.disable()
+                text = io.StringIO()
+                pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
+                print(f"\n== {title}, {cycles} times, by own time ==", file=out)
+                print(text.getvalue(), file=out, flush=True)
+        finally:
+            agent.stop()
+    finally:
+        child.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--minutes", type=float, default=10.0, help="real-loop length (10)")
-    parser.add_argument("--quick", action="store_true", help="60 s loop, RSS every 10 s")
-    parser.add_argument("--cycles", type=int, default=20, help="cycles per CPU batch (20)")
-    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--ranks", type=int, default=RANKS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--minutes", type=float, default=10.0, help="the headline real loop's length (10)"
+    )
+    parser.add_argument(
+        "--short-minutes", type=float, default=3.0, help="the other loops' length (3)"
+    )
+    parser.add_argument("--quick", action="store_true", help="1-minute loops, fewer cycles")
+    parser.add_argument("--cycles", type=int, default=12, help="cycles per CPU batch (12)")
+    parser.add_argument("--profile", action="store_true", help="cProfile a cycle instead")
+    parser.add_argument("--serve", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--loop", nargs=3, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
-        serve(args.serve, args.ranks, sys.stdin, sys.stdout)
+        n_servers, n_models, ranks = args.serve
+        serve(n_servers, n_models, ranks, sys.stdin, sys.stdout)
         return 0
-    minutes, every = (1.0, 10.0) if args.quick else (args.minutes, 60.0)
-    print(run(minutes, every, args.cycles, sys.stdout))
+    if args.loop is not None:
+        n_models, seconds, every = args.loop
+        result = loop_in_this_process(int(n_models), seconds, every)
+        print(json.dumps(asdict(result)))
+        return 0
+    if args.profile:
+        profile(args.cycles, sys.stdout)
+        return 0
+    if args.quick:
+        run(1.0, 1.0, 15.0, max(3, args.cycles // 2), sys.stdout)
+    else:
+        every = 30.0 if args.minutes <= 5 else 60.0
+        run(args.minutes, args.short_minutes, every, args.cycles, sys.stdout)
     return 0
 
 

@@ -6,6 +6,7 @@ keep the benchmarks runnable as the code they measure changes.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -31,26 +32,62 @@ def _finite(*values: float) -> bool:
 
 def test_overhead_core_functions_give_finite_rows() -> None:
     bench = _load("bench_overhead")
-    servers = bench.start_servers(n_servers=2, ranks=2)
+    servers = bench.start_servers(n_servers=2, n_models=1, ranks=2)
     try:
         agent = bench.make_agent(servers.urls, gpus=2)
         agent.server.start()
         try:
-            costs = bench.measure_cycles(agent, servers.urls, 1)
+            costs = bench.measure_cycles(agent, servers.urls, 1, 1000)
             renders = bench.measure_render(agent.registry, 1)
             loop = bench.run_loop(agent, 1.0, 0.5)
+            requests, accepted = servers.counts()
+            opened = [s.connections_opened for s in agent.scrapers.values()]
         finally:
             agent.stop()
     finally:
         servers.close()
-    assert _finite(costs.cycle_s, costs.gpu_poll_s, costs.naive_cycle_s, costs.render_s)
+    assert _finite(costs.cycle_s, costs.gpu_poll_s, costs.render_s, costs.naive_cycle_s)
     assert costs.cycle_s > 0 and costs.naive_cycle_s > 0
+    assert (costs.servers, costs.gpus) == (2, 2)
     assert len(renders) == 4
     assert all(r.plain_bytes > 0 and _finite(r.ms) for r in renders)
     assert [r.gzip_bytes > 0 for r in renders] == [False, True, False, True]
     assert loop and all(_finite(r.rss_mb, r.cpu_percent) and r.rss_mb > 0 for r in loop)
-    text = bench.report(costs, renders, loop, 10.0, 1000, 1.0 / 60)
-    assert "% of one core" in text and "rerun:" in text
+    # The warm-up and measured cycles reuse one kept-alive connection per server; the naive
+    # cycle's httpx client opens one more of its own.
+    assert opened == [1, 1]
+    assert 0 < bench.peak_rss_mb() < 100_000
+    assert all(r >= 3 for r in requests) and accepted == [2, 2]
+    text = bench.headline_table(costs)
+    assert "% of one core" in text and "previous" in text
+    growth = bench.growth_table("servers", "server", [1, 2], [costs, costs])
+    assert "slope: cycle 0.000 ms per server" in growth
+
+
+def test_overhead_loop_result_reads_connections() -> None:
+    bench = _load("bench_overhead")
+    result = bench.LoopResult(
+        n_models=3,
+        body_bytes=1_400_000,
+        seconds=600.0,
+        rss_before_mb=40.0,
+        rows=[bench.LoopRow(60.0, 50.0, 0.3), bench.LoopRow(120.0, 51.0, 0.5)],
+        rss_after_mb=51.0,
+        max_rss_mb=52.0,
+        requests=[121, 100],
+        connections=[1, 2],
+        accepted=[2, 3],
+        thread_cpu_s={"sampler": 1.0, "scrape-* (all servers)": 3.0},
+    )
+    assert abs(result.mean_cpu - 0.4) < 1e-12
+    assert result.requests_per_connection == 50.0
+    text = bench.loop_table(result)
+    assert "target < 0.5 %: MET" in text and "target < 60 MB: MET" in text
+    assert "scrape-* (all servers) 75 %, sampler 25 %" in text
+    heavy = dataclasses.replace(result, n_models=5, rss_after_mb=71.0)
+    assert "target < 0.8 %: MET" in bench.loop_table(heavy)
+    assert "target < 70 MB: MISSED" in bench.loop_table(heavy)
+    assert bench.slope([1.0, 8.0, 32.0], [2.0, 9.0, 33.0]) == (1.0, 1.0)
 
 
 def test_accuracy_core_functions_give_finite_rows() -> None:
@@ -87,3 +124,36 @@ def test_http_core_functions_give_finite_rows() -> None:
     # Per-server clients keep their warm-up connection: no new one during the run.
     assert [r.connections for r in rows[1:]] == [0, 0, 0]
     assert "req/conn 10 min" in bench.table(rows, len(body), 2)
+
+
+def test_parser_core_functions_give_finite_rows() -> None:
+    bench = _load("bench_parser")
+    old = bench.load_old_parser()
+    rows = bench.extraction_rows((1,), old, repeats=1)
+    # header, render row, then the six methods, each with ms and a ratio for the one body.
+    assert len(rows) == 8 and all(len(r) == 3 for r in rows)
+    assert all(_finite(float(r[1])) and float(r[1]) > 0 for r in rows[2:])
+    hostile = bench.hostile_rows((4096, 16384), (4096,), old, repeats=1)
+    assert len(hostile) == 1 + 2 * len(bench.hostile_lines(1024))
+    assert "prometheus_client" in bench.table(rows)
+
+
+def test_energy_integration_core_functions_give_finite_rows() -> None:
+    bench = _load("bench_energy_integration")
+    errors, ratio = bench.run("bursty", 1.0, 0, 60.0)
+    assert errors and all(_finite(e) for e in errors) and _finite(ratio)
+    # The counter column (the baseline) is exact in simulation.
+    assert abs(errors[-1]) < 1e-6
+
+
+def test_ledger_core_functions_give_finite_rows() -> None:
+    bench = _load("bench_ledger")
+    cost = bench._advance_cost(2, 2, 1, 10.0, 5.0)
+    assert _finite(cost) and cost > 0
+
+
+def test_anatomy_core_functions_give_finite_rows() -> None:
+    bench = _load("bench_anatomy")
+    results = bench.simulate(seed=0, minutes=2.0)
+    assert results and all(_finite(r.in_j_true, r.out_j_true) for r in results)
+    assert all(r.in_j_true >= 0 and r.out_j_true > 0 for r in results)
