@@ -589,7 +589,8 @@ def detect_engine(exp: Exposition) -> EngineProfile:
 
 
 def _check_not_empty(body: bytes | str) -> None:
-    if not body.strip():
+    # isspace() scans in place; strip() would copy a whole 1-2 MB body on every scrape.
+    if not body or body.isspace():
         raise ParseError("empty body: no metrics at all")
 
 
