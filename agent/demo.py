@@ -55,6 +55,12 @@ def table_rows(snapshot: Snapshot) -> list[dict[str, str]]:
     return rows
 
 
+def _short_model(model: str, width: int = 16) -> str:
+    """A model name for an 80-column table: its last path segment, cut to ``width``."""
+    tail = model.rstrip("/").rsplit("/", 1)[-1] or model
+    return tail if len(tail) <= width else tail[: width - 1] + "…"
+
+
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
@@ -108,18 +114,24 @@ class LiveView:
             return
         rows = table_rows(snapshot)
         if self._live is not None:
+            from rich import box
             from rich.table import Table
 
             table = Table(
                 title=f"tokenergy demo · {self._scenario} · {elapsed_seconds:,.0f} s",
                 caption=_unattributed_line(snapshot),
+                box=box.SIMPLE_HEAD,
+                show_edge=False,
+                pad_edge=False,
             )
             for column in rows[0] if rows else ["server"]:
                 table.add_column(
                     column, justify="left" if column in ("server", "model") else "right"
                 )
             for row in rows:
-                table.add_row(*row.values())
+                # Fits 80 columns: the model's last path segment, the full name is in /metrics.
+                shown = {**row, "model": _short_model(row["model"])}
+                table.add_row(*shown.values())
             self._live.update(table, refresh=True)
             return
         for row in rows:
