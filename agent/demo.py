@@ -123,6 +123,7 @@ class LiveView:
                 box=box.SIMPLE_HEAD,
                 show_edge=False,
                 pad_edge=False,
+                collapse_padding=True,
             )
             for column in rows[0] if rows else ["server"]:
                 table.add_column(
