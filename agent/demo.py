@@ -125,9 +125,12 @@ class LiveView:
                 pad_edge=False,
                 collapse_padding=True,
             )
+            widths = {"server": 8, "model": 12}
             for column in rows[0] if rows else ["server"]:
                 table.add_column(
-                    column, justify="left" if column in ("server", "model") else "right"
+                    column,
+                    justify="left" if column in widths else "right",
+                    min_width=widths.get(column),
                 )
             for row in rows:
                 # Fits 80 columns: the model's last path segment, the full name is in /metrics.
