@@ -119,16 +119,27 @@ class LiveView:
 
             table = Table(
                 title=f"tokenergy demo · {self._scenario} · {elapsed_seconds:,.0f} s",
-                caption=_unattributed_line(snapshot),
+                caption=_unattributed_line(snapshot)
+                + f"\n{snapshot.pricing.currency}/M: all cost per million output tokens; "
+                "in/M, out/M: the input and output parts per million input and output tokens",
                 box=box.SIMPLE_HEAD,
                 show_edge=False,
                 pad_edge=False,
                 collapse_padding=True,
             )
             widths = {"server": 8, "model": 12}
+            # Short headers keep the table within 80 columns; the caption says what they are.
+            currency = snapshot.pricing.currency
+            short = {
+                "in tok/s": "in/s",
+                "out tok/s": "out/s",
+                f"{currency}/Mtok": f"{currency}/M",
+                "in/Mtok": "in/M",
+                "out/Mtok": "out/M",
+            }
             for column in rows[0] if rows else ["server"]:
                 table.add_column(
-                    column,
+                    short.get(column, column),
                     justify="left" if column in widths else "right",
                     min_width=widths.get(column),
                 )
