@@ -157,3 +157,21 @@ def test_anatomy_core_functions_give_finite_rows() -> None:
     results = bench.simulate(seed=0, minutes=2.0)
     assert results and all(_finite(r.in_j_true, r.out_j_true) for r in results)
     assert all(r.in_j_true >= 0 and r.out_j_true > 0 for r in results)
+
+
+def test_anatomy_estimates_are_within_ten_percent_of_the_truth() -> None:
+    # Issue 14's bar, on one seed of the bursty demo (8 virtual minutes, half to settle):
+    # J per input and per output token within 10 % of the truth, the truth inside the stated
+    # uncertainty, and the cache savings within 10 % of the energy the simulator did not spend.
+    bench = _load("bench_anatomy")
+    for r in bench.simulate(seed=2, minutes=8.0):
+        assert r.method == "regression", r.server
+        assert r.a is not None and r.a_se is not None and r.b is not None and r.b_se is not None
+        assert abs(r.a - r.a_true) <= 3 * r.a_se, r
+        assert abs(r.b - r.b_true) <= 3 * r.b_se, r
+        assert r.in_j is not None and r.out_j is not None
+        assert abs(r.in_j / r.in_j_true - 1) < 0.10, r
+        assert abs(r.out_j / r.out_j_true - 1) < 0.10, r
+        assert abs(r.saved / r.saved_true - 1) < 0.10, r
+        # The phase-time baseline would have put far less on input than the truth.
+        assert r.time_in_fraction is not None and r.time_in_fraction < 0.5 * r.true_in_fraction
