@@ -54,7 +54,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
     url = f"https://127.0.0.1:{port}"
     with (work / "demo.log").open("wb") as log:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "agent", "demo", "--duration", "60",
+            [sys.executable, "-m", "agent", "demo", "--duration", "0",
              "--listen", f"127.0.0.1:{port}", "--config", str(work / "agent.toml")],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
