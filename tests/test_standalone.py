@@ -38,3 +38,32 @@ def test_no_file_cites_outside_documents_or_machine_paths() -> None:
             if FORBIDDEN.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:120]}")
     assert not offenders, "\n".join(offenders)
+
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    broken = []
+    for path in _tracked_text_files():
+        if path.suffix != ".md":
+            continue
+        for target in _LINK.findall(path.read_text(encoding="utf-8")):
+            if "://" in target or target.startswith(("mailto:", "#")):
+                continue
+            file_part, _, anchor = target.partition("#")
+            resolved = (path.parent / file_part).resolve()
+            if not resolved.exists():
+                broken.append(f"{path.relative_to(ROOT)}: {target}")
+                continue
+            if anchor and resolved.suffix == ".md":
+                headings = re.findall(r"^#+\s+(.+)$", resolved.read_text(encoding="utf-8"), re.M)
+                if anchor not in {_anchor(h) for h in headings}:
+                    broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
