@@ -172,6 +172,7 @@ class PhaseRegression:
         # Residuals of consecutive intervals are correlated (a workload mix lasts longer than
         # one interval): their lag-1 correlation widens the standard errors, Newey-West style.
         self._fit: tuple[float, float, float] | None = None
+        self._solved: PhaseCoefficients | None = None  # the solve of the current statistics
         self._last_residual: float | None = None
         self._rr = 0.0
         self._rl = 0.0
@@ -204,6 +205,7 @@ class PhaseRegression:
                 self._xx[i][j] = lam * self._xx[i][j] + x[i] * x[j]
         self._yy = lam * self._yy + energy_joules * energy_joules
         self._weight = lam * self._weight + 1.0
+        self._solved = None
         fit = self.coefficients()
         if fit is not None:
             self._fit = (
@@ -219,6 +221,8 @@ class PhaseRegression:
             ``a``, ``b``, ``p0`` in J/token and W with their relative standard errors; a
             coefficient held at 0 by the non-negativity bound has an infinite one.
         """
+        if self._solved is not None:
+            return self._solved
         best: tuple[float, tuple[int, ...], list[float], list[list[float]]] | None = None
         for active in _ACTIVE_SETS:
             xx = [[self._xx[i][j] for j in active] for i in active]
@@ -254,7 +258,7 @@ class PhaseRegression:
             full[k] = theta[i]
             if theta[i] > 0:
                 errors[k] = math.sqrt(max(inverse[i][i], 0.0) * variance) / theta[i]
-        return PhaseCoefficients(
+        self._solved = PhaseCoefficients(
             joules_per_input_token=full[0] / _TOKEN_SCALE,
             joules_per_output_token=full[1] / _TOKEN_SCALE,
             idle_watts=full[2],
@@ -262,6 +266,7 @@ class PhaseRegression:
             output_relative_error=errors[1],
             intervals=self._weight,
         )
+        return self._solved
 
     def separated(self) -> PhaseCoefficients | None:
         """The fit when it is trustworthy enough to split energy with, else None."""
