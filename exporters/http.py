@@ -304,6 +304,10 @@ class _Conn(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.BaseTransport | None = None
         self.buffer = bytearray()
+        # TLS: set while the handshake runs. The TLS layer can hand over the first request
+        # before start_tls() returns the TLS transport; it waits in the buffer until then,
+        # or a reply would go out in plaintext on the raw socket.
+        self.handshaking = False
         self.state = "head"  # head -> working -> writing -> closed
         self.accepted_at = 0.0
         self.config: WebConfig | None = None
@@ -332,6 +336,8 @@ class _Conn(asyncio.Protocol):
         if self.state != "head":
             return
         self.buffer += data
+        if self.handshaking:
+            return
         found = _HEAD_END.search(self.buffer)
         end = found.start() if found is not None else -1
         if (end < 0 and len(self.buffer) > self.server._max_head_bytes) or (
@@ -705,6 +711,7 @@ class MetricsServer:
         if conn.config is not None and conn.config.tls is not None:
             assert isinstance(transport, asyncio.ReadTransport)
             transport.pause_reading()
+            conn.handshaking = True
             task = loop.create_task(self._handshake(conn, conn.config))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -776,6 +783,10 @@ class MetricsServer:
         if allowed and not peer_has_allowed_san(new.get_extra_info("peercert"), allowed):
             self._log.debug("client certificate has none of the allowed SANs; refused")
             conn.close(abort=True)
+            return
+        conn.handshaking = False
+        if conn.buffer:
+            conn.data_received(b"")  # a request that arrived with the end of the handshake
 
     def _dispatch(self, conn: _Conn, head: bytes) -> None:
         """Parse the head and check credentials on the loop; bcrypt and rendering elsewhere.

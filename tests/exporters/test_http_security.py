@@ -373,3 +373,19 @@ def test_concurrent_auth_checks_are_all_answered(auth_server: MetricsServer, bui
     for t in threads:
         t.join()
     assert sorted(results) == [200] * 4 + [401] * 4
+
+
+def test_a_request_sent_with_the_end_of_the_handshake_is_answered_over_tls(
+    make_server: Make, write_web_config: Write, certs: Any, password_hash: str
+) -> None:
+    # TLS 1.3 lets the client send its request right behind its Finished message: the TLS
+    # layer can hand it over before start_tls() returns. A 401 answered at once used to go
+    # out in plaintext on the raw socket (the client saw WRONG_VERSION_NUMBER).
+    config = write_web_config(
+        tls_config(certs) + f"basic_auth_users:\n  prometheus: {password_hash}\n"
+    )
+    srv = make_server(web_config=config)
+    ctx = client_context(certs)
+    for _ in range(30):
+        status, body = https(srv.port, ctx)
+        assert status == 401 and b"tokenergy_" not in body
