@@ -62,6 +62,7 @@ from agent.servers.parser import (
     ParseLimits,
     Sample,
     Scanner,
+    body_bytes,
     family_candidates,
 )
 
@@ -72,6 +73,7 @@ __all__ = [
     "EngineProfile",
     "ExpositionError",
     "ExpositionResult",
+    "ExpositionStream",
     "InputSource",
     "ParseError",
     "Source",
@@ -588,10 +590,68 @@ def detect_engine(exp: Exposition) -> EngineProfile:
     return best[0]
 
 
-def _check_not_empty(body: bytes | str) -> None:
-    # isspace() scans in place; strip() would copy a whole 1-2 MB body on every scrape.
-    if not body or body.isspace():
-        raise ParseError("empty body: no metrics at all")
+class ExpositionStream:
+    """Reads one server's body as it arrives and interprets it with an engine profile.
+
+    The scraper feeds each network read; only the current piece is kept (see
+    :class:`~agent.servers.parser.ExpositionReader`).
+
+    Args:
+        engine: An engine name from :data:`ENGINE_NAMES`, or ``auto`` to detect it.
+        limits: Parser limits.
+        content_type: The response's Content-Type (format and name escaping), or None to
+            sniff.
+        whole: True when the body is fed in one piece (every parse error names its line).
+
+    Raises:
+        UnknownEngineError: When ``engine`` is not a known engine name.
+    """
+
+    def __init__(
+        self,
+        engine: str = "auto",
+        limits: ParseLimits = DEFAULT_LIMITS,
+        content_type: str | None = None,
+        whole: bool = False,
+    ) -> None:
+        if engine != "auto" and engine not in PROFILES:
+            raise UnknownEngineError(
+                f"unknown engine {engine!r}; known: auto, {', '.join(ENGINE_NAMES)}"
+            )
+        self._engine = engine
+        scanner = _AUTO_SCANNER if engine == "auto" else _SCANNERS[engine]
+        self._reader = scanner.reader(limits, content_type, whole)
+
+    def feed(self, data: bytes) -> None:
+        """Read the next bytes of the body.
+
+        Raises:
+            ParseError: When the body read so far is not a valid exposition.
+        """
+        self._reader.feed(data)
+
+    def result(self) -> ExpositionResult:
+        """Finish the body and interpret it.
+
+        Returns:
+            The reading and the warnings.
+
+        Raises:
+            ParseError: When the body is empty or not a valid exposition.
+            UnknownEngineError: As :func:`read_exposition`.
+        """
+        exp = self._reader.close()
+        if self._reader.blank:
+            raise ParseError("empty body: no metrics at all")
+        engine = self._engine
+        if engine == "auto":
+            return interpret(exp, detect_engine(exp))
+        best = _best(exp, PROFILES[engine])
+        if not best:
+            raise UnknownEngineError(
+                f"no {engine} metrics found; looked for " + _looked_for(PROFILES[engine])
+            )
+        return interpret(exp, best[0])
 
 
 def read_exposition(
@@ -641,21 +701,9 @@ def read_exposition_detailed(
         ParseError: When the body is empty or not a valid exposition.
         UnknownEngineError: As :func:`read_exposition`.
     """
-    if engine != "auto" and engine not in PROFILES:
-        raise UnknownEngineError(
-            f"unknown engine {engine!r}; known: auto, {', '.join(ENGINE_NAMES)}"
-        )
-    _check_not_empty(body)
-    if engine == "auto":
-        exp = _AUTO_SCANNER.parse(body, limits, content_type)
-        return interpret(exp, detect_engine(exp))
-    exp = _SCANNERS[engine].parse(body, limits, content_type)
-    best = _best(exp, PROFILES[engine])
-    if not best:
-        raise UnknownEngineError(
-            f"no {engine} metrics found; looked for " + _looked_for(PROFILES[engine])
-        )
-    return interpret(exp, best[0])
+    stream = ExpositionStream(engine, limits, content_type, whole=True)
+    stream.feed(body_bytes(body))
+    return stream.result()
 
 
 def _model_of(sample: Sample, labels: Sequence[str]) -> str:

@@ -36,9 +36,10 @@ import socket
 import ssl
 import stat
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit
 
 from agent import __version__
@@ -46,7 +47,7 @@ from agent.clock import Clock, SystemClock
 from agent.config import ScrapeSettings, ServerSettings
 from agent.readings import ServerReading
 from agent.servers.parser import ExpositionError, ParseLimits
-from agent.servers.profiles import read_exposition
+from agent.servers.profiles import ExpositionStream
 from agent.servers.transport import DeadlineExceededError, OriginConnection
 
 __all__ = [
@@ -76,7 +77,9 @@ MAX_TOKEN_BYTES = 64 * 1024
 """Largest bearer token file read, bytes (service-account JWTs are 1-2 KB)."""
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_CHUNK = 256 * 1024
+# One network read, and the largest piece the parser gets: small enough that glibc serves it
+# from its heap (allocations from 128 KiB up are fresh mmaps, page-faulted in at every scrape).
+_CHUNK = 64 * 1024
 _USER_AGENT = f"tokenergy/{__version__}"
 
 Origin = tuple[str, str, int]
@@ -247,6 +250,9 @@ class ServerScraper:
     def scrape(self) -> ServerReading:
         """Fetch the exposition and read it with the server's engine profile.
 
+        The body is read as it arrives, one network read at a time (see
+        :class:`~agent.servers.profiles.ExpositionStream`): no copy of it is kept.
+
         Returns:
             The reading. llama.cpp's ``Process-Start-Time-Unix`` header is not used: it holds
             the process start in monotonic microseconds since boot, not a Unix time.
@@ -254,21 +260,19 @@ class ServerScraper:
         Raises:
             ScrapeError: On any failure, with its reason.
         """
-        fetched = self.fetch()
-        try:
+        streams: list[ExpositionStream] = []
+
+        def open_body(content_type: str | None) -> ExpositionStream:
             # The Content-Type tells OpenMetrics (and its name escaping) from the classic text.
-            return read_exposition(
-                fetched.body, self._server.engine, self._limits, fetched.content_type
-            )
+            stream = ExpositionStream(self._server.engine, self._limits, content_type)
+            streams.append(stream)
+            return stream
+
+        redirected_from = self._fetch(open_body)
+        try:
+            return streams[-1].result().reading
         except ExpositionError as exc:
-            if fetched.redirected_from is not None:
-                # The answer of a redirect target is not shown: it may be any internal service.
-                raise ScrapeError(
-                    "parse",
-                    f"the answer of a redirect target of {fetched.redirected_from} is not a "
-                    "readable exposition (content not shown)",
-                ) from None
-            raise ScrapeError("parse", str(exc)) from None
+            raise _parse_error(exc, redirected_from) from None
 
     def fetch(self) -> Fetched:
         """Fetch the raw body (decompressed) within the deadline and size limit.
@@ -278,6 +282,30 @@ class ServerScraper:
 
         Raises:
             ScrapeError: On any failure, with its reason.
+        """
+        bodies: list[_Collected] = []
+
+        def open_body(content_type: str | None) -> _Collected:
+            bodies.append(_Collected(content_type))
+            return bodies[-1]
+
+        redirected_from = self._fetch(open_body)
+        body = bodies[-1]
+        return Fetched(b"".join(body.parts), body.content_type, redirected_from)
+
+    def _fetch(self, open_body: Callable[[str | None], _Sink]) -> str | None:
+        """Fetch the body into the sink ``open_body`` makes for the final answer.
+
+        Args:
+            open_body: Called once, with the answer's Content-Type, when its body starts.
+
+        Returns:
+            The configured origin when the body came from another origin (a followed
+            cross-origin redirect), else None.
+
+        Raises:
+            ScrapeError: On any failure, with its reason (a sink's ExpositionError is a
+                ``parse`` failure).
         """
         timeout = self._scrape.read_timeout_seconds
         deadline = self._clock.monotonic() + timeout
@@ -297,15 +325,17 @@ class ServerScraper:
                 headers["Authorization"] = auth
             conn = self._connection(url) if same else self._stranger(url)
             try:
-                result = self._exchange(conn, url, headers, deadline, elsewhere=not same)
+                result = self._exchange(
+                    conn, url, headers, deadline, elsewhere=not same, open_body=open_body
+                )
+            except ExpositionError as exc:
+                raise _parse_error(exc, None if same else configured.shown()) from None
             finally:
                 if not same:
                     conn.close()
                     self._opened_elsewhere += conn.connections_opened
-            if isinstance(result, Fetched):
-                if same:
-                    return result
-                return Fetched(result.body, result.content_type, configured.shown())
+            if result is None:
+                return None if same else configured.shown()
             url = result
             if url.origin != home and not self._server.cross_origin_redirects:
                 raise ScrapeError(
@@ -386,13 +416,14 @@ class ServerScraper:
         headers: dict[str, str],
         deadline: float,
         elsewhere: bool,
-    ) -> Fetched | _Url:
+        open_body: Callable[[str | None], _Sink],
+    ) -> _Url | None:
         shown = url.shown()
         timeout = self._scrape.read_timeout_seconds
         try:
             response = conn.request(url.target, headers, deadline)
             try:
-                return self._answer(conn, response, url, elsewhere, deadline)
+                return self._answer(conn, response, url, elsewhere, deadline, open_body)
             except BaseException:
                 response.close()
                 conn.close()
@@ -420,7 +451,8 @@ class ServerScraper:
         url: _Url,
         elsewhere: bool,
         deadline: float,
-    ) -> Fetched | _Url:
+        open_body: Callable[[str | None], _Sink],
+    ) -> _Url | None:
         shown = url.shown()
         status = response.status
         if 100 <= status < 200:
@@ -443,9 +475,9 @@ class ServerScraper:
         if status != 200:
             _discard(conn, response)
             raise ScrapeError("http_status", self._status_message(response, url, elsewhere))
-        body = self._read_body(response, deadline)
+        self._read_body(response, deadline, open_body(response.getheader("content-type")))
         conn.done(response)
-        return Fetched(body, response.getheader("content-type"))
+        return None
 
     def _status_message(
         self, response: http.client.HTTPResponse, url: _Url, elsewhere: bool
@@ -468,39 +500,68 @@ class ServerScraper:
             )
         return text
 
-    def _read_body(self, response: http.client.HTTPResponse, deadline: float) -> bytes:
+    def _read_body(self, response: http.client.HTTPResponse, deadline: float, sink: _Sink) -> None:
+        """Feed the body to ``sink`` one network read (at most :data:`_CHUNK`) at a time."""
         limit = self._scrape.max_body_bytes
         encoding = (response.getheader("content-encoding") or "identity").strip().lower()
         if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
             raise ScrapeError("parse", f"unsupported Content-Encoding {encoding!r}")
         declared = response.length  # from Content-Length; None when chunked or until close
-        if encoding in ("identity", "") and declared is not None:
-            if declared > limit:
-                raise ScrapeError(
-                    "too_large", f"Content-Length {declared} bytes is over max_body_bytes={limit}"
-                )
-            return response.read()
+        if encoding in ("identity", "") and declared is not None and declared > limit:
+            raise ScrapeError(
+                "too_large", f"Content-Length {declared} bytes is over max_body_bytes={limit}"
+            )
         decoder: zlib._Decompress | None = None
         if encoding in ("gzip", "x-gzip"):
             decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif encoding == "deflate":
             decoder = zlib.decompressobj()
-        parts: list[bytes] = []
         size = 0
         while chunk := response.read(_CHUNK):
             if self._clock.monotonic() > deadline:
                 raise DeadlineExceededError("deadline passed while reading the body")
-            pieces = [chunk] if decoder is None else _inflate(decoder, chunk, limit - size + 1)
+            pieces = (chunk,) if decoder is None else _inflate(decoder, chunk, limit - size + 1)
             for piece in pieces:
                 size += len(piece)
                 if size > limit:
                     raise ScrapeError(
                         "too_large", f"body is over max_body_bytes={limit} (after decompression)"
                     )
-                parts.append(piece)
+                sink.feed(piece)
+        if response.length:
+            # http.client ends a short Content-Length body quietly; it is truncated.
+            raise http.client.IncompleteRead(b"", response.length)
         if decoder is not None and not decoder.eof:
             raise ScrapeError("parse", f"{encoding} body is truncated")
-        return b"".join(parts)
+
+
+class _Sink(Protocol):
+    """Where a body goes as it arrives."""
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the body."""
+
+
+class _Collected:
+    """A sink that keeps the whole body (``fetch``: ``inspect`` shows it)."""
+
+    def __init__(self, content_type: str | None) -> None:
+        self.content_type = content_type
+        self.parts: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        self.parts.append(data)
+
+
+def _parse_error(exc: ExpositionError, redirected_from: str | None) -> ScrapeError:
+    if redirected_from is not None:
+        # The answer of a redirect target is not shown: it may be any internal service.
+        return ScrapeError(
+            "parse",
+            f"the answer of a redirect target of {redirected_from} is not a readable "
+            "exposition (content not shown)",
+        )
+    return ScrapeError("parse", str(exc))
 
 
 def read_token_file(path: Path, limit: int = MAX_TOKEN_BYTES) -> bytes:
@@ -558,19 +619,25 @@ def _discard(conn: OriginConnection, response: http.client.HTTPResponse) -> None
         conn.close()
 
 
-def _inflate(decoder: zlib._Decompress, data: bytes, budget: int) -> list[bytes]:
-    """Decompress one network chunk, never producing more than ``budget`` bytes."""
-    out: list[bytes] = []
+def _inflate(decoder: zlib._Decompress, data: bytes, budget: int) -> Iterator[bytes]:
+    """Decompress one network chunk in pieces of at most :data:`_CHUNK` bytes.
+
+    Never more than ``budget`` bytes in all: a gzip bomb costs at most the limit.
+    """
     produced = 0
     try:
-        while data and produced < budget and not decoder.eof:
-            piece = decoder.decompress(data, budget - produced)
-            out.append(piece)
-            produced += len(piece)
+        while produced < budget and not decoder.eof:
+            cap = min(_CHUNK, budget - produced)
+            piece = decoder.decompress(data, cap)
             data = decoder.unconsumed_tail
+            if piece:
+                produced += len(piece)
+                yield piece
+            # A piece of `cap` bytes may leave output inside zlib even with no input left.
+            if not data and len(piece) < cap:
+                return
     except zlib.error as exc:
         raise ScrapeError("parse", f"bad compressed body: {exc}") from None
-    return out
 
 
 def _printable(text: str) -> str:

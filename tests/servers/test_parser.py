@@ -856,3 +856,121 @@ def test_any_counter_name_survives_any_escaping(name: str, accept: str, value: i
     encoder, content_type = choose_encoder(accept)
     exp = Scanner([f"{name}_total"]).parse(encoder(registry), content_type=content_type)
     assert _by_model(exp, f"{name}_total") == {"m": float(value)}
+
+
+# --- streaming (issue 16): any split of the body reads the same; blocks skipped whole --------
+
+_FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _streamed(
+    body: bytes, names: list[str], cuts: list[int], content_type: str | None = None
+) -> Exposition:
+    reader = Scanner(names).reader(ParseLimits(), content_type)
+    last = 0
+    for cut in sorted(set(cuts)):
+        reader.feed(body[last:cut])
+        last = cut
+    reader.feed(body[last:])
+    return reader.close()
+
+
+def _outcome(parse: Any) -> tuple[str, Any]:
+    try:
+        exp = parse()
+    except ParseError as exc:
+        return "error", exc.problem
+    # repr: NaN == NaN is False, and a body may hold NaN samples.
+    samples = {k: [(s.labels, repr(s.value)) for s in v] for k, v in exp.samples.items()}
+    return "ok", (samples, dict(exp.types), dict(exp.helps), exp.duplicates)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_expositions(), st.data())
+def test_any_split_reads_what_the_whole_body_reads(
+    case: tuple[str, dict[str, list[tuple[dict[str, str], float]]]], data: st.DataObject
+) -> None:
+    text, truth = case
+    body = text.encode("utf-8")
+    wanted = data.draw(st.lists(st.sampled_from(sorted(truth) or ["unused"]), max_size=4))
+    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=12))
+    whole = _outcome(lambda: _parse(body, wanted))
+    assert _outcome(lambda: _streamed(body, wanted, cuts)) == whole
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(_exposition_alphabet, max_size=80).map(
+        lambda p: "".join(p).encode("utf-8", "surrogateescape")
+    ),
+    st.lists(st.integers(0, 400), max_size=8),
+    st.sampled_from([None, "text/plain; version=0.0.4", "application/openmetrics-text"]),
+)
+def test_any_split_of_hostile_bytes_fails_or_reads_as_the_whole(
+    body: bytes, cuts: list[int], content_type: str | None
+) -> None:
+    names = ["a", "x_total", "b:c"]
+    whole = _outcome(lambda: Scanner(names).parse(body, ParseLimits(), content_type))
+    streamed = _outcome(lambda: _streamed(body, names, cuts, content_type))
+    # The same answer, or both refuse (a split may meet another problem first).
+    assert streamed == whole or (streamed[0] == whole[0] == "error")
+
+
+def _real_bodies() -> list[Path]:
+    return sorted((_FIXTURES / "real").glob("*.prom")) + sorted(_FIXTURES.glob("*.txt"))
+
+
+@pytest.mark.parametrize("path", _real_bodies(), ids=lambda p: p.name)
+@pytest.mark.parametrize("piece", [1, 7, 4096, 65536])
+def test_real_bodies_read_the_same_in_pieces(path: Path, piece: int) -> None:
+    body = path.read_bytes()
+    names = [n for profiles in PROFILES.values() for p in profiles for n in p.names]
+    whole = _outcome(lambda: Scanner(names).parse(body))
+    streamed = _outcome(lambda: _streamed(body, names, list(range(piece, len(body), piece))))
+    assert streamed == whole
+    assert whole[0] == "ok" and whole[1][0]  # every real body has series of some profile
+
+
+def test_a_sample_after_an_unwanted_block_without_its_own_header_is_read() -> None:
+    # The block of `other` ends with samples of `a` (no HELP/TYPE): it is scanned, not skipped.
+    body = "# HELP other x\n# TYPE other gauge\nother 1\nother 2\na 5\n# TYPE z gauge\nz 1\n"
+    assert _values(body, "a") == [({}, 5.0)]
+    body = "# TYPE other histogram\nother_bucket 1\nother_count 1\n\n\na 6\n\n"
+    assert _values(body, "a") == [({}, 6.0)]
+
+
+def test_hash_inside_lines_and_exemplars_on_every_line_read_the_same_as_the_whole() -> None:
+    exemplar = ' # {trace_id="abc"} 0.5 1.0'
+    lines = ["# TYPE h histogram"]
+    lines += [f'h_bucket{{le="{i}",v="#{i}"}} {i}{exemplar}' for i in range(300)]
+    lines += ['a{v="#"} 7', "# TYPE z gauge", "z 1", "# EOF"]
+    body = ("\n".join(lines) + "\n").encode()
+    whole = Scanner(["a", "z"]).parse(body)
+    assert [s.value for s in whole.get("a")] == [7.0]
+    assert [s.value for s in whole.get("z")] == [1.0]
+    assert _streamed(body, ["a", "z"], list(range(100, len(body), 997))) == whole
+
+
+def test_streamed_errors_name_the_byte_offset_past_the_first_piece() -> None:
+    good = b"".join(b'a{i="%d"} 1\n' % i for i in range(1000))
+    body = good + b"a 1 soon\n"
+    with pytest.raises(ParseError) as whole:
+        Scanner(["a"]).parse(body)
+    assert whole.value.line == 1001
+    with pytest.raises(ParseError) as streamed:
+        _streamed(body, ["a"], [4096])
+    assert streamed.value.line is None
+    assert streamed.value.offset == len(good)
+    assert str(streamed.value) == f"byte {len(good)}: invalid timestamp 'soon'"
+
+
+def test_streamed_limits_hold_across_pieces() -> None:
+    limits = ParseLimits(max_body_bytes=100, max_line_bytes=20)
+    reader = Scanner(["a"]).reader(limits)
+    reader.feed(b"a 1\n" + b"b" * 15)
+    with pytest.raises(ParseError, match="line is at least 21 bytes, over the limit"):
+        reader.feed(b"b" * 6)
+    reader = Scanner(["a"]).reader(limits)
+    reader.feed(b"a 1\n" * 25)
+    with pytest.raises(ParseError, match="body is at least 104 bytes, over the limit"):
+        reader.feed(b"a 1\n")
