@@ -85,11 +85,13 @@ from agent.config import ScrapeSettings
 __all__ = [
     "DEFAULT_LIMITS",
     "ESCAPING_SCHEMES",
+    "PIECE_BYTES",
     "Exposition",
     "ExpositionError",
     "ExpositionReader",
     "ParseError",
     "ParseLimits",
+    "ParseMemo",
     "Sample",
     "Scanner",
     "body_bytes",
@@ -402,12 +404,12 @@ def _parse_float(token: str) -> float | None:
         return None
 
 
-def _describe_start(line: bytes) -> str:
+def _describe_start(line: bytes | bytearray) -> str:
     shown = line.strip()[:40].decode("utf-8", "replace")
     return repr(shown)
 
 
-def _line_no(raw: bytes, pos: int) -> int:
+def _line_no(raw: bytes | bytearray, pos: int) -> int:
     return raw.count(b"\n", 0, pos) + 1
 
 
@@ -420,7 +422,7 @@ class _Compiled:
     samples: Mapping[str, tuple[str, ...]]  # wanted name -> spellings, preferred first
     families: Mapping[str, tuple[str, ...]]  # wanted family -> spellings
     # Group numbers; a match's lastindex (the group that closed last) says the line kind.
-    # Groups 1..quoted-1 are sample lines, three per first character of the wanted
+    # Groups 1..quoted-1 are sample lines, four per first character of the wanted
     # spellings: label text and value of the common shape, or the rest of the line.
     quoted: int  # a quoted sample name
     meta: int  # HELP or TYPE
@@ -430,6 +432,40 @@ class _Compiled:
     # Family keys (see _family_key) whose blocks are read; None: every block is (the
     # `dots` and `values` escapings spell names in ways the keys do not follow).
     wanted_keys: frozenset[bytes] | None
+
+
+class ParseMemo:
+    """What the parser derived from one server's bytes, kept across that server's scrapes.
+
+    A server writes the same label sets and family names at every scrape: each label text
+    is parsed, and each family name reduced to its key, once per server rather than once
+    per scrape. Only results of pure functions of the bytes are kept, so a memo never
+    changes what a body reads as. Each table is cleared when it holds more than
+    ``max_entries`` after a parse (a server whose label sets churn).
+
+    Args:
+        max_entries: Largest size of one table kept between scrapes.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._labels: dict[str, dict[bytes, Labels]] = {}
+        self.family_keys: dict[bytes, bytes] = {}
+
+    def labels(self, escaping: str) -> dict[bytes, Labels]:
+        """Label text (bytes, with braces) -> parsed labels, under one escaping scheme."""
+        table = self._labels.get(escaping)
+        if table is None:
+            table = self._labels[escaping] = {}
+        return table
+
+    def trim(self) -> None:
+        """Clear the tables that grew past ``max_entries``."""
+        for table in self._labels.values():
+            if len(table) > self.max_entries:
+                table.clear()
+        if len(self.family_keys) > self.max_entries:
+            self.family_keys.clear()
 
 
 class Scanner:
@@ -471,15 +507,16 @@ class Scanner:
         # character tests. Hence one branch per first character of the wanted spellings,
         # each with its own group for the rest of the line (the name ends where it starts).
         branches = [
-            re.escape(first).encode()
+            # The name in group 4i+1; the common shape `{labels} value` (no timestamp, one
+            # space, no `}` in a value) in groups 4i+2 and 4i+3; anything else in 4i+4.
+            rb"("
+            + re.escape(first).encode()
             + _trie(s[1:] for s in spellings if s[0] == first)
-            + rb"(?=[ \t{\r\n])"
-            # The common shape `{labels} value` (no timestamp, one space, no `}` in a value)
-            # in groups 3i+1 and 3i+2; anything else in group 3i+3.
+            + rb")(?=[ \t{\r\n])"
             + rb"(?:(\{[^}\n]*\}) ([^ \t\r\n#_][^ \t\n#_]*)(?![^\n])|([^\n]*))"
             for first in sorted({s[0] for s in spellings})
         ]
-        quoted = 3 * len(branches) + 1
+        quoted = 4 * len(branches) + 1
         branches += [
             rb'\{[ \t]*"(' + _trie(spellings) + rb')"',
             rb'#(?:[ \t]+(HELP|TYPE)[ \t]+"?(' + family_trie + rb')"?(?=[ \t\r\n])| (EOF))',
@@ -527,7 +564,7 @@ class Scanner:
                 its ``line`` is always known.
         """
         reader = self.reader(limits, content_type, whole=True)
-        reader.feed(body_bytes(body))
+        reader.read_whole(body_bytes(body))
         return reader.close()
 
     def reader(
@@ -535,6 +572,8 @@ class Scanner:
         limits: ParseLimits = DEFAULT_LIMITS,
         content_type: str | None = None,
         whole: bool = False,
+        memo: ParseMemo | None = None,
+        buffer: bytearray | None = None,
     ) -> ExpositionReader:
         """A reader of one body that arrives in pieces (see :class:`ExpositionReader`).
 
@@ -542,12 +581,15 @@ class Scanner:
             limits: Size limits.
             content_type: The response's Content-Type header, or None to sniff.
             whole: True when the body will be fed in one piece (line numbers in every error).
+            memo: The server's parse memo, kept by the caller across scrapes; None = none.
+            buffer: A receive buffer kept by the caller across scrapes; None = a new one.
 
         Returns:
             A new reader; feed it the body's bytes, then close it.
         """
         fmt, escaping = _content_type(content_type)
-        return ExpositionReader(self._get_compiled(escaping), fmt, escaping, limits, whole)
+        compiled = self._get_compiled(escaping)
+        return ExpositionReader(compiled, fmt, escaping, limits, whole, memo, buffer)
 
 
 class ExpositionReader:
@@ -579,6 +621,9 @@ class ExpositionReader:
         escaping: The name escaping scheme.
         limits: Size limits.
         whole: True when the body is fed in one piece.
+        memo: The server's parse memo, or None.
+        buffer: The receive buffer to use (a server's, reused across its scrapes; one
+            reader at a time), or None for a new one of :data:`PIECE_BYTES`.
     """
 
     def __init__(
@@ -588,6 +633,8 @@ class ExpositionReader:
         escaping: str,
         limits: ParseLimits,
         whole: bool = False,
+        memo: ParseMemo | None = None,
+        buffer: bytearray | None = None,
     ) -> None:
         self.compiled = compiled
         self.fmt = fmt
@@ -602,16 +649,24 @@ class ExpositionReader:
         self.helps: dict[str, str] = {}
         self.duplicates = 0
         # Label text (bytes, with braces) -> parsed labels: a real body repeats one label
-        # set per rank in every family.
-        self.label_cache: dict[bytes, Labels] = {}
-        self.raw = b""  # the piece being read
+        # set per rank in every family, and a server at every scrape.
+        self._memo = memo if memo is not None else ParseMemo()
+        self._memo.trim()  # also after a scrape that failed before close()
+        self.label_cache = self._memo.labels(escaping)
+        self._keys = self._memo.family_keys
+        self.raw: bytes | bytearray = b""  # the piece being read: its first _end bytes
+        self._end = 0
         self._size = 0  # bytes fed so far
         self._offset = 0  # offset of the current piece in the body
         self._pieces = 0  # pieces read before the current one
         self._started = False  # a piece was begun
         self._first_piece = b""  # kept only when fed whole, to number the lines of the tail
-        self._tail: list[bytes] = []  # the partial last line, in parts
-        self._tail_size = 0
+        # The receive buffer: a partial line at its front (_filled bytes), which starts at
+        # _consumed in the body; a body read whole keeps its partial last line apart.
+        self._buf = buffer
+        self._filled = 0
+        self._consumed = 0
+        self._whole_tail = b""
         self._content = False  # a non-blank byte was seen
         self._eof = False
         # The family of the block being read (HELP/TYPE/UNIT name), its key, and whether
@@ -624,37 +679,105 @@ class ExpositionReader:
     @property
     def blank(self) -> bool:
         """True while the body fed so far holds nothing but whitespace."""
-        return not self._content and not any(_NON_BLANK_RE.search(t) for t in self._tail)
+        if self._content:
+            return False
+        return _NON_BLANK_RE.search(self._partial()) is None
+
+    def space(self) -> memoryview:
+        """Room at the end of the reader's buffer for the next bytes of the body.
+
+        Receive into it (``readinto``), release the view, then :meth:`commit` what was
+        written: the body is never copied from the network buffer again.
+
+        Returns:
+            A writable view of the free end of the buffer (never empty).
+        """
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = bytearray(PIECE_BYTES)
+        if self._filled == len(buf):
+            # One partial line fills the buffer: a bigger one, as long as the line may be
+            # (commit refuses it past max_line_bytes, so this stays bounded).
+            size = min(2 * len(buf), self.limits.max_line_bytes + 1)
+            grown = bytearray(max(size, len(buf) + 1))
+            grown[: self._filled] = buf
+            self._buf = buf = grown
+        return memoryview(buf)[self._filled :]
+
+    def commit(self, count: int) -> None:
+        """Read the ``count`` bytes just written into :meth:`space`.
+
+        Every whole line is read at once; a partial last line waits for the rest.
+
+        Args:
+            count: Bytes written, 0 or more.
+
+        Raises:
+            ParseError: When the body read so far breaks the validation policy.
+        """
+        if count <= 0:
+            return
+        self._size += count
+        limit = self.limits.max_body_bytes
+        if self._size > limit:
+            raise ParseError(
+                f"body is at least {self._size} bytes, over the limit max_body_bytes={limit}"
+            )
+        buf = self._buf
+        assert buf is not None  # space() made it
+        old = self._filled
+        filled = self._filled = old + count
+        cut = buf.rfind(b"\n", old, filled) + 1
+        if cut:
+            self._read_piece(buf, cut, self._consumed)
+            rest = filled - cut
+            if rest:
+                view = memoryview(buf)
+                view[:rest] = view[cut:filled]  # the partial line moves to the front
+                view.release()
+            self._filled = rest
+            self._consumed += cut
+        if self._filled > self.limits.max_line_bytes:
+            self._long_partial()
 
     def feed(self, data: bytes) -> None:
-        """Read the next bytes of the body.
+        """Read the next bytes of the body (copied into the reader's buffer).
 
         Args:
             data: The next bytes, any length.
 
         Raises:
-            ParseError: When what was fed so far breaks the validation policy.
+            ParseError: When the body read so far breaks the validation policy.
         """
-        if not data:
-            return
-        self._size += len(data)
+        view = memoryview(data)
+        while view:
+            room = self.space()
+            count = min(len(room), len(view))
+            room[:count] = view[:count]
+            room.release()
+            self.commit(count)
+            view = view[count:]
+
+    def read_whole(self, body: bytes) -> None:
+        """Read a whole body in one piece (every error then names its line).
+
+        Args:
+            body: The body.
+
+        Raises:
+            ParseError: When the body breaks the validation policy.
+        """
+        self._size = len(body)
         limit = self.limits.max_body_bytes
         if self._size > limit:
-            size = f"{self._size}" if self._whole else f"at least {self._size}"
-            raise ParseError(f"body is {size} bytes, over the limit max_body_bytes={limit}")
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            self._carry(data)
-            return
-        if self._tail:
-            piece = b"".join([*self._tail, data[:cut]])
-            self._tail.clear()
-            self._tail_size = 0
-        else:
-            piece = data if cut == len(data) else data[:cut]
-        self._read_piece(piece)
-        if cut < len(data):
-            self._carry(data[cut:])
+            raise ParseError(f"body is {self._size} bytes, over the limit max_body_bytes={limit}")
+        cut = body.rfind(b"\n") + 1
+        if cut:
+            self._read_piece(body, cut, 0)
+        self._whole_tail = body[cut:]
+        self._consumed = cut
+        if len(self._whole_tail) > self.limits.max_line_bytes:
+            self._long_partial()
 
     def close(self) -> Exposition:
         """Finish the body: read its last line and check how it ends.
@@ -665,51 +788,56 @@ class ExpositionReader:
         Raises:
             ParseError: When the body is truncated or otherwise breaks the validation policy.
         """
-        if self._tail:
-            last = b"".join(self._tail)
-            self._tail.clear()
-            self._tail_size = 0
+        last = self._partial()
+        self._filled = 0
+        self._whole_tail = b""
+        if last:
             if self._eof:
-                self._after_eof(last, 0)
+                self._after_eof(last, 0, len(last))
             elif self.fmt != "text" and last.rstrip() == b"# EOF":
-                self._read_piece(last + b"\n")
+                line = last + b"\n"
+                self._read_piece(line, len(line), self._consumed)
             elif self._content or _NON_BLANK_RE.search(last) is not None:
-                self._begin(last)
+                self._begin(last, self._consumed)
                 raise self._fail("body does not end with a newline (truncated?)", 0)
+        self._memo.trim()
         if self.fmt == "openmetrics" and not self._eof:
             if not self._content:
                 raise ParseError("OpenMetrics body does not end with '# EOF' (truncated?)")
             raise ParseError(
                 "OpenMetrics body does not end with '# EOF' (truncated?)",
-                *self._where(len(self.raw.rstrip())),
+                *self._where(len(self.raw[: self._end].rstrip())),
             )
         return self._result()
 
     # -- pieces ------------------------------------------------------------------------------
 
-    def _carry(self, data: bytes) -> None:
-        """Keep a partial line for the next piece; refuse it once it is over the limit."""
-        self._tail.append(data)
-        self._tail_size += len(data)
-        limit = self.limits.max_line_bytes
-        if self._tail_size > limit and (
-            self._content or any(_NON_BLANK_RE.search(t) for t in self._tail)
-        ):
-            size = self._tail_size
-            self._begin(b"".join(self._tail))
-            raise self._fail(
-                f"line is at least {size} bytes, over the limit max_line_bytes={limit}", 0
-            )
+    def _partial(self) -> bytes:
+        """The partial last line read so far (no newline yet)."""
+        if self._whole_tail:
+            return self._whole_tail
+        return bytes(self._buf[: self._filled]) if self._buf is not None else b""
 
-    def _begin(self, raw: bytes) -> None:
+    def _long_partial(self) -> None:
+        """Refuse a partial line over the limit (whole: unless the body is blank)."""
+        partial = self._partial()
+        if self._whole and not self._content and _NON_BLANK_RE.search(partial) is None:
+            return  # a blank body is empty, not malformed; a stream cannot know yet
+        limit = self.limits.max_line_bytes
+        self._begin(partial, self._consumed)
+        size = len(partial) if self._whole else f"at least {len(partial)}"
+        raise self._fail(f"line is {size} bytes, over the limit max_line_bytes={limit}", 0)
+
+    def _begin(self, raw: bytes | bytearray, offset: int) -> None:
         """Make ``raw`` the current piece (offsets and line numbers count from it)."""
         if self._started:
             if self._whole and self._pieces == 0:
-                self._first_piece = self.raw
-            self._offset += len(self.raw)
+                self._first_piece = bytes(self.raw[: self._end])
             self._pieces += 1
         self._started = True
         self.raw = raw
+        self._end = len(raw)
+        self._offset = offset
 
     def _where(self, pos: int) -> tuple[int | None, int]:
         """``(line, offset)`` of ``pos`` in the current piece; line None when not counted."""
@@ -723,14 +851,15 @@ class ExpositionReader:
     def _fail(self, problem: str, pos: int) -> ParseError:
         return ParseError(problem, *self._where(pos))
 
-    def _read_piece(self, raw: bytes) -> None:
-        """Check and read one piece of whole lines (it ends with a newline)."""
-        self._begin(raw)
+    def _read_piece(self, raw: bytes | bytearray, end: int, offset: int) -> None:
+        """Check and read one piece: the whole lines ``raw[:end]``, at ``offset`` in the body."""
+        self._begin(raw, offset)
+        self._end = end
         if self._eof:
-            self._after_eof(raw, 0)
+            self._after_eof(raw, 0, end)
             return
         if not self._content:
-            first = _NON_BLANK_RE.search(raw)
+            first = _NON_BLANK_RE.search(raw, 0, end)
             if first is None:
                 return  # blank lines only
             self._content = True
@@ -738,36 +867,35 @@ class ExpositionReader:
             if raw[at : at + 1] == b"<":
                 raise self._fail(
                     "not a Prometheus exposition: the body looks like HTML or XML "
-                    f"(starts with {_describe_start(raw[at : at + 60])})",
+                    f"(starts with {_describe_start(raw[at : min(at + 60, end)])})",
                     at,
                 )
         limit = self.limits.max_line_bytes
-        long_start = _long_line_start(raw, limit)
+        long_start = _long_line_start(raw, limit, end)
         if long_start is not None:
-            line_end = raw.find(b"\n", long_start)
-            length = (line_end if line_end >= 0 else len(raw)) - long_start
+            line_end = raw.find(b"\n", long_start, end)
+            length = (line_end if line_end >= 0 else end) - long_start
             raise self._fail(
                 f"line is {length} bytes, over the limit max_line_bytes={limit}", long_start
             )
-        bad = _utf8_error(raw)
+        bad = _utf8_error(raw, end)
         if bad is not None:
             offset = self._offset + bad
             raise self._fail(f"not UTF-8: byte 0x{raw[bad]:02x} at offset {offset}", bad)
-        self._read_lines(raw)
+        self._read_lines(raw, end)
 
-    def _after_eof(self, raw: bytes, pos: int) -> None:
+    def _after_eof(self, raw: bytes | bytearray, pos: int, end: int) -> None:
         """Refuse anything but blanks after an OpenMetrics ``# EOF`` line."""
-        text = _NON_BLANK_RE.search(raw, pos)
+        text = _NON_BLANK_RE.search(raw, pos, end)
         if text is not None:
             raise self._fail("text after '# EOF'", text.start())
 
-    def _read_lines(self, raw: bytes) -> None:
-        """Read a piece: comment lines one by one, the blocks between them scanned or skipped.
+    def _read_lines(self, raw: bytes | bytearray, end: int) -> None:
+        """Read ``raw[:end]``: comment lines one by one, blocks between them scanned or skipped.
 
         One loop with its helpers inlined: it runs for every comment line of the body
         (about 150 in a vLLM body), so each call saved is measurable.
         """
-        end = len(raw)
         find = raw.find
         rfind = raw.rfind
         blanks = _RAW_BLANKS_RE.match
@@ -780,9 +908,9 @@ class ExpositionReader:
             search = pos
             while True:
                 if misses >= _MAX_HASH_MISSES:
-                    comment = _comment_by_scan(raw, search)
+                    comment = _comment_by_scan(raw, search, end)
                     break
-                hit = find(b"#", search)
+                hit = find(b"#", search, end)
                 if hit < 0:
                     comment = end
                     break
@@ -790,12 +918,12 @@ class ExpositionReader:
                 if comment == hit or _end(blanks(raw, comment)) == hit:
                     break
                 misses += 1
-                search = find(b"\n", hit) + 1 or end
+                search = find(b"\n", hit, end) + 1 or end
             if comment > pos:
                 self._block(raw, pos, comment)
             if comment >= end:
                 return
-            line_end = find(b"\n", comment)
+            line_end = find(b"\n", comment, end)
             at = comment if raw[comment] == _HASH else _end(blanks(raw, comment))
             meta = meta_match(raw, at, line_end)
             if meta is not None:
@@ -805,7 +933,7 @@ class ExpositionReader:
                 if family != self._block_family:
                     self._new_block(family)
                 if self._scan_block:
-                    match = self.compiled.first.match(raw, comment)
+                    match = self.compiled.first.match(raw, comment, end)
                     if match is not None:
                         self._line(comment, match)  # HELP or TYPE of a wanted family
             elif (
@@ -815,20 +943,23 @@ class ExpositionReader:
                 and raw[comment:line_end].rstrip() == b"# EOF"
             ):
                 self._eof = True
-                self._after_eof(raw, line_end)
+                self._after_eof(raw, line_end, end)
                 return
             pos = line_end + 1
 
     def _new_block(self, family: bytes) -> None:
         """Enter the block of ``family`` (named by a HELP, TYPE or UNIT line)."""
         self._block_family = family
-        self._block_key = key = _family_key(family)
+        key = self._keys.get(family)
+        if key is None:
+            key = self._keys[family] = _family_key(family)
+        self._block_key = key
         # `x_total` of a histogram has samples `x_total_bucket`, `x_total_created`.
         self._block_name = name = family.replace(b":", b"_")
         wanted = self.compiled.wanted_keys
         self._scan_block = wanted is None or key in wanted or name in wanted
 
-    def _block(self, raw: bytes, pos: int, end: int) -> None:
+    def _block(self, raw: bytes | bytearray, pos: int, end: int) -> None:
         """Read the lines ``pos:end`` (no comment among them) of the current family block."""
         if not self._scan_block:
             # Skipped when its last non-blank line is still the family's (see the class).
@@ -840,12 +971,15 @@ class ExpositionReader:
             start = raw.rfind(b"\n", pos, last_end) + 1 or pos
             name = _LINE_NAME_RE.match(raw, start, last_end + 1)
             if name is not None:
-                key = _family_key(name.group())
+                text = name.group()
+                key = self._keys.get(text)
+                if key is None:
+                    key = self._keys[text] = _family_key(text)
                 if key == self._block_key or key == self._block_name:
                     return
         self._scan(raw, pos, end)
 
-    def _scan(self, raw: bytes, pos: int, end: int) -> None:
+    def _scan(self, raw: bytes | bytearray, pos: int, end: int) -> None:
         """Visit every line start of ``raw[pos:end]``; read the lines of wanted names."""
         compiled = self.compiled
         quoted = compiled.quoted
@@ -858,23 +992,22 @@ class ExpositionReader:
             self._line(pos, first)
         for match in compiled.rest.finditer(raw, pos, end):
             group = match.lastindex or 0  # every branch has a group
-            if group < quoted and group % 3 == 2:
+            if group < quoted and group & 3 == 3:
                 # The common shape: labels parsed once per distinct label text.
-                labels = cache_get(match.group(group - 1))
+                spelling, text, number = match.group(group - 2, group - 1, group)
+                labels = cache_get(text)
                 if labels is None:
-                    labels = self._new_labels(match.group(group - 1))
+                    labels = self._new_labels(text)
                 if labels is not None:
                     try:
-                        value = float(match.group(group))  # a trailing \r is stripped
+                        value = float(number)  # a trailing \r is stripped
                     except ValueError:
                         pass
                     else:
-                        start = match.start() + 1
-                        spelling = raw[start : match.start(group - 1)]
                         known = seen_get(spelling)
                         # First series of a name, a duplicate or the limit: the long way.
                         if known is None or labels in known or len(known) >= max_series:
-                            self._add(spelling, labels, value, start)
+                            self._add(spelling, labels, value, match.start() + 1)
                         else:
                             known.add(labels)
                             series[spelling].append((labels, value))
@@ -904,13 +1037,13 @@ class ExpositionReader:
                 end = raw.find(b"\n", start)
                 raise self._fail(
                     "not a Prometheus exposition: line starts with "
-                    f"{_describe_start(raw[start : end if end >= 0 else len(raw)])}, "
+                    f"{_describe_start(raw[start : end if end >= 0 else self._end])}, "
                     "expected a metric name or '#'",
                     start,
                 )
             # Leading blanks (rare): match again after them; the line starts at `start`.
-            name_at = _skip(_RAW_BLANKS_RE, raw, start)
-            if name_at == len(raw) or raw[name_at] in b"\r\n":
+            name_at = _end(_RAW_BLANKS_RE.match(raw, start))
+            if name_at >= self._end or raw[name_at] in b"\r\n":
                 return
             relocated = compiled.first.match(raw, name_at)
             if relocated is None:
@@ -928,7 +1061,7 @@ class ExpositionReader:
     def _read_meta(self, start: int, match: re.Match[bytes]) -> None:
         raw = self.raw
         end = raw.find(b"\n", start)
-        line = raw[start : end if end >= 0 else len(raw)].decode("utf-8")
+        line = raw[start : end if end >= 0 else self._end].decode("utf-8")
         compiled = self.compiled
         kind = match.group(compiled.meta).decode("ascii")
         family = match.group(compiled.family).decode("utf-8")
@@ -936,15 +1069,15 @@ class ExpositionReader:
 
     def _read_sample(self, start: int, name_at: int, match: re.Match[bytes], group: int) -> None:
         raw = self.raw
-        end = raw.find(b"\n", start)
-        end = len(raw) if end < 0 else end
+        end = raw.find(b"\n", start, self._end)
+        end = self._end if end < 0 else end
         if group == self.compiled.quoted:
             spelling = match.group(group)
             line = raw[name_at:end].decode("utf-8").rstrip(" \t\r")
             parsed = _parse_quoted_sample(line, self.escaping)
         else:
-            # The name ends where the label text (fast shape) or the rest of the line starts.
-            spelling = raw[name_at : match.start(group - 1 if group % 3 == 2 else group)]
+            # The name's group comes before the label text (fast shape) or the rest.
+            spelling = match.group(group - 2 if group & 3 == 3 else group - 3)
             line = raw[name_at:end].decode("utf-8").rstrip(" \t\r")
             parsed = _parse_sample(line, len(spelling), self.label_cache, self.escaping)
         if isinstance(parsed, str):
@@ -989,6 +1122,10 @@ class ExpositionReader:
         return Exposition(samples=samples, types=types, helps=helps, duplicates=self.duplicates)
 
 
+PIECE_BYTES = 64 * 1024
+"""Size of a reader's receive buffer, bytes: one network read. glibc serves blocks under
+128 KiB from its heap; larger ones are fresh mappings, page-faulted in at every scrape."""
+
 # A comment line is found by memchr on `#`; past this many `#` inside lines in one piece
 # (OpenMetrics exemplars on every bucket), by the line scan instead.
 _MAX_HASH_MISSES = 64
@@ -998,12 +1135,12 @@ _BLANK_BYTES = frozenset(b" \t\r\n")
 _HASH = ord("#")
 
 
-def _comment_by_scan(raw: bytes, pos: int) -> int:
-    """Start of the first comment line at or after the line start ``pos``, else ``len(raw)``."""
-    if pos == 0 and raw.startswith(b"#", _skip(_RAW_BLANKS_RE, raw, 0)):
+def _comment_by_scan(raw: bytes | bytearray, pos: int, end: int) -> int:
+    """Start of the first comment line at or after the line start ``pos``, else ``end``."""
+    if pos == 0 and raw.startswith(b"#", _end(_RAW_BLANKS_RE.match(raw, 0))):
         return 0
-    found = _COMMENT_RE.search(raw, pos - 1 if pos else 0)
-    return found.start() + 1 if found is not None else len(raw)
+    found = _COMMENT_RE.search(raw, pos - 1 if pos else 0, end)
+    return found.start() + 1 if found is not None else end
 
 
 def _end(match: re.Match[bytes] | None) -> int:
@@ -1038,20 +1175,19 @@ def body_bytes(body: bytes | str) -> bytes:
         ) from None
 
 
-def _long_line_start(raw: bytes, limit: int) -> int | None:
-    """Start offset of a line longer than ``limit`` bytes, or None.
+def _long_line_start(raw: bytes | bytearray, limit: int, size: int) -> int | None:
+    """Start offset of a line of ``raw[:size]`` longer than ``limit`` bytes, or None.
 
     A line of more than ``limit`` bytes contains a whole aligned chunk of ``ceil((limit +
     1) / 2)`` bytes, so only chunks without a newline (one memchr each) need a closer look.
     """
     step = (limit + 2) // 2
-    size = len(raw)
     for start in range(0, size - step + 1, step):
         end = start + step
         if raw.find(b"\n", start, end) >= 0:
             continue
         line_start = raw.rfind(b"\n", 0, start) + 1
-        line_end = raw.find(b"\n", end)
+        line_end = raw.find(b"\n", end, size)
         if (line_end if line_end >= 0 else size) - line_start > limit:
             return line_start
     return None
@@ -1062,14 +1198,13 @@ def _long_line_start(raw: bytes, limit: int) -> int | None:
 _UTF8_PIECE = 1 << 20
 
 
-def _utf8_error(raw: bytes) -> int | None:
-    """Offset of the first byte that is not UTF-8, or None."""
+def _utf8_error(raw: bytes | bytearray, size: int) -> int | None:
+    """Offset of the first byte of ``raw[:size]`` that is not UTF-8, or None."""
     if raw.isascii():
-        return None
+        return None  # all of it (a buffer's stale end included): no slice needed
     start = 0
-    size = len(raw)
     while start < size:
-        cut = raw.find(b"\n", min(start + _UTF8_PIECE, size))
+        cut = raw.find(b"\n", min(start + _UTF8_PIECE, size), size)
         end = size if cut < 0 else cut + 1
         try:
             raw[start:end].decode("utf-8")

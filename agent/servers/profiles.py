@@ -58,8 +58,10 @@ from agent.servers.parser import (
     DEFAULT_LIMITS,
     Exposition,
     ExpositionError,
+    Labels,
     ParseError,
     ParseLimits,
+    ParseMemo,
     Sample,
     Scanner,
     body_bytes,
@@ -76,6 +78,7 @@ __all__ = [
     "ExpositionStream",
     "InputSource",
     "ParseError",
+    "ReadMemo",
     "Source",
     "UnknownEngineError",
     "detect_engine",
@@ -590,6 +593,32 @@ def detect_engine(exp: Exposition) -> EngineProfile:
     return best[0]
 
 
+_SeriesKeys = dict[tuple[str, Labels, tuple[str, ...]], str]
+"""(sample name, labels, model labels) -> :func:`series_key`."""
+
+
+class ReadMemo:
+    """What reading one server's bodies derived, kept across its scrapes by the scraper.
+
+    Parsed label sets and family keys (:class:`~agent.servers.parser.ParseMemo`) and each
+    series' key text: a server repeats them at every scrape. Bounded like the parse memo.
+
+    Args:
+        max_entries: Largest size of one table kept between scrapes.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.parse = ParseMemo(max_entries)
+        self.max_entries = max_entries
+        self.series_keys: _SeriesKeys = {}
+
+    def trim(self) -> None:
+        """Clear the tables that grew past ``max_entries``."""
+        self.parse.trim()
+        if len(self.series_keys) > self.max_entries:
+            self.series_keys.clear()
+
+
 class ExpositionStream:
     """Reads one server's body as it arrives and interprets it with an engine profile.
 
@@ -602,6 +631,8 @@ class ExpositionStream:
         content_type: The response's Content-Type (format and name escaping), or None to
             sniff.
         whole: True when the body is fed in one piece (every parse error names its line).
+        memo: The server's memo, kept by the caller across scrapes; None = none.
+        buffer: The receive buffer, kept by the caller across scrapes; None = a new one.
 
     Raises:
         UnknownEngineError: When ``engine`` is not a known engine name.
@@ -613,22 +644,46 @@ class ExpositionStream:
         limits: ParseLimits = DEFAULT_LIMITS,
         content_type: str | None = None,
         whole: bool = False,
+        memo: ReadMemo | None = None,
+        buffer: bytearray | None = None,
     ) -> None:
         if engine != "auto" and engine not in PROFILES:
             raise UnknownEngineError(
                 f"unknown engine {engine!r}; known: auto, {', '.join(ENGINE_NAMES)}"
             )
         self._engine = engine
+        self._memo = memo if memo is not None else ReadMemo()
+        self._memo.trim()
         scanner = _AUTO_SCANNER if engine == "auto" else _SCANNERS[engine]
-        self._reader = scanner.reader(limits, content_type, whole)
+        self._reader = scanner.reader(limits, content_type, whole, self._memo.parse, buffer)
+
+    def space(self) -> memoryview:
+        """Room for the next bytes (:meth:`~agent.servers.parser.ExpositionReader.space`)."""
+        return self._reader.space()
+
+    def commit(self, count: int) -> None:
+        """Read the ``count`` bytes just written into :meth:`space`.
+
+        Raises:
+            ParseError: When the body read so far is not a valid exposition.
+        """
+        self._reader.commit(count)
 
     def feed(self, data: bytes) -> None:
-        """Read the next bytes of the body.
+        """Read the next bytes of the body (copied).
 
         Raises:
             ParseError: When the body read so far is not a valid exposition.
         """
         self._reader.feed(data)
+
+    def feed_whole(self, body: bytes) -> None:
+        """Read a whole body at once (every parse error names its line).
+
+        Raises:
+            ParseError: When the body is not a valid exposition.
+        """
+        self._reader.read_whole(body)
 
     def result(self) -> ExpositionResult:
         """Finish the body and interpret it.
@@ -644,14 +699,15 @@ class ExpositionStream:
         if self._reader.blank:
             raise ParseError("empty body: no metrics at all")
         engine = self._engine
+        keys = self._memo.series_keys
         if engine == "auto":
-            return interpret(exp, detect_engine(exp))
+            return interpret(exp, detect_engine(exp), keys)
         best = _best(exp, PROFILES[engine])
         if not best:
             raise UnknownEngineError(
                 f"no {engine} metrics found; looked for " + _looked_for(PROFILES[engine])
             )
-        return interpret(exp, best[0])
+        return interpret(exp, best[0], keys)
 
 
 def read_exposition(
@@ -702,7 +758,7 @@ def read_exposition_detailed(
         UnknownEngineError: As :func:`read_exposition`.
     """
     stream = ExpositionStream(engine, limits, content_type, whole=True)
-    stream.feed(body_bytes(body))
+    stream.feed_whole(body_bytes(body))
     return stream.result()
 
 
@@ -824,9 +880,11 @@ def _sum_counter(
     kind: CounterKind,
     what: str,
     warnings: list[str],
+    keys: _SeriesKeys,
 ) -> _Counter:
     """Sum the chosen series per model, keeping each one as a CounterSeries."""
     out = _Counter(exposed=True)
+    model_labels = profile.model_labels
     for src, s in chosen:
         model = _model_of(s, profile.model_labels)
         if not _valid_counter(s.value):
@@ -839,7 +897,10 @@ def _sum_counter(
             continue
         previous = out.values.get(model, 0.0)
         out.values[model] = None if previous is None else previous + s.value
-        key = series_key(src.name, s.labels, profile.model_labels)
+        memo_key = (src.name, s.labels, model_labels)
+        key = keys.get(memo_key)
+        if key is None:
+            key = keys[memo_key] = series_key(src.name, s.labels, model_labels)
         out.series.setdefault(model, []).append(CounterSeries(kind, key, s.value))
     return out
 
@@ -851,31 +912,32 @@ def _counter_field(
     kind: CounterKind,
     what: str,
     warnings: list[str],
+    keys: _SeriesKeys,
 ) -> _Counter:
     """A counter per model from the first candidate present (see the module docstring)."""
     for candidate in candidates:
         chosen = _chosen(exp, profile, candidate)
         if chosen:
-            return _sum_counter(profile, chosen, kind, what, warnings)
+            return _sum_counter(profile, chosen, kind, what, warnings, keys)
     return _Counter(exposed=_declared(exp, (s for cand in candidates for s in cand)))
 
 
 def _input_fields(
-    exp: Exposition, profile: EngineProfile, warnings: list[str]
+    exp: Exposition, profile: EngineProfile, warnings: list[str], keys: _SeriesKeys
 ) -> tuple[_Counter, _Counter]:
     """Input tokens from the first family present, and cached tokens from that family."""
     for family in profile.input_tokens:
         chosen = _chosen(exp, profile, family.sources)
         if chosen:
-            inputs = _sum_counter(profile, chosen, "input", "input tokens", warnings)
+            inputs = _sum_counter(profile, chosen, "input", "input tokens", warnings, keys)
             cached = _counter_field(
-                exp, profile, family.cached, "cached", "cached input tokens", warnings
+                exp, profile, family.cached, "cached", "cached input tokens", warnings, keys
             )
             return inputs, cached
     for family in profile.input_tokens:
         if _declared(exp, family.sources):
             cached = _counter_field(
-                exp, profile, family.cached, "cached", "cached input tokens", warnings
+                exp, profile, family.cached, "cached", "cached input tokens", warnings, keys
             )
             return _Counter(exposed=True), cached
     return _Counter(), _Counter()
@@ -931,28 +993,41 @@ def _no_tokens_warning(profile: EngineProfile) -> str:
     return f"{NO_TOKEN_COUNTERS}: " + "; ".join(parts)
 
 
-def interpret(exp: Exposition, profile: EngineProfile) -> ExpositionResult:
+def interpret(
+    exp: Exposition,
+    profile: EngineProfile,
+    series_keys: _SeriesKeys | None = None,
+) -> ExpositionResult:
     """Apply one profile to a scanned exposition.
 
     Args:
         exp: The exposition, scanned for at least the profile's names.
         profile: The engine profile.
+        series_keys: Memo of :func:`series_key` results, kept across a server's scrapes
+            (:class:`ReadMemo`); None = computed afresh.
 
     Returns:
         The reading and warnings (see the module docstring for the rules).
     """
     warnings: list[str] = []
+    keys: _SeriesKeys = series_keys if series_keys is not None else {}
     if exp.duplicates:
         warnings.append(f"{exp.duplicates} duplicate series dropped (the first one is kept)")
-    inputs, cached = _input_fields(exp, profile, warnings)
+    inputs, cached = _input_fields(exp, profile, warnings, keys)
     outputs = _counter_field(
-        exp, profile, profile.output_tokens, "output", "output tokens", warnings
+        exp, profile, profile.output_tokens, "output", "output tokens", warnings, keys
     )
     prefill = _counter_field(
-        exp, profile, profile.prefill_seconds, "prefill_seconds", "prefill seconds", warnings
+        exp,
+        profile,
+        profile.prefill_seconds,
+        "prefill_seconds",
+        "prefill seconds",
+        warnings,
+        keys,
     )
     decode = _counter_field(
-        exp, profile, profile.decode_seconds, "decode_seconds", "decode seconds", warnings
+        exp, profile, profile.decode_seconds, "decode_seconds", "decode seconds", warnings, keys
     )
     counters = (inputs, cached, outputs, prefill, decode)
     running = _gauge_field(exp, profile, profile.requests_running, _sum)

@@ -29,12 +29,14 @@ connection of another. It owns no thread and holds no global state. What it guar
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import ipaddress
 import os
 import socket
 import ssl
 import stat
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,8 +48,8 @@ from agent import __version__
 from agent.clock import Clock, SystemClock
 from agent.config import ScrapeSettings, ServerSettings
 from agent.readings import ServerReading
-from agent.servers.parser import ExpositionError, ParseLimits
-from agent.servers.profiles import ExpositionStream
+from agent.servers.parser import PIECE_BYTES, ExpositionError, ParseLimits
+from agent.servers.profiles import ExpositionStream, ReadMemo
 from agent.servers.transport import DeadlineExceededError, OriginConnection
 
 __all__ = [
@@ -56,6 +58,7 @@ __all__ = [
     "MAX_TOKEN_BYTES",
     "Fetched",
     "ScrapeError",
+    "ScrapeLane",
     "ScrapeReason",
     "ServerScraper",
     "accept_encoding",
@@ -77,9 +80,8 @@ MAX_TOKEN_BYTES = 64 * 1024
 """Largest bearer token file read, bytes (service-account JWTs are 1-2 KB)."""
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# One network read, and the largest piece the parser gets: small enough that glibc serves it
-# from its heap (allocations from 128 KiB up are fresh mmaps, page-faulted in at every scrape).
-_CHUNK = 64 * 1024
+# One read of a compressed body (see PIECE_BYTES).
+_CHUNK = PIECE_BYTES
 _USER_AGENT = f"tokenergy/{__version__}"
 
 Origin = tuple[str, str, int]
@@ -209,6 +211,36 @@ def accept_encoding(host: str) -> str:
         return "gzip"
 
 
+class ScrapeLane:
+    """One scrape at a time, each waiting for its turn at most ``wait_seconds``.
+
+    The sampler starts every server's scrape at the same moment, each on its own thread.
+    Eight 1.4 MB scrapes run at once cost 1.8x the CPU of the same scrapes run one after
+    another (tests/benchmarks/bench_overhead.py, "lane"): the threads hand the GIL over at
+    every network read and evict each other's parser state from the CPU caches. Past its
+    wait a scrape runs anyway, so a server that answers slowly while holding the lane
+    delays the others by ``wait_seconds`` at most and never stops them. The wait is not
+    part of a scrape's own deadline.
+
+    Args:
+        wait_seconds: Longest wait for the lane, s.
+    """
+
+    def __init__(self, wait_seconds: float = 0.2) -> None:
+        self.wait_seconds = wait_seconds
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """Hold the lane (or give up waiting for it) for the duration of the block."""
+        held = self._lock.acquire(timeout=self.wait_seconds)
+        try:
+            yield
+        finally:
+            if held:
+                self._lock.release()
+
+
 class ServerScraper:
     """Scrapes and reads one server over its own kept-alive connection.
 
@@ -217,19 +249,29 @@ class ServerScraper:
         scrape: Timeouts and limits.
         clock: Monotonic clock for the deadline; the system clock by default (socket waits
             are real time, so production always uses the system clock).
+        lane: The lane shared by the agent's scrapers, or None to scrape at once.
     """
 
     def __init__(
-        self, server: ServerSettings, scrape: ScrapeSettings, clock: Clock | None = None
+        self,
+        server: ServerSettings,
+        scrape: ScrapeSettings,
+        clock: Clock | None = None,
+        lane: ScrapeLane | None = None,
     ) -> None:
         self._server = server
         self._scrape = scrape
+        self._lane = lane
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._limits = ParseLimits.from_settings(scrape)
         self._url_text = scrape_url(server)
         self._tls: ssl.SSLContext | None = None
         self._home: OriginConnection | None = None
         self._opened_elsewhere = 0
+        # Label sets and series keys this server repeats at every scrape, and one receive
+        # buffer: a scrape allocates no body-sized (nor piece-sized) memory.
+        self._memo = ReadMemo()
+        self._buffer = bytearray(PIECE_BYTES)
 
     @property
     def name(self) -> str:
@@ -264,15 +306,22 @@ class ServerScraper:
 
         def open_body(content_type: str | None) -> ExpositionStream:
             # The Content-Type tells OpenMetrics (and its name escaping) from the classic text.
-            stream = ExpositionStream(self._server.engine, self._limits, content_type)
+            stream = ExpositionStream(
+                self._server.engine,
+                self._limits,
+                content_type,
+                memo=self._memo,
+                buffer=self._buffer,
+            )
             streams.append(stream)
             return stream
 
-        redirected_from = self._fetch(open_body)
-        try:
-            return streams[-1].result().reading
-        except ExpositionError as exc:
-            raise _parse_error(exc, redirected_from) from None
+        with self._lane.turn() if self._lane is not None else contextlib.nullcontext():
+            redirected_from = self._fetch(open_body)
+            try:
+                return streams[-1].result().reading
+            except ExpositionError as exc:
+                raise _parse_error(exc, redirected_from) from None
 
     def fetch(self) -> Fetched:
         """Fetch the raw body (decompressed) within the deadline and size limit.
@@ -517,16 +566,28 @@ class ServerScraper:
         elif encoding == "deflate":
             decoder = zlib.decompressobj()
         size = 0
-        while chunk := response.read(_CHUNK):
+        too_large = f"body is over max_body_bytes={limit} (after decompression)"
+        if decoder is None:
+            # Straight into the sink's buffer: the body is copied once, by the kernel.
+            while True:
+                room = sink.space()
+                count = response.readinto(room)
+                room.release()
+                if not count:
+                    break
+                if self._clock.monotonic() > deadline:
+                    raise DeadlineExceededError("deadline passed while reading the body")
+                size += count
+                if size > limit:
+                    raise ScrapeError("too_large", too_large)
+                sink.commit(count)
+        while decoder is not None and (chunk := response.read(_CHUNK)):
             if self._clock.monotonic() > deadline:
                 raise DeadlineExceededError("deadline passed while reading the body")
-            pieces = (chunk,) if decoder is None else _inflate(decoder, chunk, limit - size + 1)
-            for piece in pieces:
+            for piece in _inflate(decoder, chunk, limit - size + 1):
                 size += len(piece)
                 if size > limit:
-                    raise ScrapeError(
-                        "too_large", f"body is over max_body_bytes={limit} (after decompression)"
-                    )
+                    raise ScrapeError("too_large", too_large)
                 sink.feed(piece)
         if response.length:
             # http.client ends a short Content-Length body quietly; it is truncated.
@@ -538,6 +599,13 @@ class ServerScraper:
 class _Sink(Protocol):
     """Where a body goes as it arrives."""
 
+    def space(self) -> memoryview:
+        """Room to receive the next bytes into."""
+        ...
+
+    def commit(self, count: int) -> None:
+        """Take the ``count`` bytes just received into :meth:`space`."""
+
     def feed(self, data: bytes) -> None:
         """Take the next bytes of the body."""
 
@@ -548,6 +616,13 @@ class _Collected:
     def __init__(self, content_type: str | None) -> None:
         self.content_type = content_type
         self.parts: list[bytes] = []
+        self._room = bytearray(PIECE_BYTES)
+
+    def space(self) -> memoryview:
+        return memoryview(self._room)
+
+    def commit(self, count: int) -> None:
+        self.parts.append(bytes(self._room[:count]))
 
     def feed(self, data: bytes) -> None:
         self.parts.append(data)

@@ -29,7 +29,8 @@ from collections.abc import Callable
 
 __all__ = ["DeadlineExceededError", "OriginConnection"]
 
-_BUFFER_BYTES = 64 * 1024
+# Status line and headers; a body is received straight into the reader's own buffer.
+_BUFFER_BYTES = 8 * 1024
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
