@@ -907,6 +907,9 @@ class ExpositionReader:
             # line scan, so that a body of exemplars costs no more than one pass.
             search = pos
             while True:
+                if raw[search] == _HASH:  # HELP then TYPE: the common next comment line
+                    comment = search
+                    break
                 if misses >= _MAX_HASH_MISSES:
                     comment = _comment_by_scan(raw, search, end)
                     break

@@ -118,7 +118,9 @@ class Source:
         for label, accepted in self.where:
             if sample.label(label) not in accepted:
                 return False
-        return all(sample.label(label) is None for label in self.without)
+        if self.without:  # rare: skip building the generator for every series
+            return all(sample.label(label) is None for label in self.without)
+        return True
 
 
 def _src(name: str, **where: str | Iterable[str]) -> Source:
