@@ -907,6 +907,9 @@ class ExpositionReader:
             # line scan, so that a body of exemplars costs no more than one pass.
             search = pos
             while True:
+                if search >= end:
+                    comment = end
+                    break
                 if raw[search] == _HASH:  # HELP then TYPE: the common next comment line
                     comment = search
                     break
