@@ -215,9 +215,10 @@ class ScrapeLane:
     """One scrape at a time, each waiting for its turn at most ``wait_seconds``.
 
     The sampler starts every server's scrape at the same moment, each on its own thread.
-    Eight 1.4 MB scrapes run at once cost 1.8x the CPU of the same scrapes run one after
-    another (tests/benchmarks/bench_overhead.py, "lane"): the threads hand the GIL over at
-    every network read and evict each other's parser state from the CPU caches. Past its
+    Eight 1.4 MB scrapes run at once cost 1.7x the CPU of the same scrapes run one after
+    another on one thread, and 1.15x when they take turns here (tests/benchmarks/
+    bench_overhead.py ``--lane``): at once, the threads hand the GIL over at every network
+    read and evict each other's parser state from the CPU caches. Past its
     wait a scrape runs anyway, so a server that answers slowly while holding the lane
     delays the others by ``wait_seconds`` at most and never stops them. The wait is not
     part of a scrape's own deadline.

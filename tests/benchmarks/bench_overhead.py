@@ -25,11 +25,14 @@ Measured, each beside its baseline in the same run:
    process (one run's heap does not inflate another's RSS): CPU % and RSS per period, CPU per
    thread, connections the agent opened per server and requests per connection. At 1.41 MB
    for ``--minutes`` (the headline) and at 2.34 MB for ``--short-minutes``, with glibc's
-   malloc defaults; and both sizes again with :data:`MALLOC_TUNABLES` (a deployment setting,
-   no code change), to show what the kernel's page faults cost.
+   malloc defaults (``--tuned`` adds both sizes with :data:`MALLOC_TUNABLES`, a deployment
+   setting: the page faults it saved went away when bodies stopped being held whole).
 3. Growth: CPU per cycle and per 5 s period against servers (1, 8, 32), GPUs (1, 8, 64) and
    body size (0.48, 1.41, 2.34 MB), with the least-squares slope (ms per extra server, GPU, MB).
 4. /metrics render time and size, text 0.0.4 and OpenMetrics, plain and gzip.
+5. The scrape lane: CPU per scrape of the 8 servers scraped by one thread in turn, by 8
+   worker threads at once (the sampler's threads, one per server) and by the same 8 threads
+   taking turns in a :class:`~agent.servers.scraper.ScrapeLane`, each round after 1 s idle.
 
 The simulated NVML is Python; real NVML calls are C (microseconds), so the GPU poll figure is
 an upper bound. The host is shared (2 cores, other jobs running): CPU time, not wall time, is
@@ -53,6 +56,7 @@ import logging
 import math
 import os
 import pstats
+import queue
 import random
 import resource
 import statistics
@@ -73,7 +77,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from agent.cli import Agent, build_agent
 from agent.clock import SystemClock
-from agent.config import HttpSettings, ServerSettings, Settings
+from agent.config import HttpSettings, ScrapeSettings, ServerSettings, Settings
+from agent.servers.scraper import ScrapeLane, ServerScraper
 from agent.simulation.expositions import SimModelCounters, render_exposition
 from agent.simulation.nvml import SimulatedNvml
 from agent.simulation.servers import CONTENT_TYPE, SimulatedServer
@@ -796,17 +801,23 @@ def render_table(renders: Sequence[RenderRow], vllm_body_bytes: int) -> str:
 
 
 def run(
-    minutes: float, short_minutes: float, every_seconds: float, cycles: int, out: IO[str]
+    minutes: float,
+    short_minutes: float,
+    every_seconds: float,
+    cycles: int,
+    out: IO[str],
+    tuned: bool = False,
 ) -> None:
     """The whole benchmark, printing each table as it is measured.
 
     Args:
         minutes: Length of the headline real loop (1.41 MB bodies, glibc defaults), min.
-        short_minutes: Length of the other loops (2.34 MB; both sizes with
+        short_minutes: Length of the other loops (2.34 MB; with ``tuned``, both sizes with
             :data:`MALLOC_TUNABLES`), min.
         every_seconds: Reporting period of the loops, s.
         cycles: Cycles per CPU batch at the headline setup (half that per growth point).
         out: Where the tables go.
+        tuned: Also run the loops with :data:`MALLOC_TUNABLES`.
     """
     started = time.monotonic()
     print(
@@ -852,12 +863,14 @@ def run(
     finally:
         child.close()
     print("\n" + render_table(renders, len(render_body(HEADLINE_MODELS))), file=out)
-    loops = (
-        (BODY_MODELS[2.3], short_minutes, ""),
-        (HEADLINE_MODELS, short_minutes, MALLOC_TUNABLES),
-        (BODY_MODELS[2.3], short_minutes, MALLOC_TUNABLES),
-        (HEADLINE_MODELS, minutes, ""),  # the headline, longest, last
-    )
+    print("\n" + lane_table(measure_lane()), file=out, flush=True)
+    loops: tuple[tuple[int, float, str], ...] = ((BODY_MODELS[2.3], short_minutes, ""),)
+    if tuned:
+        loops += (
+            (HEADLINE_MODELS, short_minutes, MALLOC_TUNABLES),
+            (BODY_MODELS[2.3], short_minutes, MALLOC_TUNABLES),
+        )
+    loops += ((HEADLINE_MODELS, minutes, ""),)  # the headline, longest, last
     for n_models, length, tunables in loops:
         result = loop_in_fresh_process(n_models, length * 60.0, every_seconds, tunables)
         print("\n" + loop_table(result), file=out, flush=True)
@@ -868,6 +881,111 @@ def run(
         file=out,
         flush=True,
     )
+
+
+@dataclass(frozen=True)
+class LaneRow:
+    """CPU per scrape of one way to run the 8 servers' scrapes."""
+
+    mode: str
+    scrape_ms: list[float]
+
+
+def measure_lane(rounds: int = 12, idle_seconds: float = 1.0) -> list[LaneRow]:
+    """CPU per scrape (all threads of this process) of 8 servers x 1.41 MB bodies, 3 ways.
+
+    Each round scrapes every server once after ``idle_seconds`` idle (the real loop idles
+    5 s between cycles: caches go cold); the three ways take turns round by round, so the
+    host's drift hits them alike. The worker threads are started once, as the sampler's are.
+    """
+    child = start_servers(SERVERS, HEADLINE_MODELS)
+    modes = ("one thread, in turn", "8 threads at once", "8 threads, ScrapeLane")
+    rounds_of: dict[str, Callable[[], None]] = {}
+    workers: list[tuple[threading.Thread, queue.SimpleQueue[bool]]] = []
+    scrapers: list[ServerScraper] = []
+    try:
+        for mode in modes:
+            lane = ScrapeLane() if "Lane" in mode else None
+            mine = [
+                ServerScraper(
+                    ServerSettings(name=f"vllm{i}", url=u, engine="vllm"),
+                    ScrapeSettings(),
+                    lane=lane,
+                )
+                for i, u in enumerate(child.urls)
+            ]
+            scrapers += mine
+            rounds_of[mode] = _lane_round(mine, in_turn="one" in mode, workers=workers)
+            rounds_of[mode]()  # connections, memo
+        per: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(rounds):
+            for mode in modes:
+                time.sleep(idle_seconds)
+                t0 = time.process_time()
+                rounds_of[mode]()
+                per[mode].append((time.process_time() - t0) / SERVERS * 1e3)
+    finally:
+        for thread, job in workers:
+            job.put(False)
+            thread.join(5)
+        for scraper in scrapers:
+            scraper.close()
+        child.close()
+    return [LaneRow(mode, per[mode]) for mode in modes]
+
+
+def _lane_round(
+    scrapers: Sequence[ServerScraper],
+    in_turn: bool,
+    workers: list[tuple[threading.Thread, queue.SimpleQueue[bool]]],
+) -> Callable[[], None]:
+    """One round of scrapes: on this thread in turn, or one worker thread per scraper."""
+    if in_turn:
+
+        def in_turn_round() -> None:
+            for scraper in scrapers:
+                scraper.scrape()
+
+        return in_turn_round
+    done: queue.SimpleQueue[bool] = queue.SimpleQueue()
+    jobs: list[queue.SimpleQueue[bool]] = []
+
+    def work(scraper: ServerScraper, job: queue.SimpleQueue[bool]) -> None:
+        while job.get():
+            scraper.scrape()
+            done.put(True)
+
+    for scraper in scrapers:
+        job: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        thread = threading.Thread(target=work, args=(scraper, job), daemon=True)
+        thread.start()
+        workers.append((thread, job))
+        jobs.append(job)
+
+    def one_round() -> None:
+        for job in jobs:
+            job.put(True)
+        for _ in jobs:
+            done.get()
+
+    return one_round
+
+
+def lane_table(rows: Sequence[LaneRow]) -> str:
+    """The lane rows, with the ratio to the first (one thread)."""
+    base = statistics.median(rows[0].scrape_ms)
+    lines = [
+        "scrape lane: CPU per scrape, 8 servers x 1.41 MB, each round after 1 s idle, the "
+        f"three ways in turn ({len(rows[0].scrape_ms)} rounds each; median, min-max)",
+        f"{'mode':26s} {'ms':>6s} {'min':>6s} {'max':>6s} {'vs one thread':>14s}",
+    ]
+    for row in rows:
+        median = statistics.median(row.scrape_ms)
+        lines.append(
+            f"{row.mode:26s} {median:6.2f} {min(row.scrape_ms):6.2f} "
+            f"{max(row.scrape_ms):6.2f} {median / base:13.2f}x"
+        )
+    return "\n".join(lines)
 
 
 def profile(cycles: int, out: IO[str], top: int = 18) -> None:
@@ -914,6 +1032,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1-minute loops, fewer cycles")
     parser.add_argument("--cycles", type=int, default=12, help="cycles per CPU batch (12)")
     parser.add_argument("--profile", action="store_true", help="cProfile a cycle instead")
+    parser.add_argument("--lane", action="store_true", help="only the scrape-lane table")
+    parser.add_argument(
+        "--tuned", action="store_true", help="also the loops with GLIBC_TUNABLES (+6 min)"
+    )
     parser.add_argument("--serve", nargs=3, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--loop", nargs=3, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -929,11 +1051,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         profile(args.cycles, sys.stdout)
         return 0
+    if args.lane:
+        print(lane_table(measure_lane()))
+        return 0
     if args.quick:
-        run(1.0, 1.0, 15.0, max(3, args.cycles // 2), sys.stdout)
+        run(1.0, 1.0, 15.0, max(3, args.cycles // 2), sys.stdout, args.tuned)
     else:
         every = 30.0 if args.minutes <= 5 else 60.0
-        run(args.minutes, args.short_minutes, every, args.cycles, sys.stdout)
+        run(args.minutes, args.short_minutes, every, args.cycles, sys.stdout, args.tuned)
     return 0
 
 
