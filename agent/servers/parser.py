@@ -971,12 +971,22 @@ class ExpositionReader:
         self._block_family = family
         key = self._keys.get(family)
         if key is None:
-            key = self._keys[family] = _family_key(family)
+            key = self._key_of(family)
         self._block_key = key
         # `x_total` of a histogram has samples `x_total_bucket`, `x_total_created`.
         self._block_name = name = family.replace(b":", b"_")
         wanted = self.compiled.wanted_keys
         self._scan_block = wanted is None or key in wanted or name in wanted
+
+    def _key_of(self, name: bytes) -> bytes:
+        """The family key of ``name``, kept in the memo while it has room.
+
+        A body of 500,000 one-line families must not grow the memo to as many entries.
+        """
+        key = _family_key(name)
+        if len(self._keys) < self._memo.max_entries:
+            self._keys[name] = key
+        return key
 
     def _block(self, raw: bytes | bytearray, pos: int, end: int) -> None:
         """Read the lines ``pos:end`` (no comment among them) of the current family block."""
@@ -993,7 +1003,7 @@ class ExpositionReader:
                 text = name.group()
                 key = self._keys.get(text)
                 if key is None:
-                    key = self._keys[text] = _family_key(text)
+                    key = self._key_of(text)
                 if key == self._block_key or key == self._block_name:
                     return
         self._scan(raw, pos, end)

@@ -99,8 +99,10 @@ _BOMB: list[bytes] = []
 def _bomb() -> bytes:
     if not _BOMB:
         packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        zeros = b"\0" * (1 << 20)
-        _BOMB.append(b"".join(packer.compress(zeros) for _ in range(256)) + packer.flush())
+        # Blank lines: read as they are inflated, so the bomb meets the size limit
+        # (a bomb of zeros is refused sooner, as one line over max_line_bytes).
+        blanks = b"\n" * (1 << 20)
+        _BOMB.append(b"".join(packer.compress(blanks) for _ in range(256)) + packer.flush())
     return _BOMB[0]
 
 

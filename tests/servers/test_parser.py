@@ -29,6 +29,7 @@ from agent.servers.parser import (
     ExpositionError,
     ParseError,
     ParseLimits,
+    ParseMemo,
     Scanner,
     family_candidates,
     name_spellings,
@@ -974,3 +975,15 @@ def test_streamed_limits_hold_across_pieces() -> None:
     reader.feed(b"a 1\n" * 25)
     with pytest.raises(ParseError, match="body is at least 104 bytes, over the limit"):
         reader.feed(b"a 1\n")
+
+
+def test_the_memo_stays_bounded_by_a_body_of_many_families() -> None:
+    memo = ParseMemo(max_entries=100)
+    body = "".join(f"# TYPE f{i} gauge\nf{i} 1\n" for i in range(1000)) + 'a{x="1"} 2\n'
+    reader = Scanner(["a"]).reader(memo=memo)
+    reader.feed(body.encode())
+    assert len(memo.family_keys) <= 100  # while the body is read, not only after
+    exp = reader.close()
+    assert [s.value for s in exp.get("a")] == [2.0]
+    # Kept for the next scrape: what the body taught, within the bound.
+    assert memo.labels("underscores") == {b'{x="1"}': (("x", "1"),)}
