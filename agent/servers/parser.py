@@ -1231,6 +1231,8 @@ def _utf8_error(raw: bytes | bytearray, size: int) -> int | None:
     """Offset of the first byte of ``raw[:size]`` that is not UTF-8, or None."""
     if raw.isascii():
         return None  # all of it (a buffer's stale end included): no slice needed
+    if len(raw) > size and raw[:size].isascii():
+        return None  # the non-ASCII was in the stale end (an earlier body's)
     start = 0
     while start < size:
         cut = raw.find(b"\n", min(start + _UTF8_PIECE, size), size)
