@@ -44,8 +44,17 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from agent.servers.profiles import PROFILES, interpret, read_exposition  # noqa: E402
+from agent.readings import ServerReading  # noqa: E402
+from agent.servers.parser import PIECE_BYTES  # noqa: E402
+from agent.servers.profiles import (  # noqa: E402
+    PROFILES,
+    ExpositionStream,
+    ReadMemo,
+    interpret,
+    read_exposition,
+)
 from agent.simulation.expositions import SimModelCounters, render_exposition  # noqa: E402
+from agent.simulation.servers import CONTENT_TYPE  # noqa: E402
 
 ENGINES = 8
 REPEATS = 15
@@ -139,6 +148,26 @@ def old_extraction(old: Any) -> Callable[[bytes], object]:
     return extract
 
 
+def streamed(engine: str) -> Callable[[bytes], ServerReading]:
+    """As a scrape reads: 64 KiB network reads into one reusable buffer, the server's memo."""
+    memo = ReadMemo()
+    buffer = bytearray(PIECE_BYTES)
+
+    def read(body: bytes) -> ServerReading:
+        stream = ExpositionStream(engine, content_type=CONTENT_TYPE, memo=memo, buffer=buffer)
+        view = memoryview(body)
+        while view:
+            room = stream.space()
+            count = min(len(room), len(view))
+            room[:count] = view[:count]
+            room.release()
+            stream.commit(count)
+            view = view[count:]
+        return stream.result().reading
+
+    return read
+
+
 def best_ms(fn: Callable[[], object], repeats: int = REPEATS) -> float:
     """Best CPU time of this thread over ``repeats`` calls, ms.
 
@@ -159,6 +188,7 @@ def check_same(body: bytes, old: Any) -> None:
     for reading in (
         read_exposition(body, "vllm"),
         read_exposition(body),
+        streamed("vllm")(body),
         old_extraction(old)(body).reading,  # type: ignore[attr-defined]
     ):
         ours = {m.model: m for m in reading.models}
@@ -185,6 +215,7 @@ def extraction_rows(sizes: tuple[int, ...], old: Any, repeats: int = REPEATS) ->
         ("ours (old): parser before issue 16", old_extraction(old)),
         ("ours (new): read_exposition(vllm)", lambda b: read_exposition(b, "vllm")),
         ("ours (new): read_exposition(auto)", read_exposition),
+        ("ours (new): as a scrape reads (vllm)", streamed("vllm")),
     ]
     for body in bodies:
         check_same(body, old)
