@@ -623,7 +623,7 @@ class _Collected:
         return memoryview(self._room)
 
     def commit(self, count: int) -> None:
-        self.parts.append(bytes(self._room[:count]))
+        self.parts.append(bytes(memoryview(self._room)[:count]))  # one copy
 
     def feed(self, data: bytes) -> None:
         self.parts.append(data)

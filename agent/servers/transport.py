@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import math
 import select
 import socket
 import ssl
@@ -39,13 +40,21 @@ class DeadlineExceededError(TimeoutError):
 
 
 class _DeadlineReader(io.RawIOBase):
-    """Raw reader of a socket whose every receive waits at most until the deadline."""
+    """Raw reader of a socket whose every receive waits at most until the deadline.
+
+    The socket is non-blocking: a receive first takes what has arrived (one system call,
+    the common case in a body), and only when nothing has it waits for the socket with
+    ``poll`` until the deadline. A blocking receive with a timeout costs four calls per read
+    (the timeout set again, TCP_QUICKACK, poll, recv): about 90 per 1.4 MB body.
+    """
 
     def __init__(self, owner: _DeadlineSocket) -> None:
         super().__init__()
         self._owner = owner
         self._sock = owner.raw
         self._remaining = owner.remaining
+        self._poller = select.poll()
+        self._poller.register(self._sock, select.POLLIN)
         owner.readers += 1
 
     def close(self) -> None:
@@ -57,30 +66,38 @@ class _DeadlineReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        left = self._remaining()
-        if left <= 0:
-            raise DeadlineExceededError("deadline passed while receiving")
-        self._sock.settimeout(left)
-        if _QUICKACK is not None:
-            # Acknowledge at once: a server that writes headers and body separately with
-            # Nagle on (http.server does) otherwise waits for our delayed ACK, 40 ms per
-            # exchange on a kept-alive connection. Linux clears the flag, so set it each time.
-            with contextlib.suppress(OSError):
-                self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        try:
-            return self._sock.recv_into(buffer)
-        except TimeoutError:
-            raise DeadlineExceededError("deadline passed while receiving") from None
+        sock = self._sock
+        while True:
+            try:
+                return sock.recv_into(buffer)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                pass  # nothing yet (or not a whole TLS record): wait for more
+            left = self._remaining()
+            if left <= 0:
+                raise DeadlineExceededError("deadline passed while receiving")
+            if _QUICKACK is not None:
+                # About to wait: acknowledge at once. A server that writes headers and body
+                # separately with Nagle on (http.server does) otherwise waits for our delayed
+                # ACK, 40 ms per exchange on a kept-alive connection. Linux clears the flag,
+                # so it is set before each wait.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            if not self._poller.poll(max(1, math.ceil(left * 1000))):
+                raise DeadlineExceededError("deadline passed while receiving")
 
 
 class _DeadlineSocket:
-    """What ``http.client`` sees as its socket: sends and receives bounded by the deadline."""
+    """What ``http.client`` sees as its socket: sends and receives bounded by the deadline.
+
+    The socket stays non-blocking between sends (see :class:`_DeadlineReader`).
+    """
 
     def __init__(self, sock: socket.socket, remaining: Callable[[], float]) -> None:
         self.raw = sock
         self.remaining = remaining
         self.readers = 0
         self._closing = False
+        sock.settimeout(0.0)
 
     def sendall(self, data: bytes) -> None:
         left = self.remaining()
@@ -91,6 +108,9 @@ class _DeadlineSocket:
             self.raw.sendall(data)
         except TimeoutError:
             raise DeadlineExceededError("deadline passed while sending") from None
+        finally:
+            with contextlib.suppress(OSError):  # closed by a failed send
+                self.raw.settimeout(0.0)
 
     def makefile(self, mode: str) -> io.BufferedReader:
         if mode != "rb":  # pragma: no cover - http.client only reads
