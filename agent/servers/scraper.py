@@ -616,14 +616,17 @@ class _Collected:
 
     def __init__(self, content_type: str | None) -> None:
         self.content_type = content_type
-        self.parts: list[bytes] = []
-        self._room = bytearray(PIECE_BYTES)
+        self.parts: list[bytes | memoryview] = []
+        self._room = memoryview(bytearray(PIECE_BYTES))
 
     def space(self) -> memoryview:
-        return memoryview(self._room)
+        if not self._room:
+            self._room = memoryview(bytearray(PIECE_BYTES))
+        return self._room[:]  # the caller releases its view, not ours
 
     def commit(self, count: int) -> None:
-        self.parts.append(bytes(memoryview(self._room)[:count]))  # one copy
+        self.parts.append(self._room[:count])
+        self._room = self._room[count:]
 
     def feed(self, data: bytes) -> None:
         self.parts.append(data)
