@@ -425,7 +425,7 @@ class GpuMonitor:
                 index,
                 reading.energy_joules,
             )
-        else:
+        elif self._problems:  # none logged: nothing to resolve (the usual case)
             self._resolved(
                 str(index), "implausible", "GPU %d: energy counter plausible again", index
             )
@@ -433,8 +433,9 @@ class GpuMonitor:
         track.reading = reading
         track.up = True
         track.error = None
-        for kind in ("gpu_lost", "timeout", "driver", "read_error", "unavailable", "meter"):
-            self._resolved(str(index), kind, "GPU %d (%s) read again", index, reading.uuid)
+        if self._problems:
+            for kind in ("gpu_lost", "timeout", "driver", "read_error", "unavailable", "meter"):
+                self._resolved(str(index), kind, "GPU %d (%s) read again", index, reading.uuid)
 
     def _reject(self, index: int, exc: BaseException, now: float) -> None:
         uuid = self._index_to_uuid.get(index)
