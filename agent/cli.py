@@ -423,18 +423,58 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     )
 
 
-def _install_stop_handlers(stop: threading.Event, hup: threading.Event | None = None) -> None:
+def _install_stop_handlers(
+    stop: threading.Event,
+    hup: threading.Event | None = None,
+    wake: threading.Event | None = None,
+) -> None:
     """SIGTERM and SIGINT set ``stop``; SIGHUP sets ``hup``, or ``stop`` when None.
 
-    Without a handler SIGHUP would kill the process with no clean shutdown.
+    Each signal also sets ``wake``, when given, after its own event. Without a handler
+    SIGHUP would kill the process with no clean shutdown.
     """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         (hup if signum == signal.SIGHUP and hup is not None else stop).set()
+        if wake is not None:
+            wake.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGHUP, handler)
+
+
+SIGNAL_BACKSTOP_SECONDS = 5.0
+"""Longest sleep of the main thread between two looks at the stop and reload events, s."""
+
+
+def wait_for_signals(
+    stop: threading.Event,
+    hup: threading.Event,
+    wake: threading.Event,
+    on_hup: Callable[[], None],
+) -> None:
+    """Sleep until ``stop`` is set, calling ``on_hup`` once for each time ``hup`` was set.
+
+    The handlers of :func:`_install_stop_handlers` set ``wake`` after their own event, so the
+    main thread wakes once per signal instead of polling five times a second. On Linux a
+    lock wait is interrupted by a signal and the handler runs at once on this thread;
+    :data:`SIGNAL_BACKSTOP_SECONDS` bounds the delay where a platform does not interrupt it.
+
+    Args:
+        stop: Set to return.
+        hup: Set to ask for ``on_hup``; cleared before the call.
+        wake: Set after ``stop`` or ``hup``.
+        on_hup: What a SIGHUP does.
+    """
+    while not stop.is_set():
+        wake.wait(SIGNAL_BACKSTOP_SECONDS)
+        wake.clear()  # before reading the events: a signal from now on wakes the next wait
+        if stop.is_set():
+            return
+        if hup.is_set():
+            hup.clear()
+            on_hup()
 
 
 def _raise_open_file_limit(log: logging.Logger) -> None:
@@ -485,8 +525,8 @@ def run_command(args: argparse.Namespace, log: logging.Logger) -> int:
 
         nvml = import_pynvml()
     agent = build_agent(settings, nvml, clock, log)
-    stop, hup = threading.Event(), threading.Event()
-    _install_stop_handlers(stop, hup)
+    stop, hup, wake = threading.Event(), threading.Event(), threading.Event()
+    _install_stop_handlers(stop, hup, wake)
     try:
         agent.start()
     except BaseException:
@@ -494,11 +534,12 @@ def run_command(args: argparse.Namespace, log: logging.Logger) -> int:
         raise
     try:
         _log_start(agent, log)
-        while not stop.wait(0.2):
-            if hup.is_set():
-                hup.clear()
-                log.info("SIGHUP: re-reading the web config; other settings need a restart")
-                agent.server.reload_web_config()
+
+        def reload() -> None:
+            log.info("SIGHUP: re-reading the web config; other settings need a restart")
+            agent.server.reload_web_config()
+
+        wait_for_signals(stop, hup, wake, reload)
     finally:
         agent.stop()
         log.info("stopped")

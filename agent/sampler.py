@@ -269,7 +269,8 @@ class Sampler:
             for g in statuses:
                 uuid = g.device.uuid
                 self._carry[uuid] = self._carry.get(uuid, 0.0) + g.energy_joules_added
-            self._last_gpus = tuple(replace(g, energy_joules_added=0.0) for g in statuses)
+            # Kept as polled (their joules are in the carry): zeroed only if ever used.
+            self._last_gpus = statuses
 
     def run_cycle(self) -> Snapshot:
         """Run one full cycle now and publish its Snapshot.
@@ -293,7 +294,9 @@ class Sampler:
             gpu_ok = self._gpus.nvml_up()
         except Exception:
             self._log.exception("GPU poll failed")
-            gpus, gpu_ok = self._last_gpus, False
+            # The last statuses, their joules already handed over (the carry holds the rest).
+            gpus = tuple(replace(g, energy_joules_added=0.0) for g in self._last_gpus)
+            gpu_ok = False
         # The joules of the polls since the last cycle go to the ledger with this one.
         gpus = tuple(
             replace(
@@ -301,7 +304,7 @@ class Sampler:
             )
             for g in gpus
         )
-        self._last_gpus = tuple(replace(g, energy_joules_added=0.0) for g in gpus)
+        self._last_gpus = gpus
         collectors.append(CollectorHealth("nvml", gpu_ok, self._clock.monotonic() - gpu_started))
 
         servers = self._collect_scrapes(started, collectors)

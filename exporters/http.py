@@ -76,7 +76,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from email.utils import formatdate
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from prometheus_client.exposition import (
@@ -188,6 +188,31 @@ def _choose_format(accept: str) -> tuple[Callable[[Collector], bytes], str]:
         return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
 
 
+@runtime_checkable
+class WritesExposition(Protocol):
+    """A registry that writes its own exposition (``exporters.prometheus.SnapshotRegistry``)."""
+
+    def exposition(self, openmetrics: bool = False) -> bytes:
+        """The text 0.0.4 (or OpenMetrics 1.0) exposition, UTF-8."""
+        ...
+
+
+_SAME_NAMES = ("", "underscores", "allow-utf-8")
+"""Name escapings that leave legacy names as they are (every tokenergy name is one)."""
+
+
+def _encode(registry: Collector, encoder: Callable[[Collector], bytes], content_type: str) -> bytes:
+    """The body for the negotiated format; the registry's own writer where it has one.
+
+    Its bytes are those of prometheus_client's encoder for the same format; for a name
+    escaping that rewrites names (``dots``, ``values``) prometheus_client's encoder writes.
+    """
+    escaping = content_type.partition("escaping=")[2].strip()
+    if isinstance(registry, WritesExposition) and escaping in _SAME_NAMES:
+        return registry.exposition(content_type.startswith("application/openmetrics-text"))
+    return encoder(registry)
+
+
 def _gzip_wanted(accept_encoding: str) -> bool:
     """Whether ``Accept-Encoding`` accepts gzip with a q-value above 0 (RFC 9110 §12.5.3)."""
     qualities: dict[str, float] = {}
@@ -273,7 +298,7 @@ class _App:
     def _metrics(self, request: _Request) -> _Response:
         encoder, content_type = _choose_format(request.headers.get("Accept", ""))
         try:
-            body = encoder(self._registry)
+            body = _encode(self._registry, encoder, content_type)
         except Exception:  # a bug in rendering must not take the server down
             self._log.exception("rendering /metrics failed")
             return _text(500, "rendering metrics failed; see the agent's log")

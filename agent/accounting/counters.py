@@ -230,10 +230,11 @@ def raw_series(reading: TokenReading) -> dict[tuple[CounterKind, str], float]:
     out: dict[tuple[CounterKind, str], float] = {}
     listed: set[CounterKind] = set()
     for s in reading.series:
-        listed.add(s.kind)
-        value = _valid(s.value)
-        if value is not None:
-            out[(s.kind, s.key)] = value
+        kind, value = s.kind, s.value
+        listed.add(kind)
+        # _valid inlined (run for every raw series of every scrape): NaN and +/-Inf fail.
+        if value is not None and 0 <= value < math.inf:
+            out[(kind, s.key)] = float(value)
     fields: dict[CounterKind, float | None] = {
         "input": reading.input_tokens,
         "output": reading.output_tokens,
@@ -243,9 +244,9 @@ def raw_series(reading: TokenReading) -> dict[tuple[CounterKind, str], float]:
     }
     for kind, raw in fields.items():
         if kind not in listed:
-            value = _valid(raw)
-            if value is not None:
-                out[(kind, kind)] = value
+            field_value = _valid(raw)
+            if field_value is not None:
+                out[(kind, kind)] = field_value
     return out
 
 
@@ -367,9 +368,23 @@ class TokenCounters:
         entry = state.models[model]
         entry.last_seen = t
         sums: dict[CounterKind, float] = dict.fromkeys(COUNTER_KINDS, 0.0)
+        # The ceiling rate of each kind for this server (rate x GPUs, as _step computes it).
+        rates = {kind: self._rate(kind) * gpus for kind in COUNTER_KINDS}
+        known = entry.series
         dropped = False
         for (kind, key), raw in sorted(raw_series(reading).items()):
-            series = entry.series.get((kind, key))
+            series = known.get((kind, key))
+            if series is not None and series.refused is None and raw >= series.base:
+                # The common step, as _step takes it: no reset, no glitch pending, within
+                # the ceiling (same arithmetic, so the same verdict to the last bit).
+                increase = raw - series.base
+                elapsed = t - series.t
+                if increase <= rates[kind] * (
+                    elapsed if elapsed > MIN_GUARD_INTERVAL_SECONDS else MIN_GUARD_INTERVAL_SECONDS
+                ):
+                    series.base, series.t = raw, t
+                    sums[kind] += increase
+                    continue
             if series is None:
                 if len(entry.series) >= self._limits.max_series_per_model:
                     state.forgetful = True

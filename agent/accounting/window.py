@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from functools import reduce
+from operator import add
 
 Key = tuple[str, str]
 """(server, model)."""
@@ -82,11 +84,43 @@ class WindowRatios:
     output_cost_per_million_output_tokens: float | None = None
 
 
+_Row = tuple[float, float, float, float, float, float, float, float, float, float, float, float]
+"""One key's addends in one interval, in :func:`_ratios`' argument order (zeros where the
+interval was not split)."""
+
+_NOT_SPLIT = (0.0,) * 6
+
+
+def _row(duration_seconds: float, d: IntervalDelta) -> _Row:
+    split = (
+        (
+            d.input_tokens,
+            d.output_tokens,
+            d.input_energy_joules,
+            d.output_energy_joules,
+            d.input_cost,
+            d.output_cost,
+        )
+        if d.split
+        else _NOT_SPLIT
+    )
+    return (
+        duration_seconds,
+        d.input_tokens,
+        d.output_tokens,
+        d.energy_joules,
+        d.cost,
+        d.gpu_seconds,
+        *split,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Interval:
     end_seconds: float
-    duration_seconds: float
-    deltas: Mapping[Key, IntervalDelta]
+    # Key -> its addends, made once when the interval is added (each is read at every
+    # advance while it stays in the window).
+    rows: Mapping[Key, _Row]
 
 
 class RatioWindow:
@@ -123,7 +157,8 @@ class RatioWindow:
             deltas: The interval's deltas per key; a key present with zeros counts its time.
         """
         if duration_seconds > 0:
-            self._intervals.append(_Interval(end_seconds, duration_seconds, dict(deltas)))
+            rows = {key: _row(duration_seconds, d) for key, d in deltas.items()}
+            self._intervals.append(_Interval(end_seconds, rows))
         start = end_seconds - self.window_seconds
         while self._intervals and self._intervals[0].end_seconds <= start:
             self._intervals.popleft()
@@ -134,26 +169,20 @@ class RatioWindow:
         Returns:
             ``(server, model) -> WindowRatios``.
         """
-        sums: dict[Key, list[float]] = {}
+        by_key: dict[Key, list[_Row]] = {}
         for interval in self._intervals:
-            for key, d in interval.deltas.items():
-                acc = sums.get(key)
-                if acc is None:
-                    acc = sums[key] = [0.0] * 12
-                acc[0] += interval.duration_seconds
-                acc[1] += d.input_tokens
-                acc[2] += d.output_tokens
-                acc[3] += d.energy_joules
-                acc[4] += d.cost
-                acc[5] += d.gpu_seconds
-                if d.split:
-                    acc[6] += d.input_tokens
-                    acc[7] += d.output_tokens
-                    acc[8] += d.input_energy_joules
-                    acc[9] += d.output_energy_joules
-                    acc[10] += d.input_cost
-                    acc[11] += d.output_cost
-        return {key: _ratios(*acc) for key, acc in sums.items()}
+            for key, row in interval.rows.items():
+                rows = by_key.get(key)
+                if rows is None:
+                    by_key[key] = [row]
+                else:
+                    rows.append(row)
+        # Each column added oldest interval first from 0.0, one addition at a time: exactly
+        # the sums of a loop (``sum`` of floats is compensated from Python 3.12).
+        return {
+            key: _ratios(*(reduce(add, column, 0.0) for column in zip(*rows, strict=True)))
+            for key, rows in by_key.items()
+        }
 
 
 def _ratios(
@@ -177,28 +206,25 @@ def _ratios(
     has_energy = joules > 0
     attributed = gpu_seconds > 0
     has_time = seconds > 0
-    return _finite(
-        WindowRatios(
-            tokens_per_joule=output_tokens / joules if has_output and has_energy else None,
-            joules_per_token=joules / output_tokens if has_output and has_energy else None,
-            cost_per_million_tokens=(
-                cost / output_tokens * 1e6 if has_output and attributed else None
+    return WindowRatios(
+        *map(
+            _finite,
+            (
+                output_tokens / joules if has_output and has_energy else None,
+                joules / output_tokens if has_output and has_energy else None,
+                cost / output_tokens * 1e6 if has_output and attributed else None,
+                input_tokens / seconds if has_time else None,
+                output_tokens / seconds if has_time else None,
+                joules / seconds if has_time and attributed else None,
+                per(input_joules, split_input_tokens),
+                per(output_joules, split_output_tokens),
+                per(input_cost, split_input_tokens, 1e6),
+                per(output_cost, split_output_tokens, 1e6),
             ),
-            input_tokens_per_second=input_tokens / seconds if has_time else None,
-            output_tokens_per_second=output_tokens / seconds if has_time else None,
-            power_watts=joules / seconds if has_time and attributed else None,
-            input_joules_per_input_token=per(input_joules, split_input_tokens),
-            output_joules_per_output_token=per(output_joules, split_output_tokens),
-            input_cost_per_million_input_tokens=per(input_cost, split_input_tokens, 1e6),
-            output_cost_per_million_output_tokens=per(output_cost, split_output_tokens, 1e6),
         )
     )
 
 
-def _finite(r: WindowRatios) -> WindowRatios:
-    """Drop any value that overflowed (denormal denominators): None, never Inf or NaN."""
-
-    def ok(v: float | None) -> float | None:
-        return v if v is not None and math.isfinite(v) else None
-
-    return WindowRatios(*(ok(getattr(r, f.name)) for f in fields(r)))
+def _finite(v: float | None) -> float | None:
+    """Drop a value that overflowed (denormal denominators): None, never Inf or NaN."""
+    return v if v is not None and math.isfinite(v) else None

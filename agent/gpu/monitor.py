@@ -39,6 +39,10 @@ from agent.readings import GpuDevice, GpuReading, GpuStatus
 
 T = TypeVar("T")
 
+BATCH_PATIENCE_SECONDS = 0.05
+"""How long one poll's reads run one after the other before the GPUs not started yet are
+read on threads of their own, s (an NVML read takes microseconds to a few milliseconds)."""
+
 NVML_WIDE = ""
 """The ``gpu`` key of errors that concern NVML as a whole (init failures), not one GPU."""
 
@@ -47,20 +51,31 @@ class _Worker:
     """One daemon thread that runs submitted calls one at a time.
 
     Daemon, so a call stuck in the driver never blocks the agent's exit (a
-    ``ThreadPoolExecutor`` joins its threads at interpreter exit).
+    ``ThreadPoolExecutor`` joins its threads at interpreter exit). ``busy`` is True from a
+    submit until the thread has finished that call (set by the submitter, cleared by the
+    thread), so a worker seen idle has nothing queued or running.
     """
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.busy = False
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
     def submit(self, call: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
-        self._jobs.put((call, future))
+
+        def job() -> None:
+            if future.set_running_or_notify_cancel():
+                _settle(future, call)
+
+        self.run(job)
         return future
+
+    def run(self, job: Callable[[], None]) -> None:
+        """Queue ``job``, which must not raise (it hands its outcome over itself)."""
+        self.busy = True
+        self._jobs.put(job)
 
     def stop(self) -> None:
         self._jobs.put(None)
@@ -70,15 +85,18 @@ class _Worker:
             job = self._jobs.get()
             if job is None:
                 return
-            call, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = call()
-            except BaseException as exc:  # handed to the poller, which classifies it
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            job()
+            self.busy = False
+
+
+def _settle(future: Future[T], call: Callable[[], T]) -> None:
+    """Run ``call`` and hand its result, or what it raised, to ``future`` (already running)."""
+    try:
+        result = call()
+    except BaseException as exc:  # handed to the poller, which classifies it
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 @dataclass
@@ -309,9 +327,9 @@ class GpuMonitor:
 
     def _read_all(self, now: float, deadline: float) -> None:
         self._harvest(now)
-        for index in sorted(self._index_to_uuid):
-            if index not in self._pending and self._nvml_up:
-                self._pending[index] = self._workers[index].submit(self._read_job(index))
+        todo = [i for i in sorted(self._index_to_uuid) if i not in self._pending]
+        if todo and self._nvml_up:
+            self._read_batch(todo, deadline)
         if self._pending:
             wait(list(self._pending.values()), timeout=max(0.0, deadline - time.monotonic()))
         self._harvest(now)
@@ -331,6 +349,40 @@ class GpuMonitor:
                 index,
                 self._deadline_seconds,
             )
+
+    def _read_batch(self, todo: list[int], deadline: float) -> None:
+        """Read ``todo`` one after the other on one idle worker, spreading the rest on stalls.
+
+        One thread wakes per poll instead of one per GPU: 8 threads woken at once contend
+        for the GIL, which cost several times the reads themselves. The GPUs the batch has
+        not started after :data:`BATCH_PATIENCE_SECONDS` are taken back (their futures
+        cancelled) and read on idle workers of their own within the same deadline, so a
+        hung call still holds one thread and one GPU only. Each hung call holds the one
+        worker it runs on and no new call of its GPU starts until it returns, so there is
+        an idle worker for every GPU left to read.
+        """
+        idle = [w for _, w in sorted(self._workers.items()) if not w.busy]
+        if not idle:
+            return
+        futures = {i: Future[tuple[GpuReading, float]]() for i in todo}
+        finished = threading.Event()
+        jobs = [(future, self._read_job(i)) for i, future in futures.items()]
+
+        def batch() -> None:
+            for future, job in jobs:
+                if future.set_running_or_notify_cancel():
+                    _settle(future, job)
+            finished.set()
+
+        idle.pop(0).run(batch)
+        self._pending.update(futures)
+        patience = min(BATCH_PATIENCE_SECONDS, max(0.0, deadline - time.monotonic()))
+        if finished.wait(patience):
+            return
+        for index, future in futures.items():
+            # cancel() succeeds only for a read the batch has not started: taken back.
+            if idle and future.cancel():
+                self._pending[index] = idle.pop(0).submit(self._read_job(index))
 
     def _read_job(self, index: int) -> Callable[[], tuple[GpuReading, float]]:
         def job() -> tuple[GpuReading, float]:
@@ -373,7 +425,7 @@ class GpuMonitor:
                 index,
                 reading.energy_joules,
             )
-        else:
+        elif self._problems:  # none logged: nothing to resolve (the usual case)
             self._resolved(
                 str(index), "implausible", "GPU %d: energy counter plausible again", index
             )
@@ -381,8 +433,9 @@ class GpuMonitor:
         track.reading = reading
         track.up = True
         track.error = None
-        for kind in ("gpu_lost", "timeout", "driver", "read_error", "unavailable", "meter"):
-            self._resolved(str(index), kind, "GPU %d (%s) read again", index, reading.uuid)
+        if self._problems:
+            for kind in ("gpu_lost", "timeout", "driver", "read_error", "unavailable", "meter"):
+                self._resolved(str(index), kind, "GPU %d (%s) read again", index, reading.uuid)
 
     def _reject(self, index: int, exc: BaseException, now: float) -> None:
         uuid = self._index_to_uuid.get(index)

@@ -602,6 +602,8 @@ class SimulatedNvml:
         """Count the call, then block here (outside the lock) if a hang matches it."""
         with self._lock:
             self._calls[function_name] = self._calls.get(function_name, 0) + 1
+            if not self._hangs:  # the usual case: no clock read, no list rebuilt per call
+                return
             now_real = time.monotonic()
             self._hangs = [h for h in self._hangs if h.deadline_real > now_real]
             hang = next(

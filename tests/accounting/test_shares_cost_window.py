@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.accounting.cost import JOULES_PER_KWH, CostModel
 from agent.accounting.counters import TokenDelta
@@ -260,3 +262,71 @@ def test_window_is_bounded() -> None:
 def test_window_rejects_a_bad_length(bad: float) -> None:
     with pytest.raises(ValueError, match="window_seconds"):
         RatioWindow(bad)
+
+
+_AMOUNT = st.floats(min_value=0.0, max_value=1e9, allow_nan=False, allow_infinity=False)
+_DELTA = st.builds(
+    IntervalDelta,
+    input_tokens=_AMOUNT,
+    output_tokens=_AMOUNT,
+    energy_joules=_AMOUNT,
+    cost=_AMOUNT,
+    gpu_seconds=_AMOUNT,
+    input_energy_joules=_AMOUNT,
+    output_energy_joules=_AMOUNT,
+    input_cost=_AMOUNT,
+    output_cost=_AMOUNT,
+    split=st.booleans(),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=20.0),
+            st.dictionaries(st.sampled_from([("s", "a"), ("s", "b"), ("t", "a")]), _DELTA),
+        ),
+        max_size=12,
+    )
+)
+def test_window_ratios_are_the_oldest_first_sums_bit_for_bit(
+    intervals: list[tuple[float, dict[tuple[str, str], IntervalDelta]]],
+) -> None:
+    # The window adds per-key rows made at add(); its ratios must be exactly those of the
+    # plain loop over the kept intervals, oldest first (no reordered float sums).
+    window = RatioWindow(30.0)
+    kept: list[tuple[float, float, dict[tuple[str, str], IntervalDelta]]] = []
+    t = 0.0
+    for duration, deltas in intervals:
+        t += duration
+        window.add(t, duration, deltas)
+        if duration > 0:
+            kept.append((t, duration, deltas))
+        kept = [k for k in kept if k[0] > t - 30.0]
+    expected: dict[tuple[str, str], list[float]] = {}
+    for _, duration, deltas in kept:
+        for key, d in deltas.items():
+            acc = expected.setdefault(key, [0.0] * 7)
+            acc[0] += duration
+            acc[1] += d.output_tokens
+            acc[2] += d.energy_joules
+            acc[3] += d.cost
+            acc[4] += d.input_tokens
+            if d.split:
+                acc[5] += d.input_tokens
+                acc[6] += d.input_energy_joules
+    def finite(v: float | None) -> float | None:
+        return v if v is not None and math.isfinite(v) else None
+
+    got = window.ratios()
+    assert set(got) == set(expected)
+    for key, (seconds, output, joules, cost, inputs, split_in, in_joules) in expected.items():
+        r = got[key]
+        both = output > 0 and joules > 0
+        assert r.joules_per_token == finite(joules / output if both else None)
+        assert r.input_tokens_per_second == finite(inputs / seconds if seconds > 0 else None)
+        if r.cost_per_million_tokens is not None:
+            assert r.cost_per_million_tokens == cost / output * 1e6
+        if r.input_joules_per_input_token is not None:
+            assert r.input_joules_per_input_token == in_joules / split_in

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,3 +101,41 @@ def test_failures_of_run_are_one_logfmt_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("ts=") and "level=error" in lines[0]
     assert f"source={config}" in lines[0] and "sampling.interval_seconds = 0" in lines[0]
+
+
+class CountingEvent(threading.Event):
+    """An Event that counts the waits started on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def test_main_thread_sleeps_until_a_signal_and_reloads_once_per_sighup() -> None:
+    from agent.cli import wait_for_signals
+
+    stop, hup, wake = threading.Event(), threading.Event(), CountingEvent()
+    reloads: list[float] = []
+    waiter = threading.Thread(
+        target=wait_for_signals, args=(stop, hup, wake, lambda: reloads.append(1.0))
+    )
+    waiter.start()
+    time.sleep(0.6)
+    assert wake.waits == 1  # asleep, not polling (the old loop woke every 0.2 s)
+    for sent in (1, 2):
+        hup.set()  # what the SIGHUP handler does
+        wake.set()
+        deadline = time.monotonic() + 5.0
+        # Reloaded, then asleep again (one more wait) before the next signal.
+        while (len(reloads), wake.waits) != (sent, sent + 1) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert reloads == [1.0, 1.0]
+    assert wake.waits == 3
+    stop.set()  # SIGTERM
+    wake.set()
+    waiter.join(5.0)
+    assert not waiter.is_alive()

@@ -374,3 +374,68 @@ def test_close_stops_the_threads(make_sim: SimFactory, make_monitor: MonitorFact
     assert not any(t.is_alive() for t in started)
     assert sim.calls("nvmlShutdown") == 1
     assert all(not s.up for s in monitor.poll())
+
+
+class ThreadLog:
+    """The simulated NVML, noting which thread made each power read (of which GPU)."""
+
+    def __init__(self, sim: SimulatedNvml) -> None:
+        self._sim = sim
+        self.reads: list[tuple[str, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sim, name)
+
+    def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:  # noqa: N802
+        self.reads.append((threading.current_thread().name, handle.index))
+        return int(self._sim.nvmlDeviceGetPowerUsage(handle))
+
+
+def test_a_poll_reads_every_gpu_on_one_thread(
+    make_sim: SimFactory, make_monitor: MonitorFactory, clock: ManualClock
+) -> None:
+    # One thread wakes per poll (not one per GPU, which costs more than the reads).
+    log = ThreadLog(make_sim(("H100-SXM-80GB",) * 4))
+    monitor = make_monitor(log)
+    for _ in range(5):
+        log.reads.clear()
+        clock.advance(1.0)
+        assert all(s.up for s in monitor.poll())
+        assert sorted(index for _, index in log.reads) == [0, 1, 2, 3]
+        assert len({thread for thread, _ in log.reads}) == 1
+
+
+@pytest.mark.parametrize("hung", [0, 1, 3])
+def test_gpus_queued_behind_a_hung_one_are_read_in_the_same_poll(
+    make_sim: SimFactory, make_monitor: MonitorFactory, clock: ManualClock, hung: int
+) -> None:
+    sim = make_sim(("H100-SXM-80GB",) * 4)
+    for i in range(4):
+        sim.set_load(i, 0.8)
+    monitor = make_monitor(sim, read_timeout_seconds=0.5)
+    handed = Handed(monitor)
+    handed.poll()
+    first_truth = sim.true_energy_joules(hung)
+    sim.hang("nvmlDeviceGetPowerUsage", 60.0, index=hung)
+    threads = set(threading.enumerate())
+    for _ in range(4):
+        clock.advance(1.0)
+        started = time.monotonic()
+        statuses = by_index(handed.poll())
+        assert time.monotonic() - started < 30.0  # the deadline ended the poll, not the hang
+        assert not statuses[hung].up and statuses[hung].error == "timeout"
+        for i in set(range(4)) - {hung}:
+            assert statuses[i].up, f"GPU {i} stale behind hung GPU {hung}"
+            assert statuses[i].energy_joules_added > 0.0
+    assert set(threading.enumerate()) - threads == set()  # no thread per poll or per stall
+    assert sim.blocked_calls() == 1  # one call in the driver, none queued behind it
+    sim.release_hangs()
+    deadline = time.monotonic() + 10.0
+    clock.advance(1.0)
+    statuses = by_index(handed.poll())
+    while not statuses[hung].up and time.monotonic() < deadline:
+        statuses = by_index(handed.poll())
+    assert all(s.up for s in statuses.values())
+    assert handed.joules[hung] == pytest.approx(
+        sim.true_energy_joules(hung) - first_truth, abs=5e-3
+    )
