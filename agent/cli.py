@@ -360,7 +360,7 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
     from agent.gpu.monitor import GpuMonitor
     from agent.gpu.nvml import NvmlBackend
     from agent.sampler import Sampler
-    from agent.servers.scraper import ScrapeLane, ServerScraper
+    from agent.servers.scraper import ServerScraper
     from exporters.http import MetricsServer
     from exporters.prometheus import SnapshotCollector, build_registry
 
@@ -371,10 +371,8 @@ def build_agent(settings: Settings, nvml: Any, clock: Clock, log: logging.Logger
         log.getChild("gpu"),
         max_power_ratio=settings.accounting.max_power_ratio,
     )
-    # One scraper, connection and TLS context per server: no server can hold another's. They
-    # take turns (ScrapeLane), each waiting at most 0.2 s: less CPU than all at once.
-    lane = ScrapeLane()
-    scrapers = {s.name: ServerScraper(s, settings.scrape, lane=lane) for s in settings.servers}
+    # One scraper, connection and TLS context per server: no server can hold another's.
+    scrapers = {s.name: ServerScraper(s, settings.scrape) for s in settings.servers}
     processes = PsutilProcessTable()
 
     def discover_now(gpus: Sequence[GpuStatus]) -> Discovery:

@@ -9,7 +9,6 @@ composition root.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -30,6 +29,7 @@ from agent.readings import (
     ServerStatus,
     Snapshot,
 )
+from agent.workers import InTurn, WorkerPool
 
 
 class GpuSource(Protocol):
@@ -84,6 +84,12 @@ COUNTED_REASONS = frozenset({"implausible", "too_many_models", "too_many_series"
 
 GROUPED_REASONS = frozenset({"too_many_models", "too_many_series", "label_too_long"})
 """Events logged once per server whatever the model or series (they churn by nature)."""
+
+SCRAPE_PATIENCE_SECONDS = 0.2
+"""Longest wait for the next of a cycle's scrapes (run in turn on one thread) to finish
+before the servers not started yet are scraped on threads of their own, s (at most a
+quarter of the scrape deadline): a server that answers slowly delays the others by this
+much at most."""
 
 MAX_LOGGED_EVENTS = 4096
 """Distinct (source, reason, model, series) logged; past it events are counted, not logged."""
@@ -160,7 +166,10 @@ class Sampler:
         self._scrape_deadline = scrape_deadline_seconds
         self._discovery_interval = discovery_interval_seconds
         self._log = log
-        self._workers = {name: _ScrapeWorker(name, s) for name, s in self._servers.items()}
+        # A cycle's scrapes run in turn on one worker; on a stall the rest get their own
+        # (agent/workers.py). At most one scrape per server is in flight.
+        self._pool = WorkerPool("scrape")
+        self._batch: tuple[InTurn[ServerReading], list[str]] | None = None
         self._inflight: dict[str, Future[ServerReading]] = {}
         self._closed = False
         self._last_server: dict[str, ServerStatus] = {}
@@ -228,8 +237,7 @@ class Sampler:
     def close(self) -> None:
         """Start no more scrapes and end the scrape threads; stuck ones are not waited for."""
         self._closed = True
-        for name, worker in self._workers.items():
-            worker.close(0.0 if name in self._inflight else 1.0)
+        self._pool.close(1.0)
 
     def _run(self) -> None:
         # A cycle run by hand before start() (the start-up log line) counts as the first one.
@@ -283,9 +291,11 @@ class Sampler:
 
     def _cycle(self) -> Snapshot:
         started = self._clock.monotonic()
-        for name in self._servers:
-            if name not in self._inflight and not self._closed:
-                self._inflight[name] = self._workers[name].submit()
+        todo = [n for n in self._servers if n not in self._inflight and not self._closed]
+        if todo:
+            batch = InTurn([self._scrape_call(n) for n in todo], self._pool.idle())
+            self._inflight.update(zip(todo, batch.futures, strict=True))
+            self._batch = (batch, todo)
         collectors: list[CollectorHealth] = []
 
         gpu_started = self._clock.monotonic()
@@ -338,6 +348,15 @@ class Sampler:
         self, started: float, collectors: list[CollectorHealth]
     ) -> tuple[ServerStatus, ...]:
         deadline = started + self._scrape_deadline
+        if self._batch is not None:
+            batch, names = self._batch
+            self._batch = None
+            left = max(0.0, deadline - self._clock.monotonic())
+            patience = min(SCRAPE_PATIENCE_SECONDS, self._scrape_deadline / 4)
+            for i in batch.wait(patience, left):
+                # Not started when the batch stalled: scraped on a thread of its own.
+                name = names[i]
+                self._inflight[name] = self._pool.idle().submit(self._scrape_call(name))
         statuses: list[ServerStatus] = []
         for name, future in list(self._inflight.items()):
             remaining = max(0.0, deadline - self._clock.monotonic())
@@ -369,6 +388,21 @@ class Sampler:
         order = list(self._servers)
         statuses.sort(key=lambda s: order.index(s.name))
         return tuple(statuses)
+
+    def _scrape_call(self, name: str) -> Callable[[], ServerReading]:
+        """The server's scrape, run under a thread name that says whose it is."""
+        scrape = self._servers[name].scrape
+
+        def call() -> ServerReading:
+            thread = threading.current_thread()
+            own = thread.name
+            thread.name = f"scrape-{name}"  # in thread dumps and log records
+            try:
+                return scrape()
+            finally:
+                thread.name = own
+
+        return call
 
     def _failed(self, name: str, reason: str, message: str) -> ServerStatus:
         key = (name, reason)
@@ -440,47 +474,3 @@ class Sampler:
 
 def _normalise(assignment: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
     return {k: tuple(sorted(v)) for k, v in sorted(assignment.items())}
-
-
-class _ScrapeWorker:
-    """One server's scrape thread (a daemon), started at its first scrape and then reused.
-
-    The sampler submits at most one scrape at a time per server, so a stuck scrape holds only
-    this thread. Reusing the thread (rather than one per scrape) keeps glibc from spreading
-    the bodies over new malloc arenas: measured +6 MB RSS with a thread per scrape.
-    """
-
-    def __init__(self, name: str, scraper: ServerSource) -> None:
-        self._name = name
-        self._scraper = scraper
-        self._jobs: queue.SimpleQueue[Future[ServerReading] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def submit(self) -> Future[ServerReading]:
-        """Queue one scrape; its outcome arrives in the future."""
-        future: Future[ServerReading] = Future()
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"scrape-{self._name}", daemon=True
-            )
-            self._thread.start()
-        self._jobs.put(future)
-        return future
-
-    def close(self, wait_seconds: float) -> None:
-        """End the thread once its current scrape (if any) returns; wait a little for it."""
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join(wait_seconds)
-
-    def _run(self) -> None:
-        while (future := self._jobs.get()) is not None:
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(self._scraper.scrape())
-            except BaseException as exc:  # delivered to the sampler, which classifies it
-                # Without its traceback: its frames would keep a failed scrape's buffers (up
-                # to max_body_bytes) alive as long as the future is held.
-                future.set_exception(exc.with_traceback(None))
-            del future

@@ -29,14 +29,12 @@ connection of another. It owns no thread and holds no global state. What it guar
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import ipaddress
 import os
 import socket
 import ssl
 import stat
-import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,7 +56,6 @@ __all__ = [
     "MAX_TOKEN_BYTES",
     "Fetched",
     "ScrapeError",
-    "ScrapeLane",
     "ScrapeReason",
     "ServerScraper",
     "accept_encoding",
@@ -211,37 +208,6 @@ def accept_encoding(host: str) -> str:
         return "gzip"
 
 
-class ScrapeLane:
-    """One scrape at a time, each waiting for its turn at most ``wait_seconds``.
-
-    The sampler starts every server's scrape at the same moment, each on its own thread.
-    Eight 1.4 MB scrapes run at once cost 1.7x the CPU of the same scrapes run one after
-    another on one thread, and 1.15x when they take turns here (tests/benchmarks/
-    bench_overhead.py ``--lane``): at once, the threads hand the GIL over at every network
-    read and evict each other's parser state from the CPU caches. Past its
-    wait a scrape runs anyway, so a server that answers slowly while holding the lane
-    delays the others by ``wait_seconds`` at most and never stops them. The wait is not
-    part of a scrape's own deadline.
-
-    Args:
-        wait_seconds: Longest wait for the lane, s.
-    """
-
-    def __init__(self, wait_seconds: float = 0.2) -> None:
-        self.wait_seconds = wait_seconds
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def turn(self) -> Iterator[None]:
-        """Hold the lane (or give up waiting for it) for the duration of the block."""
-        held = self._lock.acquire(timeout=self.wait_seconds)
-        try:
-            yield
-        finally:
-            if held:
-                self._lock.release()
-
-
 class ServerScraper:
     """Scrapes and reads one server over its own kept-alive connection.
 
@@ -250,7 +216,6 @@ class ServerScraper:
         scrape: Timeouts and limits.
         clock: Monotonic clock for the deadline; the system clock by default (socket waits
             are real time, so production always uses the system clock).
-        lane: The lane shared by the agent's scrapers, or None to scrape at once.
     """
 
     def __init__(
@@ -258,11 +223,9 @@ class ServerScraper:
         server: ServerSettings,
         scrape: ScrapeSettings,
         clock: Clock | None = None,
-        lane: ScrapeLane | None = None,
     ) -> None:
         self._server = server
         self._scrape = scrape
-        self._lane = lane
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._limits = ParseLimits.from_settings(scrape)
         self._url_text = scrape_url(server)
@@ -317,12 +280,11 @@ class ServerScraper:
             streams.append(stream)
             return stream
 
-        with self._lane.turn() if self._lane is not None else contextlib.nullcontext():
-            redirected_from = self._fetch(open_body)
-            try:
-                return streams[-1].result().reading
-            except ExpositionError as exc:
-                raise _parse_error(exc, redirected_from) from None
+        redirected_from = self._fetch(open_body)
+        try:
+            return streams[-1].result().reading
+        except ExpositionError as exc:
+            raise _parse_error(exc, redirected_from) from None
 
     def fetch(self) -> Fetched:
         """Fetch the raw body (decompressed) within the deadline and size limit.

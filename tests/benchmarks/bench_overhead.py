@@ -30,9 +30,10 @@ Measured, each beside its baseline in the same run:
 3. Growth: CPU per cycle and per 5 s period against servers (1, 8, 32), GPUs (1, 8, 64) and
    body size (0.48, 1.41, 2.34 MB), with the least-squares slope (ms per extra server, GPU, MB).
 4. /metrics render time and size, text 0.0.4 and OpenMetrics, plain and gzip.
-5. The scrape lane: CPU per scrape of the 8 servers scraped by one thread in turn, by 8
-   worker threads at once (the sampler's threads, one per server) and by the same 8 threads
-   taking turns in a :class:`~agent.servers.scraper.ScrapeLane`, each round after 1 s idle.
+5. The scrape lane: CPU per scrape of the 8 servers scraped by the caller's thread in turn,
+   by 8 worker threads at once (the sampler before), by the same 8 threads taking turns (a
+   shared lock) and in turn on one worker thread (:class:`agent.workers.InTurn`, the
+   sampler now), each round after 1 s idle.
 
 The simulated NVML is Python; real NVML calls are C (microseconds), so the GPU poll figure is
 an upper bound. The host is shared (2 cores, other jobs running): CPU time, not wall time, is
@@ -56,7 +57,6 @@ import logging
 import math
 import os
 import pstats
-import queue
 import random
 import resource
 import statistics
@@ -78,10 +78,11 @@ from prometheus_client.registry import CollectorRegistry
 from agent.cli import Agent, build_agent
 from agent.clock import SystemClock
 from agent.config import HttpSettings, ScrapeSettings, ServerSettings, Settings
-from agent.servers.scraper import ScrapeLane, ServerScraper
+from agent.servers.scraper import ServerScraper
 from agent.simulation.expositions import SimModelCounters, render_exposition
 from agent.simulation.nvml import SimulatedNvml
 from agent.simulation.servers import CONTENT_TYPE, SimulatedServer
+from agent.workers import InTurn, Worker, WorkerPool
 
 GPUS = 8
 SERVERS = 8
@@ -891,99 +892,112 @@ class LaneRow:
     scrape_ms: list[float]
 
 
-def measure_lane(rounds: int = 12, idle_seconds: float = 1.0) -> list[LaneRow]:
-    """CPU per scrape (all threads of this process) of 8 servers x 1.41 MB bodies, 3 ways.
+LANE_MODES = (
+    "one thread, in turn (reference)",
+    "8 threads at once (before)",
+    "8 threads taking turns (a lock)",
+    "in turn on one worker (InTurn)",
+)
+"""How 8 servers' scrapes are run in the lane table; the last is the sampler's way."""
+
+
+def measure_lane(rounds: int = 16, idle_seconds: float = 1.0) -> list[LaneRow]:
+    """CPU per scrape (all threads of this process) of 8 servers x 1.41 MB bodies, 4 ways.
 
     Each round scrapes every server once after ``idle_seconds`` idle (the real loop idles
-    5 s between cycles: caches go cold); the three ways take turns round by round, so the
-    host's drift hits them alike. The worker threads are started once, as the sampler's are.
+    5 s between cycles: caches go cold); the ways take turns round by round, so the host's
+    drift hits them alike. Worker threads are started once, as the sampler's are.
     """
     child = start_servers(SERVERS, HEADLINE_MODELS)
-    modes = ("one thread, in turn", "8 threads at once", "8 threads, ScrapeLane")
     rounds_of: dict[str, Callable[[], None]] = {}
-    workers: list[tuple[threading.Thread, queue.SimpleQueue[bool]]] = []
+    pool = WorkerPool("bench-scrape")
     scrapers: list[ServerScraper] = []
     try:
-        for mode in modes:
-            lane = ScrapeLane() if "Lane" in mode else None
+        for i, mode in enumerate(LANE_MODES):
             mine = [
                 ServerScraper(
-                    ServerSettings(name=f"vllm{i}", url=u, engine="vllm"),
-                    ScrapeSettings(),
-                    lane=lane,
+                    ServerSettings(name=f"vllm{i}-{j}", url=u, engine="vllm"), ScrapeSettings()
                 )
-                for i, u in enumerate(child.urls)
+                for j, u in enumerate(child.urls)
             ]
             scrapers += mine
-            rounds_of[mode] = _lane_round(mine, in_turn="one" in mode, workers=workers)
+            rounds_of[mode] = _lane_round(mine, i, pool)
             rounds_of[mode]()  # connections, memo
-        per: dict[str, list[float]] = {mode: [] for mode in modes}
+        per: dict[str, list[float]] = {mode: [] for mode in LANE_MODES}
         for _ in range(rounds):
-            for mode in modes:
+            for mode in LANE_MODES:
                 time.sleep(idle_seconds)
                 t0 = time.process_time()
                 rounds_of[mode]()
                 per[mode].append((time.process_time() - t0) / SERVERS * 1e3)
     finally:
-        for thread, job in workers:
-            job.put(False)
-            thread.join(5)
+        pool.close()
         for scraper in scrapers:
             scraper.close()
         child.close()
-    return [LaneRow(mode, per[mode]) for mode in modes]
+    return [LaneRow(mode, per[mode]) for mode in LANE_MODES]
 
 
 def _lane_round(
-    scrapers: Sequence[ServerScraper],
-    in_turn: bool,
-    workers: list[tuple[threading.Thread, queue.SimpleQueue[bool]]],
+    scrapers: Sequence[ServerScraper], way: int, pool: WorkerPool
 ) -> Callable[[], None]:
-    """One round of scrapes: on this thread in turn, or one worker thread per scraper."""
-    if in_turn:
+    """One round of scrapes, the ``way``-th of :data:`LANE_MODES`."""
+    calls = [s.scrape for s in scrapers]
+    if way == 0:
 
-        def in_turn_round() -> None:
-            for scraper in scrapers:
-                scraper.scrape()
+        def here() -> None:
+            for call in calls:
+                call()
 
-        return in_turn_round
-    done: queue.SimpleQueue[bool] = queue.SimpleQueue()
-    jobs: list[queue.SimpleQueue[bool]] = []
+        return here
+    if way == 3:
 
-    def work(scraper: ServerScraper, job: queue.SimpleQueue[bool]) -> None:
-        while job.get():
-            scraper.scrape()
-            done.put(True)
+        def in_turn() -> None:
+            for future in InTurn(calls, pool.idle()).futures:
+                future.result()
 
-    for scraper in scrapers:
-        job: queue.SimpleQueue[bool] = queue.SimpleQueue()
-        thread = threading.Thread(target=work, args=(scraper, job), daemon=True)
-        thread.start()
-        workers.append((thread, job))
-        jobs.append(job)
+        return in_turn
+    workers = [Worker(f"bench-lane-{way}-{j}") for j in range(len(calls))]
+    turn = threading.Lock()
+
+    def taking_turns(call: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            held = turn.acquire(timeout=0.2)
+            try:
+                return call()
+            finally:
+                if held:
+                    turn.release()
+
+        return run
+
+    wrapped = calls if way == 1 else [taking_turns(call) for call in calls]
 
     def one_round() -> None:
-        for job in jobs:
-            job.put(True)
-        for _ in jobs:
-            done.get()
+        futures = [w.submit(call) for w, call in zip(workers, wrapped, strict=True)]
+        for future in futures:
+            future.result()
 
     return one_round
 
 
 def lane_table(rows: Sequence[LaneRow]) -> str:
-    """The lane rows, with the ratio to the first (one thread)."""
+    """The lane rows, with the ratio to the first (the caller's thread in turn)."""
     base = statistics.median(rows[0].scrape_ms)
+    base_min = min(rows[0].scrape_ms)
+    width = max(len(row.mode) for row in rows)
     lines = [
         "scrape lane: CPU per scrape, 8 servers x 1.41 MB, each round after 1 s idle, the "
-        f"three ways in turn ({len(rows[0].scrape_ms)} rounds each; median, min-max)",
-        f"{'mode':26s} {'ms':>6s} {'min':>6s} {'max':>6s} {'vs one thread':>14s}",
+        f"ways in turn ({len(rows[0].scrape_ms)} rounds each)",
+        f"{'way':{width}s} {'median ms':>9s} {'min ms':>7s} {'max ms':>7s} "
+        f"{'median vs first':>15s} {'min vs first':>12s}",
     ]
     for row in rows:
         median = statistics.median(row.scrape_ms)
+        low = min(row.scrape_ms)
         lines.append(
-            f"{row.mode:26s} {median:6.2f} {min(row.scrape_ms):6.2f} "
-            f"{max(row.scrape_ms):6.2f} {median / base:13.2f}x"
+            f"{row.mode:{width}s} {median:9.2f} {low:7.2f} {max(row.scrape_ms):7.2f} "
+            f"{median / base:14.2f}x {low / base_min:11.2f}x"
         )
     return "\n".join(lines)
 

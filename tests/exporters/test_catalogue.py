@@ -19,6 +19,7 @@ FORBIDDEN_LABELS = {
     "hostname", "host",
 }  # fmt: skip
 
+
 def test_every_name_is_listed_once() -> None:
     assert len(BY_NAME) == len(METRICS), "a name is listed twice"
 

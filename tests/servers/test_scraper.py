@@ -26,7 +26,6 @@ from agent.servers.scraper import (
     ACCEPT,
     MAX_TOKEN_BYTES,
     ScrapeError,
-    ScrapeLane,
     ServerScraper,
     accept_encoding,
     read_token_file,
@@ -671,53 +670,3 @@ def test_a_large_body_is_read_as_it_arrives_without_holding_it(serve: Serve, gzi
         f"m{i}": 1000 + i for i in range(5)
     }
     assert peak < 512 * 1024
-
-
-def test_the_lane_runs_scrapes_one_at_a_time() -> None:
-    lane = ScrapeLane(wait_seconds=5.0)
-    inside = 0
-    most = 0
-    guard = threading.Lock()
-
-    def work() -> None:
-        nonlocal inside, most
-        with lane.turn():
-            with guard:
-                inside += 1
-                most = max(most, inside)
-            time.sleep(0.01)
-            with guard:
-                inside -= 1
-
-    threads = [threading.Thread(target=work) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert most == 1
-
-
-def test_a_slow_server_holding_the_lane_delays_another_by_the_wait_at_most(
-    serve: Serve,
-) -> None:
-    slow = serve(lambda path: {"body": VLLM[:2000], "drip": 0.001})  # 2 s for its body
-    fast = serve(lambda path: {"body": VLLM})
-    lane = ScrapeLane(wait_seconds=0.2)
-    scrape = ScrapeSettings(read_timeout_seconds=10.0)
-    slow_scraper, fast_scraper = (
-        ServerScraper(ServerSettings.model_validate({"name": n, "url": u}), scrape, lane=lane)
-        for n, u in (("s", slow.url()), ("f", fast.url()))
-    )
-    holder = threading.Thread(target=lambda: _fail(slow_scraper))
-    holder.start()
-    try:
-        while not slow.seen:  # the slow scrape holds the lane
-            time.sleep(0.01)
-        started = time.monotonic()
-        reading = fast_scraper.scrape()
-        waited = time.monotonic() - started
-    finally:
-        slow.stopping.set()
-        holder.join(15)
-    assert reading.models[0].input_tokens == 1_234_567
-    assert 0.15 <= waited < 1.0
