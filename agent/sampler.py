@@ -1,6 +1,8 @@
 """The sampling loop: read GPUs and scrape servers -> ledger -> immutable Snapshot.
 
-Impure edge: owns one thread for the loop and, per server, at most one scrape thread at a time.
+Impure edge: owns one thread for the loop and a pool of scrape threads: a cycle's scrapes run
+in turn on one of them, and on a stall the servers not started yet on threads of their own
+(:mod:`agent.workers`); at most one scrape per server is in flight.
 Everything it touches (GPU monitor, scrapers, ledger, discovery, clock) is passed in by the
 composition root.
 /metrics never calls into this module's sources: it renders the latest published Snapshot.

@@ -14,7 +14,8 @@ body and the connections opened, and the standard library path costs the least (
 tests/benchmarks/README.md); it also needs no third-party code on the scrape path.
 
 Name resolution (``getaddrinfo``) cannot be interrupted; a hung resolver is bounded by the
-sampler, which gives every server its own thread and reports ``timeout`` at its deadline.
+sampler, which takes a server whose scrape stalls off the shared scrape thread (the others
+go on) and reports ``timeout`` at its deadline.
 """
 
 from __future__ import annotations
