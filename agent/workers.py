@@ -126,23 +126,23 @@ class InTurn(Generic[T]):
     def __init__(self, calls: Sequence[Callable[[], T]], worker: Worker) -> None:
         self.futures: list[Future[T]] = [Future() for _ in calls]
         self._calls = list(calls)
-        self._progress = threading.Event()
-        self._finished = False
+        self._finished = threading.Event()
+        self._ran = 0  # calls finished so far
         worker.run(self._run)
 
     def _run(self) -> None:
         for future, call in zip(self.futures, self._calls, strict=True):
             if future.set_running_or_notify_cancel():
                 settle(future, call)
-                self._progress.set()
-        self._finished = True
-        self._progress.set()
+                self._ran += 1
+        self._finished.set()
 
     def wait(self, patience: float, timeout: float) -> list[int]:
         """Wait for the batch; take back the calls not started if it stalls.
 
         Args:
-            patience: Longest wait for the next call to finish, s.
+            patience: Longest wait for the next call to finish, s (a stall is seen after
+                one to two times this).
             timeout: Longest wait in all, s.
 
         Returns:
@@ -150,11 +150,16 @@ class InTurn(Generic[T]):
             empty when every call ran or is running.
         """
         end = time.monotonic() + timeout
-        while not self._finished:
+        ran = self._ran
+        while True:
             left = end - time.monotonic()
-            if left <= 0 or not self._progress.wait(min(patience, left)):
+            # Woken only at the end or once per `patience`: a waiter woken at every call
+            # would take the GIL from the batch's thread each time.
+            if left <= 0 or self._finished.wait(min(patience, left)):
                 break
-            self._progress.clear()
+            if self._ran == ran:
+                break  # no call finished for `patience`: stalled
+            ran = self._ran
         # cancel() succeeds only for a call the batch has not started: taken back.
         return [i for i, future in enumerate(self.futures) if future.cancel()]
 

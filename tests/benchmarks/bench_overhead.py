@@ -953,7 +953,9 @@ def _lane_round(
     if way == 3:
 
         def in_turn() -> None:
-            for future in InTurn(calls, pool.idle()).futures:
+            batch = InTurn(calls, pool.idle())
+            assert batch.wait(patience=0.2, timeout=30.0) == []  # one wake-up, as the sampler
+            for future in batch.futures:
                 future.result()
 
         return in_turn
