@@ -901,14 +901,16 @@ LANE_MODES = (
 """How 8 servers' scrapes are run in the lane table; the last is the sampler's way."""
 
 
-def measure_lane(rounds: int = 16, idle_seconds: float = 1.0) -> list[LaneRow]:
+def measure_lane(
+    rounds: int = 16, idle_seconds: float = 1.0, servers: int = SERVERS
+) -> list[LaneRow]:
     """CPU per scrape (all threads of this process) of 8 servers x 1.41 MB bodies, 4 ways.
 
     Each round scrapes every server once after ``idle_seconds`` idle (the real loop idles
     5 s between cycles: caches go cold); the ways take turns round by round, so the host's
     drift hits them alike. Worker threads are started once, as the sampler's are.
     """
-    child = start_servers(SERVERS, HEADLINE_MODELS)
+    child = start_servers(servers, HEADLINE_MODELS)
     rounds_of: dict[str, Callable[[], None]] = {}
     pool = WorkerPool("bench-scrape")
     scrapers: list[ServerScraper] = []
@@ -929,7 +931,7 @@ def measure_lane(rounds: int = 16, idle_seconds: float = 1.0) -> list[LaneRow]:
                 time.sleep(idle_seconds)
                 t0 = time.process_time()
                 rounds_of[mode]()
-                per[mode].append((time.process_time() - t0) / SERVERS * 1e3)
+                per[mode].append((time.process_time() - t0) / servers * 1e3)
     finally:
         pool.close()
         for scraper in scrapers:

@@ -130,12 +130,21 @@ def test_parser_core_functions_give_finite_rows() -> None:
     bench = _load("bench_parser")
     old = bench.load_old_parser()
     rows = bench.extraction_rows((1,), old, repeats=1)
-    # header, render row, then the six methods, each with ms and a ratio for the one body.
-    assert len(rows) == 8 and all(len(r) == 3 for r in rows)
+    # header, render row, then the seven methods, each with ms and a ratio for the one body.
+    assert len(rows) == 9 and all(len(r) == 3 for r in rows)
     assert all(_finite(float(r[1])) and float(r[1]) > 0 for r in rows[2:])
     hostile = bench.hostile_rows((4096, 16384), (4096,), old, repeats=1)
     assert len(hostile) == 1 + 2 * len(bench.hostile_lines(1024))
     assert "prometheus_client" in bench.table(rows)
+
+
+def test_lane_table_measures_every_way() -> None:
+    bench = _load("bench_overhead")
+    rows = bench.measure_lane(rounds=1, idle_seconds=0.0, servers=2)
+    assert [r.mode for r in rows] == list(bench.LANE_MODES)
+    assert all(len(r.scrape_ms) == 1 and r.scrape_ms[0] > 0 for r in rows)
+    text = bench.lane_table(rows)
+    assert all(mode in text for mode in bench.LANE_MODES) and "1.00x" in text
 
 
 def test_energy_integration_core_functions_give_finite_rows() -> None:
