@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 from typing import Protocol
@@ -339,6 +339,8 @@ class Sampler:
     ) -> tuple[ServerStatus, ...]:
         deadline = started + self._scrape_deadline
         statuses: list[ServerStatus] = []
+        # One wake-up when the last scrape is in (or at the deadline), not one per scrape.
+        wait(self._inflight.values(), timeout=max(0.0, deadline - self._clock.monotonic()))
         for name, future in list(self._inflight.items()):
             remaining = max(0.0, deadline - self._clock.monotonic())
             try:
