@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 from typing import Protocol
@@ -360,6 +360,8 @@ class Sampler:
                 name = names[i]
                 self._inflight[name] = self._pool.idle().submit(self._scrape_call(name))
         statuses: list[ServerStatus] = []
+        # One wake-up when the last scrape is in (or at the deadline), not one per scrape.
+        wait(self._inflight.values(), timeout=max(0.0, deadline - self._clock.monotonic()))
         for name, future in list(self._inflight.items()):
             remaining = max(0.0, deadline - self._clock.monotonic())
             try:

@@ -163,6 +163,10 @@ _AUTH_BUSY = _text(
 )
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
+GZIP_LEVEL = 1
+"""zlib level of gzipped /metrics: 4x less CPU than level 6 for a body 15-20 % larger (a
+107 kB exposition: 0.2 ms and 8.7 kB against 0.8 ms and 7.4 kB)."""
+
 
 def _is_version(value: str) -> bool:
     """``1``, ``1.0`` or ``1.0.0``: ASCII digits in at most three dot-separated parts."""
@@ -304,7 +308,7 @@ class _App:
             return _text(500, "rendering metrics failed; see the agent's log")
         headers: tuple[tuple[str, str], ...] = (("Vary", "Accept, Accept-Encoding"),)
         if _gzip_wanted(request.headers.get("Accept-Encoding", "")):
-            body = gzip.compress(body, compresslevel=6)
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
             headers += (("Content-Encoding", "gzip"),)
         return _Response(200, body, headers, content_type)
 

@@ -291,7 +291,11 @@ def _inverse(m: list[list[float]]) -> list[list[float]] | None:
         return None
     a = [row[:] + [1.0 if i == j else 0.0 for j in range(n)] for i, row in enumerate(m)]
     for col in range(n):
-        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
+        # The first row of largest magnitude (as max() picks it), without a call per row.
+        pivot, largest = col, abs(a[col][col])
+        for r in range(col + 1, n):
+            if abs(a[r][col]) > largest:
+                pivot, largest = r, abs(a[r][col])
         # A pivot this small against the diagonal means the columns are (nearly) collinear.
         if abs(a[pivot][col]) <= 1e-12 * scale:
             return None

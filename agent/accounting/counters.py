@@ -228,13 +228,13 @@ def raw_series(reading: TokenReading) -> dict[tuple[CounterKind, str], float]:
         last value.
     """
     out: dict[tuple[CounterKind, str], float] = {}
-    listed: set[CounterKind] = set()
-    for s in reading.series:
-        kind, value = s.kind, s.value
-        listed.add(kind)
+    series = reading.series
+    for s in series:
+        value = s.value
         # _valid inlined (run for every raw series of every scrape): NaN and +/-Inf fail.
         if value is not None and 0 <= value < math.inf:
-            out[(kind, s.key)] = float(value)
+            out[(s.kind, s.key)] = float(value)
+    listed = {s.kind for s in series}
     fields: dict[CounterKind, float | None] = {
         "input": reading.input_tokens,
         "output": reading.output_tokens,
@@ -292,9 +292,12 @@ class TokenCounters:
         tracked = self._admit(state, present, first, t, events)
         dropped = False
         deltas: dict[str, TokenDelta] = {}
+        gpus = max(1, gpus)
+        # The ceiling rate of each kind for this server (rate x GPUs, as _step computes it).
+        rates = {kind: self._rate(kind) * gpus for kind in COUNTER_KINDS}
         for model in tracked:
             counted, model_dropped = self._count_model(
-                state, model, present[model], t, max(1, gpus), first, events
+                state, model, present[model], t, gpus, rates, first, events
             )
             dropped |= model_dropped
             deltas[model] = counted
@@ -362,29 +365,33 @@ class TokenCounters:
         reading: TokenReading,
         t: float,
         gpus: int,
+        rates: dict[CounterKind, float],
         first: bool,
         events: _Events,
     ) -> tuple[TokenDelta, bool]:
         entry = state.models[model]
         entry.last_seen = t
         sums: dict[CounterKind, float] = dict.fromkeys(COUNTER_KINDS, 0.0)
-        # The ceiling rate of each kind for this server (rate x GPUs, as _step computes it).
-        rates = {kind: self._rate(kind) * gpus for kind in COUNTER_KINDS}
         known = entry.series
         dropped = False
-        for (kind, key), raw in sorted(raw_series(reading).items()):
-            series = known.get((kind, key))
-            if series is not None and series.refused is None and raw >= series.base:
-                # The common step, as _step takes it: no reset, no glitch pending, within
-                # the ceiling (same arithmetic, so the same verdict to the last bit).
-                increase = raw - series.base
-                elapsed = t - series.t
-                if increase <= rates[kind] * (
-                    elapsed if elapsed > MIN_GUARD_INTERVAL_SECONDS else MIN_GUARD_INTERVAL_SECONDS
-                ):
-                    series.base, series.t = raw, t
-                    sums[kind] += increase
-                    continue
+        for ident, raw in sorted(raw_series(reading).items()):
+            series = known.get(ident)
+            if series is not None and series.refused is None:
+                base = series.base
+                if raw >= base:
+                    # The common step, as _step takes it: no reset, no glitch pending, within
+                    # the ceiling (same arithmetic, so the same verdict to the last bit).
+                    kind = ident[0]
+                    increase = raw - base
+                    elapsed = t - series.t
+                    if elapsed < MIN_GUARD_INTERVAL_SECONDS:
+                        elapsed = MIN_GUARD_INTERVAL_SECONDS
+                    if increase <= rates[kind] * elapsed:
+                        series.base = raw
+                        series.t = t
+                        sums[kind] += increase
+                        continue
+            kind, key = ident
             if series is None:
                 if len(entry.series) >= self._limits.max_series_per_model:
                     state.forgetful = True
