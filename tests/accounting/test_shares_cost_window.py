@@ -316,6 +316,7 @@ def test_window_ratios_are_the_oldest_first_sums_bit_for_bit(
             if d.split:
                 acc[5] += d.input_tokens
                 acc[6] += d.input_energy_joules
+
     def finite(v: float | None) -> float | None:
         return v if v is not None and math.isfinite(v) else None
 
