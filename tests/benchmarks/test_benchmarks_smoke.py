@@ -147,6 +147,18 @@ def test_lane_table_measures_every_way() -> None:
     assert all(mode in text for mode in bench.LANE_MODES) and "1.00x" in text
 
 
+def test_cycle_core_functions_give_finite_rows() -> None:
+    bench = _load("bench_cycle")
+    now = bench.measure(1, main_seconds=0.3)
+    assert all(_finite(now[key]) for key, _ in bench.ROWS)
+    assert now["cycle"] > 0 and now["ledger"] > 0 and now["gpu_poll"] > 0
+    assert now["body_kb"] > 10  # the 8 x 3 x 8 exposition, not an empty one
+    assert "1.00x" in bench.table(now, now, "HEAD")
+    threads = bench.loop(1.0, 0.0)  # the loop's own first cycle is 5 s after the start one
+    assert "sampler" in threads and all(_finite(v) and v >= 0 for v in threads.values())
+    assert "agent outside the scrape threads" in bench.loop_table(threads, threads, 1.0, 0, 0)
+
+
 def test_energy_integration_core_functions_give_finite_rows() -> None:
     bench = _load("bench_energy_integration")
     errors, ratio = bench.run("bursty", 1.0, 0, 60.0)
