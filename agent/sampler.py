@@ -53,6 +53,10 @@ class GpuSource(Protocol):
         """True when NVML is initialised."""
         ...
 
+    def counters_cover_energy(self) -> bool:
+        """True when every GPU's energy comes from its counter (no polls between cycles)."""
+        ...
+
     def error_counts(self) -> dict[tuple[str, str], int]:
         """``(gpu index, error class) -> count`` since start."""
         ...
@@ -262,7 +266,10 @@ class Sampler:
                 next_gpu = self._clock.monotonic() + self._gpu_interval
             elif now >= next_gpu:
                 try:
-                    self._poll_between_cycles()
+                    # Counter deltas are exact at any spacing: the polls between cycles
+                    # only serve GPUs whose power is integrated (or that are down).
+                    if not self._gpus.counters_cover_energy():
+                        self._poll_between_cycles()
                 except Exception:
                     self._log.exception("GPU poll failed")
                 next_gpu += self._gpu_interval

@@ -22,13 +22,12 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from agent.clock import Clock
 from agent.config import GpuSettings
@@ -36,8 +35,7 @@ from agent.gpu.backend import GpuBackend
 from agent.gpu.energy import DEFAULT_MAX_POWER_RATIO, EnergyMeter
 from agent.gpu.errors import GpuError, GpuReadError, GpuTimeout
 from agent.readings import GpuDevice, GpuReading, GpuStatus
-
-T = TypeVar("T")
+from agent.workers import InTurn, Worker
 
 BATCH_PATIENCE_SECONDS = 0.05
 """How long one poll's reads run one after the other before the GPUs not started yet are
@@ -45,58 +43,6 @@ read on threads of their own, s (an NVML read takes microseconds to a few millis
 
 NVML_WIDE = ""
 """The ``gpu`` key of errors that concern NVML as a whole (init failures), not one GPU."""
-
-
-class _Worker:
-    """One daemon thread that runs submitted calls one at a time.
-
-    Daemon, so a call stuck in the driver never blocks the agent's exit (a
-    ``ThreadPoolExecutor`` joins its threads at interpreter exit). ``busy`` is True from a
-    submit until the thread has finished that call (set by the submitter, cleared by the
-    thread), so a worker seen idle has nothing queued or running.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self.busy = False
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def submit(self, call: Callable[[], T]) -> Future[T]:
-        future: Future[T] = Future()
-
-        def job() -> None:
-            if future.set_running_or_notify_cancel():
-                _settle(future, call)
-
-        self.run(job)
-        return future
-
-    def run(self, job: Callable[[], None]) -> None:
-        """Queue ``job``, which must not raise (it hands its outcome over itself)."""
-        self.busy = True
-        self._jobs.put(job)
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            job()
-            self.busy = False
-
-
-def _settle(future: Future[T], call: Callable[[], T]) -> None:
-    """Run ``call`` and hand its result, or what it raised, to ``future`` (already running)."""
-    try:
-        result = call()
-    except BaseException as exc:  # handed to the poller, which classifies it
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
 
 
 @dataclass
@@ -144,9 +90,9 @@ class GpuMonitor:
         self._lock = threading.RLock()
         self._tracks: dict[str, _Track] = {}
         self._index_to_uuid: dict[int, str] = {}
-        self._workers: dict[int, _Worker] = {}
+        self._workers: dict[int, Worker] = {}
         self._pending: dict[int, Future[tuple[GpuReading, float]]] = {}
-        self._control: _Worker | None = None
+        self._control: Worker | None = None
         self._open_future: Future[None] | None = None
         self._ever_opened = False
         self._nvml_up = False
@@ -170,7 +116,7 @@ class GpuMonitor:
             if self._started or self._closed:
                 return
             self._started = True
-            self._control = _Worker("tokenergy-nvml")
+            self._control = Worker("tokenergy-nvml")
             self._try_open(self._clock.monotonic(), time.monotonic() + self._deadline_seconds)
 
     def poll(self) -> tuple[GpuStatus, ...]:
@@ -192,6 +138,23 @@ class GpuMonitor:
             if self._nvml_up:
                 self._read_all(now, deadline)
             return self._statuses()
+
+    def counters_cover_energy(self) -> bool:
+        """True when every GPU is up and its last reading carried the NVML energy counter.
+
+        The joules between two counter readings are exact however far apart the readings
+        are, so polls between sampling cycles then add nothing; the sampler makes them only
+        while some GPU's energy is integrated from power (no counter) or a GPU is down.
+        """
+        with self._lock:
+            return (
+                self._nvml_up
+                and bool(self._tracks)
+                and all(
+                    t.up and t.reading is not None and t.reading.energy_joules is not None
+                    for t in self._tracks.values()
+                )
+            )
 
     def devices(self) -> tuple[GpuDevice, ...]:
         """Every GPU seen since start, by index."""
@@ -303,7 +266,7 @@ class GpuMonitor:
                 known.device = device
             self._index_to_uuid[device.index] = device.uuid
             if device.index not in self._workers:
-                self._workers[device.index] = _Worker(f"tokenergy-gpu-{device.index}")
+                self._workers[device.index] = Worker(f"tokenergy-gpu-{device.index}")
         present = {d.uuid for d in devices}
         for uuid, track in self._tracks.items():
             if uuid not in present:
@@ -357,32 +320,21 @@ class GpuMonitor:
         for the GIL, which cost several times the reads themselves. The GPUs the batch has
         not started after :data:`BATCH_PATIENCE_SECONDS` are taken back (their futures
         cancelled) and read on idle workers of their own within the same deadline, so a
-        hung call still holds one thread and one GPU only. Each hung call holds the one
-        worker it runs on and no new call of its GPU starts until it returns, so there is
-        an idle worker for every GPU left to read.
+        hung call still holds one thread and one GPU only (:class:`agent.workers.InTurn`).
+        Each hung call holds the one worker it runs on and no new call of its GPU starts
+        until it returns, so there is an idle worker for every GPU left to read.
         """
         idle = [w for _, w in sorted(self._workers.items()) if not w.busy]
         if not idle:
             return
-        futures = {i: Future[tuple[GpuReading, float]]() for i in todo}
-        finished = threading.Event()
-        jobs = [(future, self._read_job(i)) for i, future in futures.items()]
-
-        def batch() -> None:
-            for future, job in jobs:
-                if future.set_running_or_notify_cancel():
-                    _settle(future, job)
-            finished.set()
-
-        idle.pop(0).run(batch)
-        self._pending.update(futures)
+        batch = InTurn([self._read_job(i) for i in todo], idle.pop(0))
+        self._pending.update(zip(todo, batch.futures, strict=True))
         patience = min(BATCH_PATIENCE_SECONDS, max(0.0, deadline - time.monotonic()))
-        if finished.wait(patience):
-            return
-        for index, future in futures.items():
-            # cancel() succeeds only for a read the batch has not started: taken back.
-            if idle and future.cancel():
-                self._pending[index] = idle.pop(0).submit(self._read_job(index))
+        for position in batch.wait(patience, patience):
+            if not idle:
+                break
+            index = todo[position]
+            self._pending[index] = idle.pop(0).submit(self._read_job(index))
 
     def _read_job(self, index: int) -> Callable[[], tuple[GpuReading, float]]:
         def job() -> tuple[GpuReading, float]:

@@ -29,8 +29,9 @@ DEVICE = GpuDevice(index=0, uuid="GPU-0", name="H100", energy_source="counter")
 
 
 class FakeGpus:
-    def __init__(self, up: bool = True) -> None:
+    def __init__(self, up: bool = True, counter: bool = False) -> None:
         self.up = up
+        self.counter = counter
         self.polls = 0
 
     def poll(self) -> tuple[GpuStatus, ...]:
@@ -47,6 +48,9 @@ class FakeGpus:
 
     def nvml_up(self) -> bool:
         return True
+
+    def counters_cover_energy(self) -> bool:
+        return self.counter and self.up
 
     def error_counts(self) -> dict[tuple[str, str], int]:
         return {} if self.up else {("0", "gpu_lost"): self.polls}
@@ -296,6 +300,26 @@ def test_joules_of_polls_between_cycles_reach_the_ledger_once() -> None:
     sampler.close()
     assert gpus.polls >= 30
     assert ledger.booked_joules == gpus.polls, "every poll's joules, once"
+
+
+@pytest.mark.parametrize(("counter", "up"), [(True, True), (False, True), (True, False)])
+def test_gpus_are_polled_between_cycles_only_when_power_is_integrated(
+    counter: bool, up: bool
+) -> None:
+    # Counter deltas are exact at any spacing; power integration (or a GPU down) needs the
+    # polls between cycles.
+    gpus = FakeGpus(up=up, counter=counter)
+    sampler, _, _ = make({}, clock=SystemClock(), gpus=gpus, interval=0.2, gpu_interval=0.02)
+    sampler.run_cycle()
+    sampler.start()
+    SystemClock().sleep(0.5)
+    sampler.stop()
+    sampler.close()
+    cycles = 1 + 2  # the one by hand, then one at once and one 0.2 s later (0.4 s: maybe a 4th)
+    if counter and up:
+        assert cycles <= gpus.polls <= cycles + 1  # one poll per cycle, none between
+    else:
+        assert gpus.polls >= cycles + 10
 
 
 def test_accounting_events_are_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:

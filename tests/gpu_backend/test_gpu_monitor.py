@@ -303,6 +303,28 @@ def test_energy_not_supported_is_integrated(
     assert handed.joules[0] == pytest.approx(650.0 * 10.0)
 
 
+def test_counters_cover_energy_only_while_every_gpu_is_read_with_its_counter(
+    make_sim: SimFactory, make_monitor: MonitorFactory, clock: ManualClock
+) -> None:
+    sim = make_sim(("H100-SXM-80GB", "H100-SXM-80GB"))
+    monitor = make_monitor(sim)
+    assert not monitor.counters_cover_energy()  # nothing read yet
+    monitor.poll()
+    assert monitor.counters_cover_energy()
+    sim.set_not_supported(1, "energy")
+    clock.advance(1.0)
+    monitor.poll()
+    assert not monitor.counters_cover_energy()  # GPU 1's power is integrated now
+    sim = make_sim(("H100-SXM-80GB", "H100-SXM-80GB"))
+    monitor = make_monitor(sim)
+    monitor.poll()
+    assert monitor.counters_cover_energy()
+    sim.lose_gpu(0)
+    clock.advance(1.0)
+    monitor.poll()
+    assert not monitor.counters_cover_energy()  # a GPU down: keep polling to see it back
+
+
 def test_field_that_becomes_unsupported_mid_run_switches_to_integration(
     make_sim: SimFactory, make_monitor: MonitorFactory, clock: ManualClock
 ) -> None:
