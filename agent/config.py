@@ -89,7 +89,12 @@ class GpuSettings(_Section):
         0, ge=0, le=64, description="Number of simulated GPUs instead of NVML; 0 = real NVML."
     )
     interval_seconds: float = _duration(
-        1.0, 0.05, 60, "GPU read interval, s. Faster than scrapes so integrated power is accurate."
+        1.0,
+        0.05,
+        60,
+        "GPU read interval between sampling cycles, s, while some GPU's power is integrated "
+        "(no energy counter) or a GPU is down; faster than scrapes so that integration is "
+        "accurate.",
     )
     read_timeout_seconds: float = _duration(
         2.0, 0.01, 60, "Deadline of one device read, s; a hung call goes stale."
