@@ -17,7 +17,8 @@ Setup, as on a busy 8-GPU inference node (issue 16):
 Measured, each beside its baseline in the same run:
 
 1. CPU per sampling cycle (``sampler.run_cycle``: the scrapes + parse, ledger, snapshot), per
-   GPU poll and per /metrics render; CPU per 5 s period = one cycle + 4 GPU polls + a third of
+   GPU poll and per /metrics render; CPU per 5 s period = one cycle + 4 GPU polls (none when
+   every GPU has a working energy counter, as the simulated H100 do) + a third of
    a render; % of one core = that / 5 s. Baseline: the do-it-yourself cycle (same GPU poll;
    the same bodies fetched with httpx and parsed by ``prometheus_client.parser``), and the
    previous release's recorded figures (issue 16: 8 H100 x 8 servers x 1.37 MB, 10 minutes).
@@ -83,6 +84,8 @@ from agent.simulation.expositions import SimModelCounters, render_exposition
 from agent.simulation.nvml import SimulatedNvml
 from agent.simulation.servers import CONTENT_TYPE, SimulatedServer
 from agent.workers import InTurn, Worker, WorkerPool
+from exporters.http import GZIP_LEVEL
+from exporters.prometheus import SnapshotRegistry
 
 GPUS = 8
 SERVERS = 8
@@ -387,13 +390,17 @@ class CycleCosts:
     naive_cycle_s: float | None
     interval_s: float
     gpu_interval_s: float
+    polls_between: bool = True
 
     def period_s(self, cycle_s: float | None = None, interval_s: float | None = None) -> float:
-        """CPU s per scrape interval: a cycle, the GPU polls between cycles, the renders."""
+        """CPU s per scrape interval: a cycle, the GPU polls between cycles, the renders.
+
+        No polls between cycles when every GPU's energy comes from its counter.
+        """
         cycle = self.cycle_s if cycle_s is None else cycle_s
         interval = self.interval_s if interval_s is None else interval_s
         gpu_interval = min(self.gpu_interval_s, interval)
-        polls_between = max(0.0, interval / gpu_interval - 1.0)
+        polls_between = max(0.0, interval / gpu_interval - 1.0) if self.polls_between else 0.0
         renders = interval / PROMETHEUS_INTERVAL_SECONDS
         return cycle + polls_between * self.gpu_poll_s + renders * self.render_s
 
@@ -427,6 +434,7 @@ def measure_cycles(
         naive_cycle_s=naive_s,
         interval_s=agent.settings.sampling.interval_seconds,
         gpu_interval_s=agent.settings.gpu.interval_seconds,
+        polls_between=not agent.monitor.counters_cover_energy(),
     )
 
 
@@ -472,27 +480,57 @@ class RenderRow:
     gzip_bytes: int
 
 
-def measure_render(registry: CollectorRegistry, n: int) -> list[RenderRow]:
-    """CPU time and size of each /metrics encoding, with gzip level 6."""
+def measure_render(
+    registry: CollectorRegistry, n: int, new_snapshot: Callable[[], object] | None = None
+) -> list[RenderRow]:
+    """CPU time and size of each /metrics encoding, each for a new Snapshot.
+
+    prometheus_client's encoders (what /metrics used before, gzip level 6) and the agent's
+    own (``SnapshotRegistry.exposition``, gzip level :data:`exporters.http.GZIP_LEVEL`);
+    ``new_snapshot`` runs before each call, untimed.
+    """
     rows = []
-    encoders: tuple[tuple[str, Callable[[CollectorRegistry], bytes]], ...] = (
-        ("text 0.0.4", exposition.generate_latest),
-        ("OpenMetrics 1.0", openmetrics.exposition.generate_latest),
+    baselines: tuple[tuple[str, Callable[[], bytes]], ...] = (
+        ("text 0.0.4, prometheus_client", lambda: exposition.generate_latest(registry)),
+        (
+            "OpenMetrics, prometheus_client",
+            lambda: openmetrics.exposition.generate_latest(registry),  # type: ignore[no-untyped-call]
+        ),
     )
-    for name, encode in encoders:
-        body = encode(registry)
-        zipped = gzip.compress(body, compresslevel=6)
-        ms = _cpu_per_call(lambda e=encode: e(registry), n) * 1e3  # type: ignore[misc]
-        gz_ms = (
-            _cpu_per_call(
-                lambda e=encode: gzip.compress(e(registry), compresslevel=6),  # type: ignore[misc]
-                n,
-            )
-            * 1e3
+    ours: tuple[tuple[str, Callable[[], bytes]], ...] = ()
+    if isinstance(registry, SnapshotRegistry):
+        ours = (
+            ("text 0.0.4, tokenergy", lambda: registry.exposition(False)),
+            ("OpenMetrics, tokenergy", lambda: registry.exposition(True)),
         )
+    for name, encode in (*baselines, *ours):
+        level = 6 if "prometheus_client" in name else GZIP_LEVEL
+        body = encode()
+        zipped = gzip.compress(body, compresslevel=level)
+        ms = _cpu_between(encode, n, new_snapshot) * 1e3
+        gz_ms = _cpu_between(_zipped(encode, level), n, new_snapshot)
         rows.append(RenderRow(name, ms, len(body), 0))
-        rows.append(RenderRow(name + " + gzip", gz_ms, len(body), len(zipped)))
+        rows.append(RenderRow(f"{name} + gzip {level}", gz_ms * 1e3, len(body), len(zipped)))
     return rows
+
+
+def _zipped(encode: Callable[[], bytes], level: int) -> Callable[[], bytes]:
+    return lambda: gzip.compress(encode(), compresslevel=level)
+
+
+def _cpu_between(fn: Callable[[], object], n: int, before: Callable[[], object] | None) -> float:
+    """Process CPU s per call of ``fn``, ``before`` run (untimed) ahead of each; median of 3."""
+    per: list[float] = []
+    for _ in range(3):
+        spent = 0.0
+        for _ in range(n):
+            if before is not None:
+                before()
+            t0 = time.process_time()
+            fn()
+            spent += time.process_time() - t0
+        per.append(spent / n)
+    return statistics.median(per)
 
 
 # -- the real loop -------------------------------------------------------------------------
@@ -858,7 +896,7 @@ def run(
         try:
             agent.monitor.start()
             agent.sampler.run_cycle()
-            renders = measure_render(agent.registry, max(3, cycles))
+            renders = measure_render(agent.registry, max(3, cycles), agent.sampler.run_cycle)
         finally:
             agent.stop()
     finally:
