@@ -49,9 +49,16 @@ def test_overhead_core_functions_give_finite_rows() -> None:
     assert _finite(costs.cycle_s, costs.gpu_poll_s, costs.render_s, costs.naive_cycle_s)
     assert costs.cycle_s > 0 and costs.naive_cycle_s > 0
     assert (costs.servers, costs.gpus) == (2, 2)
-    assert len(renders) == 4
+    # prometheus_client's two encoders, then the agent's own two, each plain and gzip.
+    assert len(renders) == 8
     assert all(r.plain_bytes > 0 and _finite(r.ms) for r in renders)
-    assert [r.gzip_bytes > 0 for r in renders] == [False, True, False, True]
+    assert [r.gzip_bytes > 0 for r in renders] == [False, True] * 4
+    assert [r.name.split(",")[1].split("+")[0].strip() for r in renders[::2]] == [
+        "prometheus_client",
+        "prometheus_client",
+        "tokenergy",
+        "tokenergy",
+    ]
     assert loop and all(_finite(r.rss_mb, r.cpu_percent) and r.rss_mb > 0 for r in loop)
     # The warm-up and measured cycles reuse one kept-alive connection per server; the naive
     # cycle's httpx client opens one more of its own.
