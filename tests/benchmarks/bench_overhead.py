@@ -66,7 +66,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -346,14 +346,42 @@ def make_agent(urls: Sequence[str], gpus: int = GPUS, **sampling: float) -> Agen
     return build_agent(settings, nvml, SystemClock(), log)
 
 
-def _cpu_per_call(fn: Callable[[], object], n: int, batches: int = 3) -> float:
-    """Process CPU s per call of ``fn`` (every thread of this process), median of batches."""
+@contextlib.contextmanager
+def headline_agent() -> Iterator[Agent]:
+    """The headline setup (8 GPUs, 8 servers x 1.41 MB), GPUs started, one cycle run."""
+    child = start_servers(SERVERS, HEADLINE_MODELS)
+    try:
+        agent = make_agent(child.urls)
+        try:
+            agent.monitor.start()
+            agent.sampler.run_cycle()
+            yield agent
+        finally:
+            agent.stop()
+    finally:
+        child.close()
+
+
+def _cpu_per_call(
+    fn: Callable[[], object],
+    n: int,
+    batches: int = 3,
+    before: Callable[[], object] | None = None,
+) -> float:
+    """Process CPU s per call of ``fn`` (every thread of this process), median of batches.
+
+    ``before``, given, runs untimed ahead of each call (a new Snapshot before a render).
+    """
     per: list[float] = []
     for _ in range(batches):
-        t0 = time.process_time()
+        spent = 0.0
         for _ in range(n):
+            if before is not None:
+                before()
+            t0 = time.process_time()
             fn()
-        per.append((time.process_time() - t0) / n)
+            spent += time.process_time() - t0
+        per.append(spent / n)
     return statistics.median(per)
 
 
@@ -418,7 +446,14 @@ def measure_cycles(
     agent.sampler.run_cycle()  # warm up: discovery, connections, first ledger step
     cycle = _cpu_per_call(agent.sampler.run_cycle, n)
     poll = _cpu_per_call(agent.monitor.poll, 4 * n)
-    render = _cpu_per_call(lambda: exposition.generate_latest(agent.registry), n)
+    # What /metrics answers Prometheus: the agent's text body, gzipped, for a new Snapshot.
+    registry = agent.registry
+    body: Callable[[], bytes] = (
+        (lambda: registry.exposition(False))
+        if isinstance(registry, SnapshotRegistry)
+        else (lambda: exposition.generate_latest(registry))
+    )
+    render = _cpu_per_call(_zipped(body, GZIP_LEVEL), n, before=agent.sampler.run_cycle)
     naive_s: float | None = None
     if naive:
         naive_fn = _naive_cycle(agent, urls)
@@ -507,8 +542,8 @@ def measure_render(
         level = 6 if "prometheus_client" in name else GZIP_LEVEL
         body = encode()
         zipped = gzip.compress(body, compresslevel=level)
-        ms = _cpu_between(encode, n, new_snapshot) * 1e3
-        gz_ms = _cpu_between(_zipped(encode, level), n, new_snapshot)
+        ms = _cpu_per_call(encode, n, before=new_snapshot) * 1e3
+        gz_ms = _cpu_per_call(_zipped(encode, level), n, before=new_snapshot)
         rows.append(RenderRow(name, ms, len(body), 0))
         rows.append(RenderRow(f"{name} + gzip {level}", gz_ms * 1e3, len(body), len(zipped)))
     return rows
@@ -516,21 +551,6 @@ def measure_render(
 
 def _zipped(encode: Callable[[], bytes], level: int) -> Callable[[], bytes]:
     return lambda: gzip.compress(encode(), compresslevel=level)
-
-
-def _cpu_between(fn: Callable[[], object], n: int, before: Callable[[], object] | None) -> float:
-    """Process CPU s per call of ``fn``, ``before`` run (untimed) ahead of each; median of 3."""
-    per: list[float] = []
-    for _ in range(3):
-        spent = 0.0
-        for _ in range(n):
-            if before is not None:
-                before()
-            t0 = time.process_time()
-            fn()
-            spent += time.process_time() - t0
-        per.append(spent / n)
-    return statistics.median(per)
 
 
 # -- the real loop -------------------------------------------------------------------------
@@ -890,17 +910,8 @@ def run(
         flush=True,
     )
 
-    child = start_servers(SERVERS, HEADLINE_MODELS)
-    try:
-        agent = make_agent(child.urls)
-        try:
-            agent.monitor.start()
-            agent.sampler.run_cycle()
-            renders = measure_render(agent.registry, max(3, cycles), agent.sampler.run_cycle)
-        finally:
-            agent.stop()
-    finally:
-        child.close()
+    with headline_agent() as agent:
+        renders = measure_render(agent.registry, max(3, cycles), agent.sampler.run_cycle)
     print("\n" + render_table(renders, len(render_body(HEADLINE_MODELS))), file=out)
     print("\n" + lane_table(measure_lane()), file=out, flush=True)
     loops: tuple[tuple[int, float, str], ...] = ((BODY_MODELS[2.3], short_minutes, ""),)
@@ -1051,29 +1062,20 @@ def profile(cycles: int, out: IO[str], top: int = 18) -> None:
     runs each server's ``scrape()`` here, the second shows the cycle's own thread (ledger,
     snapshot, waiting).
     """
-    child = start_servers(SERVERS, HEADLINE_MODELS)
-    try:
-        agent = make_agent(child.urls)
-        try:
-            agent.monitor.start()
-            agent.sampler.run_cycle()
-            for title, fn in (
-                ("8 scrapes, serially", lambda: [s.scrape() for s in agent.scrapers.values()]),
-                ("sampler.run_cycle (its own thread)", agent.sampler.run_cycle),
-            ):
-                prof = cProfile.Profile()
-                prof.enable()
-                for _ in range(cycles):
-                    fn()
-                prof.disable()
-                text = io.StringIO()
-                pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
-                print(f"\n== {title}, {cycles} times, by own time ==", file=out)
-                print(text.getvalue(), file=out, flush=True)
-        finally:
-            agent.stop()
-    finally:
-        child.close()
+    with headline_agent() as agent:
+        for title, fn in (
+            ("8 scrapes, serially", lambda: [s.scrape() for s in agent.scrapers.values()]),
+            ("sampler.run_cycle (its own thread)", agent.sampler.run_cycle),
+        ):
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(cycles):
+                fn()
+            prof.disable()
+            text = io.StringIO()
+            pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
+            print(f"\n== {title}, {cycles} times, by own time ==", file=out)
+            print(text.getvalue(), file=out, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

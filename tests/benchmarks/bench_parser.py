@@ -155,14 +155,7 @@ def streamed(engine: str) -> Callable[[bytes], ServerReading]:
 
     def read(body: bytes) -> ServerReading:
         stream = ExpositionStream(engine, content_type=CONTENT_TYPE, memo=memo, buffer=buffer)
-        view = memoryview(body)
-        while view:
-            room = stream.space()
-            count = min(len(room), len(view))
-            room[:count] = view[:count]
-            room.release()
-            stream.commit(count)
-            view = view[count:]
+        stream.feed(body)  # through space()/commit(), one 64 KiB read at a time
         return stream.result().reading
 
     return read

@@ -193,6 +193,19 @@ def rich_snapshot(**kw: Any) -> Snapshot:
     return replace(snap, **kw)
 
 
+def empty_snapshot() -> Snapshot:
+    """A Snapshot of an agent that has seen nothing: no GPU, no server, no totals."""
+    return Snapshot(
+        taken_at_seconds=1000.0,
+        gpus=(),
+        servers=(),
+        ledger=LedgerTotals(),
+        collectors=(),
+        pricing=PricingInfo(currency="USD", electricity_per_kwh=0.1, pue=1.3),
+        window_seconds=30.0,
+    )
+
+
 class Build:
     """The builders above, handed to tests as the ``build`` fixture."""
 
@@ -201,6 +214,7 @@ class Build:
     tokens = staticmethod(tokens)
     totals = staticmethod(totals)
     rich_snapshot = staticmethod(rich_snapshot)
+    empty_snapshot = staticmethod(empty_snapshot)
     taken_at = TAKEN_AT
     vllm_model = VLLM_MODEL
     password = PASSWORD

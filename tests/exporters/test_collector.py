@@ -18,7 +18,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent.clock import ManualClock
-from agent.readings import LedgerTotals, PricingInfo, Snapshot
+from agent.readings import PricingInfo, Snapshot
 from exporters.catalogue import BY_NAME, METRICS
 from exporters.prometheus import SnapshotCollector, build_registry, snapshot_families
 
@@ -295,16 +295,8 @@ def test_collector_uses_its_own_registry_and_never_the_global_one(build: Any) ->
     assert len(calls) == 1
 
 
-def test_empty_snapshot_still_renders(render: Render) -> None:
-    empty = Snapshot(
-        taken_at_seconds=1000.0,
-        gpus=(),
-        servers=(),
-        ledger=LedgerTotals(),
-        collectors=(),
-        pricing=PricingInfo(currency="USD", electricity_per_kwh=0.1, pue=1.3),
-        window_seconds=30.0,
-    )
+def test_empty_snapshot_still_renders(render: Render, build: Any) -> None:
+    empty = build.empty_snapshot()
     r = render(empty)
     assert r.value("tokenergy_unattributed_energy_joules_total") == 0.0
     assert r.value("tokenergy_sample_age_seconds") == pytest.approx(2.5)

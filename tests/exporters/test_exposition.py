@@ -19,7 +19,7 @@ from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as _generate_om
 
 from agent.clock import ManualClock
-from agent.readings import LedgerTotals, PricingInfo, Snapshot
+from agent.readings import Snapshot
 from exporters.http import MetricsServer
 from exporters.prometheus import SnapshotCollector, SnapshotRegistry, build_registry
 
@@ -44,15 +44,7 @@ def snapshots(build: Any) -> dict[str, Snapshot | None]:
     surrogate = replace(
         rich, ledger=replace(rich.ledger, models=(build.totals("vllm", "bad\udcff"),))
     )
-    empty = Snapshot(
-        taken_at_seconds=1000.0,
-        gpus=(),
-        servers=(),
-        ledger=LedgerTotals(),
-        collectors=(),
-        pricing=PricingInfo(currency="USD", electricity_per_kwh=0.1, pue=1.3),
-        window_seconds=30.0,
-    )
+    empty = build.empty_snapshot()
     return {"rich": rich, "hostile": hostile, "surrogate": surrogate, "empty": empty, "none": None}
 
 
