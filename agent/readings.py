@@ -8,7 +8,7 @@ Units are SI base units and are part of every field name (watts, joules, bytes, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 EnergySource = Literal["counter", "integrated"]
 """Where a GPU's energy comes from: the NVML energy counter, or power integrated over time."""
@@ -102,8 +102,7 @@ class GpuStatus:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class CounterSeries:
+class CounterSeries(NamedTuple):
     """One raw upstream counter series behind a :class:`TokenReading` field.
 
     Upstream counters reset per series (one data-parallel rank restarts, one label set is

@@ -89,7 +89,7 @@ budget: no clock is read. ``tests/benchmarks/bench_parser.py`` times the hostile
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import AnyStr, NamedTuple
 
@@ -422,6 +422,49 @@ def _describe_start(line: bytes | bytearray) -> str:
     return repr(shown)
 
 
+def _found(
+    raw: bytes | bytearray, pos: int, end: int, needles: tuple[bytes, ...], compiled: _Compiled
+) -> Iterator[re.Match[bytes]]:
+    """Matches of ``compiled.rest`` at the lines holding one of ``needles``, in order.
+
+    The lines are those of ``raw[pos:end]`` after the first; ``rest`` says whether each is
+    a wanted one. Each line is searched up to its first hit only, so the work stays linear
+    in the bytes whatever a hostile line repeats.
+    """
+    if len(needles) == 1:
+        newlines: Iterable[int] = _lines_holding(raw, pos, end, needles[0])
+    else:
+        newlines = sorted(
+            {at for needle in needles for at in _lines_holding(raw, pos, end, needle)}
+        )
+    match = compiled.rest.match
+    for newline in newlines:
+        found = match(raw, newline, end)
+        if found is not None:
+            yield found
+
+
+def _lines_holding(raw: bytes | bytearray, pos: int, end: int, needle: bytes) -> Iterator[int]:
+    """The newline before each line of ``raw[pos:end]``, after the first, holding ``needle``."""
+    find = raw.find
+    at = find(needle, pos, end)
+    while at >= 0:
+        newline = raw.rfind(b"\n", pos, at)
+        if newline >= 0:
+            yield newline
+        line_end = find(b"\n", at, end)
+        if line_end < 0:
+            return
+        at = find(needle, line_end, end)
+
+
+def _nth_line(raw: bytes | bytearray, pos: int, index: int) -> int:
+    """Start of the line ``index`` (from 0) of the lines from ``pos``."""
+    for _ in range(index):
+        pos = raw.find(b"\n", pos) + 1
+    return pos
+
+
 def _line_no(raw: bytes | bytearray, pos: int) -> int:
     return raw.count(b"\n", 0, pos) + 1
 
@@ -445,6 +488,13 @@ class _Compiled:
     # Family keys (see _family_key) whose blocks are read; None: every block is (the
     # `dots` and `values` escapings spell names in ways the keys do not follow).
     wanted_keys: frozenset[bytes] | None
+    # Family key -> what its only wanted lines hold (see _sparse_needles), for the keys
+    # whose wanted names are all aggregates (`_sum`, `_count`) of a histogram or summary:
+    # a few lines of a large block, found with `find` (see ExpositionReader).
+    sparse: Mapping[bytes, tuple[bytes, ...]]
+    # Family key -> its wanted names' lines of the common shape, at line starts: a block
+    # of those lines only (a counter's or gauge's) is read with one findall.
+    dense: Mapping[bytes, re.Pattern[bytes]]
 
 
 class ParseMemo:
@@ -537,6 +587,8 @@ class Scanner:
             rb"[^\n\r#a-zA-Z_:{]()",
         ]
         inner = rb"(?:" + rb"|".join(branches) + rb")"
+        keyed = escaping not in ("dots", "values")
+        sparse = _sparse_needles(samples) if keyed else {}
         return _Compiled(
             first=re.compile(inner),
             rest=re.compile(rb"\n" + inner),
@@ -547,11 +599,21 @@ class Scanner:
             family=quoted + 2,
             eof=quoted + 3,
             odd=quoted + 4,
-            wanted_keys=None
-            if escaping in ("dots", "values")
-            else frozenset(
+            wanted_keys=frozenset(
                 _family_key(f.encode()) for n in self.names for f in (n, *family_candidates(n))
-            ),
+            )
+            if keyed
+            else None,
+            sparse=sparse,
+            dense={
+                key: re.compile(
+                    rb"(?m)^(" + _trie(names) + rb")(\{[^}\n]*\}) ([^ \t\r\n#_][^ \t\n#_]*)$"
+                )
+                for key, names in _by_key(spellings).items()
+                if key not in sparse
+            }
+            if keyed
+            else {},
         )
 
     def parse(
@@ -688,6 +750,8 @@ class ExpositionReader:
         self._block_key: bytes | None = None
         self._block_name: bytes | None = None
         self._scan_block = True
+        self._sparse: tuple[bytes, ...] | None = None  # the block's needles (sparse)
+        self._dense: re.Pattern[bytes] | None = None  # its pattern (dense)
 
     @property
     def blank(self) -> bool:
@@ -975,8 +1039,12 @@ class ExpositionReader:
         self._block_key = key
         # `x_total` of a histogram has samples `x_total_bucket`, `x_total_created`.
         self._block_name = name = family.replace(b":", b"_")
-        wanted = self.compiled.wanted_keys
-        self._scan_block = wanted is None or key in wanted or name in wanted
+        compiled = self.compiled
+        wanted = compiled.wanted_keys
+        self._scan_block = scan = wanted is None or key in wanted or name in wanted
+        if scan:  # else never looked at (see _block)
+            self._sparse = compiled.sparse.get(key)
+            self._dense = compiled.dense.get(key) or compiled.dense.get(name)
 
     def _key_of(self, name: bytes) -> bytes:
         """The family key of ``name``, kept in the memo while it has room.
@@ -990,26 +1058,45 @@ class ExpositionReader:
 
     def _block(self, raw: bytes | bytearray, pos: int, end: int) -> None:
         """Read the lines ``pos:end`` (no comment among them) of the current family block."""
-        if not self._scan_block:
-            # Skipped when its last non-blank line is still the family's (see the class).
-            last_end = end - 1
-            for _ in range(_MAX_TRAILING_BLANKS):
-                if last_end <= pos or raw[last_end - 1] not in _BLANK_BYTES:
-                    break
-                last_end -= 1
-            start = raw.rfind(b"\n", pos, last_end) + 1 or pos
-            name = _LINE_NAME_RE.match(raw, start, last_end + 1)
-            if name is not None:
-                text = name.group()
-                key = self._keys.get(text)
-                if key is None:
-                    key = self._key_of(text)
-                if key == self._block_key or key == self._block_name:
-                    return
-        self._scan(raw, pos, end)
+        if self._scan_block and self._sparse is None:
+            dense = self._dense
+            if dense is None or not self._read_dense(raw, pos, end, dense):
+                self._scan(raw, pos, end, self.compiled.rest.finditer(raw, pos, end))
+        elif self._ends_in_family(raw, pos, end):
+            # Skipped, or only the wanted aggregates' lines found (see the class).
+            if self._sparse is not None and self._scan_block:
+                self._scan(raw, pos, end, _found(raw, pos, end, self._sparse, self.compiled))
+        else:
+            self._scan(raw, pos, end, self.compiled.rest.finditer(raw, pos, end))
 
-    def _scan(self, raw: bytes | bytearray, pos: int, end: int) -> None:
-        """Visit every line start of ``raw[pos:end]``; read the lines of wanted names."""
+    def _ends_in_family(self, raw: bytes | bytearray, pos: int, end: int) -> bool:
+        """Whether the last non-blank line of ``raw[pos:end]`` is a sample of the block's family."""
+        last_end = end - 1
+        for _ in range(_MAX_TRAILING_BLANKS):
+            if last_end <= pos or raw[last_end - 1] not in _BLANK_BYTES:
+                break
+            last_end -= 1
+        start = raw.rfind(b"\n", pos, last_end) + 1 or pos
+        name = _LINE_NAME_RE.match(raw, start, last_end + 1)
+        if name is None:
+            return False
+        text = name.group()
+        key = self._keys.get(text)
+        if key is None:
+            key = self._key_of(text)
+        return key == self._block_key or key == self._block_name
+
+    def _scan(
+        self,
+        raw: bytes | bytearray,
+        pos: int,
+        end: int,
+        matches: Iterable[re.Match[bytes]],
+    ) -> None:
+        """Read the first line of ``raw[pos:end]`` and the lines ``matches`` stopped at.
+
+        ``matches`` are of ``compiled.rest``, each at the newline before its line.
+        """
         compiled = self.compiled
         quoted = compiled.quoted
         cache_get = self.label_cache.get
@@ -1019,7 +1106,7 @@ class ExpositionReader:
         first = compiled.first.match(raw, pos, end)
         if first is not None:
             self._line(pos, first)
-        for match in compiled.rest.finditer(raw, pos, end):
+        for match in matches:
             group = match.lastindex or 0  # every branch has a group
             if group < quoted and group & 3 == 3:
                 # The common shape: labels parsed once per distinct label text.
@@ -1042,6 +1129,45 @@ class ExpositionReader:
                             series[spelling].append(_sample(Sample, (labels, value)))
                         continue
             self._line(match.start() + 1, match)
+
+    def _read_dense(
+        self, raw: bytes | bytearray, pos: int, end: int, dense: re.Pattern[bytes]
+    ) -> bool:
+        """Read ``raw[pos:end]`` when every line of it is a wanted one of the common shape.
+
+        One ``findall`` reads all the lines in C: what :meth:`_scan` does line by line, less
+        the match objects. From a line whose labels or value do not read, the rest of the
+        block goes to :meth:`_scan`, which reports it.
+
+        Returns:
+            False, with nothing read, when a line is of another kind.
+        """
+        found = dense.findall(raw, pos, end)
+        if len(found) != raw.count(b"\n", pos, end):
+            return False
+        cache_get = self.label_cache.get
+        seen_get = self.seen.get
+        series = self.series
+        max_series = self.max_series
+        for index, (spelling, text, number) in enumerate(found):
+            labels = cache_get(text)
+            if labels is None:
+                labels = self._new_labels(text)
+            try:
+                if labels is None:
+                    raise ValueError(text)
+                value = float(number)  # a trailing \r is stripped
+            except ValueError:
+                start = _nth_line(raw, pos, index)
+                self._scan(raw, start, end, self.compiled.rest.finditer(raw, start, end))
+                return True
+            known = seen_get(spelling)
+            if known is None or labels in known or len(known) >= max_series:
+                self._add(spelling, labels, value, _nth_line(raw, pos, index))
+            else:
+                known.add(labels)
+                series[spelling].append(_sample(Sample, (labels, value)))
+        return True
 
     def _new_labels(self, text: bytes) -> Labels | None:
         """Parse and cache one label text ``{...}``; None when it is not a whole valid set."""
@@ -1189,6 +1315,48 @@ def _family_key(name: bytes) -> bytes:
     name = name.replace(b":", b"_")
     head, _, suffix = name.rpartition(b"_")
     return head if head and suffix in _SUFFIX_WORDS else name
+
+
+_SPARSE_SUFFIXES = ("_sum", "_count", "_gsum", "_gcount")
+_MIN_NEEDLE = 8  # shorter: hits in label values would cost more than the line scan
+
+
+def _sparse_needles(samples: Mapping[str, tuple[str, ...]]) -> dict[bytes, tuple[bytes, ...]]:
+    """Family key -> what the lines of its wanted names hold, where those are all aggregates.
+
+    A histogram's block holds a ``_sum`` line per label set among a dozen or more
+    ``_bucket`` lines: where only aggregates are wanted, ``find`` on their names reads the
+    block several times faster than visiting every line. A name's needle is what all its
+    spellings end with, so one search finds it plain, escaped, quoted or after blanks.
+
+    Args:
+        samples: Wanted name -> its spellings.
+    """
+    sparse: dict[bytes, tuple[bytes, ...]] = {}
+    for key, names in _by_key(samples).items():
+        needles = tuple(dict.fromkeys(_common_end(samples[name]).encode() for name in names))
+        if all(name.endswith(_SPARSE_SUFFIXES) for name in names) and all(
+            len(needle) >= _MIN_NEEDLE for needle in needles
+        ):
+            sparse[key] = needles
+    return sparse
+
+
+def _by_key(names: Iterable[str]) -> dict[bytes, list[str]]:
+    """``names`` grouped by family key (see :func:`_family_key`)."""
+    by_key: dict[bytes, list[str]] = {}
+    for name in names:
+        by_key.setdefault(_family_key(name.encode()), []).append(name)
+    return by_key
+
+
+def _common_end(spellings: Iterable[str]) -> str:
+    """The longest text every one of ``spellings`` ends with."""
+    texts = list(spellings)
+    size = min(len(t) for t in texts)
+    while size and any(t[-size:] != texts[0][-size:] for t in texts):
+        size -= 1
+    return texts[0][len(texts[0]) - size :]
 
 
 def body_bytes(body: bytes | str) -> bytes:

@@ -595,8 +595,8 @@ def detect_engine(exp: Exposition) -> EngineProfile:
     return best[0]
 
 
-_SeriesKeys = dict[tuple[str, Labels, tuple[str, ...]], str]
-"""(sample name, labels, model labels) -> :func:`series_key`."""
+_SeriesKeys = dict[tuple[str, Labels, tuple[str, ...]], tuple[str, str]]
+"""(sample name, labels, model labels) -> (model, :func:`series_key`)."""
 
 
 class ReadMemo:
@@ -839,10 +839,6 @@ def _dedupe_replicas(series: list[Sample], replicas: tuple[str, ...]) -> list[Sa
     return [best[k] for k in order]
 
 
-def _valid_counter(value: float) -> bool:
-    return math.isfinite(value) and value >= 0
-
-
 @dataclass(slots=True)
 class _Counter:
     """One counter field of every model.
@@ -886,25 +882,40 @@ def _sum_counter(
 ) -> _Counter:
     """Sum the chosen series per model, keeping each one as a CounterSeries."""
     out = _Counter(exposed=True)
-    model_labels = profile.model_labels
+    values = out.values
+    by_model = out.series
     for src, s in chosen:
-        model = _model_of(s, profile.model_labels)
-        if not _valid_counter(s.value):
-            if out.values.get(model, 0.0) is not None:
+        model, key = _model_and_key(src.name, s, profile.model_labels, keys)
+        value = s.value
+        if not 0.0 <= value < math.inf:  # negative, infinite or NaN
+            if values.get(model, 0.0) is not None:
                 warnings.append(
                     f"{what} of model {model!r}: {src.name} has the invalid counter value "
-                    f"{s.value!r}; reported as unknown"
+                    f"{value!r}; reported as unknown"
                 )
-            out.values[model] = None
+            values[model] = None
             continue
-        previous = out.values.get(model, 0.0)
-        out.values[model] = None if previous is None else previous + s.value
-        memo_key = (src.name, s.labels, model_labels)
-        key = keys.get(memo_key)
-        if key is None:
-            key = keys[memo_key] = series_key(src.name, s.labels, model_labels)
-        out.series.setdefault(model, []).append(CounterSeries(kind, key, s.value))
+        previous = values.get(model, 0.0)
+        values[model] = None if previous is None else previous + value
+        series = by_model.get(model)
+        if series is None:
+            series = by_model[model] = []
+        series.append(CounterSeries(kind, key, value))
     return out
+
+
+def _model_and_key(
+    name: str, sample: Sample, model_labels: tuple[str, ...], keys: _SeriesKeys
+) -> tuple[str, str]:
+    """The series' model and :func:`series_key`, from the server's memo when known."""
+    memo_key = (name, sample.labels, model_labels)
+    known = keys.get(memo_key)
+    if known is None:
+        known = keys[memo_key] = (
+            _model_of(sample, model_labels),
+            series_key(name, sample.labels, model_labels),
+        )
+    return known
 
 
 def _counter_field(
@@ -950,16 +961,19 @@ def _gauge_field(
     profile: EngineProfile,
     candidates: Candidates,
     combine: Callable[[list[float]], float],
+    keys: _SeriesKeys,
 ) -> dict[str, float]:
     for candidate in candidates:
-        chosen = [s for src in candidate for s in _select(exp, src, profile)]
+        chosen = [(src, s) for src in candidate for s in _select(exp, src, profile)]
         if not chosen:
             continue
         values: dict[str, list[float]] = {}
-        for s in chosen:
-            model = _model_of(s, profile.model_labels)
-            bucket = values.setdefault(model, [])
-            if math.isfinite(s.value) and s.value >= 0:
+        for src, s in chosen:
+            model = _model_and_key(src.name, s, profile.model_labels, keys)[0]
+            bucket = values.get(model)
+            if bucket is None:
+                bucket = values[model] = []
+            if 0.0 <= s.value < math.inf:
                 bucket.append(s.value)
         return {m: combine(v) for m, v in values.items() if v}
     return {}
@@ -1005,8 +1019,8 @@ def interpret(
     Args:
         exp: The exposition, scanned for at least the profile's names.
         profile: The engine profile.
-        series_keys: Memo of :func:`series_key` results, kept across a server's scrapes
-            (:class:`ReadMemo`); None = computed afresh.
+        series_keys: Memo of each series' model and :func:`series_key`, kept across a
+            server's scrapes (:class:`ReadMemo`); None = computed afresh.
 
     Returns:
         The reading and warnings (see the module docstring for the rules).
@@ -1032,9 +1046,9 @@ def interpret(
         exp, profile, profile.decode_seconds, "decode_seconds", "decode seconds", warnings, keys
     )
     counters = (inputs, cached, outputs, prefill, decode)
-    running = _gauge_field(exp, profile, profile.requests_running, _sum)
-    waiting = _gauge_field(exp, profile, profile.requests_waiting, _sum)
-    kv = _gauge_field(exp, profile, profile.kv_cache_usage, _mean)
+    running = _gauge_field(exp, profile, profile.requests_running, _sum, keys)
+    waiting = _gauge_field(exp, profile, profile.requests_waiting, _sum, keys)
+    kv = _gauge_field(exp, profile, profile.kv_cache_usage, _mean, keys)
 
     models = dict.fromkeys([*(m for c in counters for m in c.values), *running, *waiting, *kv])
     if not profile.model_labels and not models:

@@ -640,6 +640,8 @@ def test_compiled_scanners_cannot_backtrack(escaping: str | None) -> None:
     for compiled in scanner._compiled.values():
         assert _check_linear(compiled.first) == []
         assert _check_linear(compiled.rest) == []
+        for dense in compiled.dense.values():
+            assert _check_linear(dense) == []
 
 
 # --- OpenMetrics, content type and escaped names (issue 11) ----------------------------
@@ -987,3 +989,111 @@ def test_the_memo_stays_bounded_by_a_body_of_many_families() -> None:
     assert [s.value for s in exp.get("a")] == [2.0]
     # Kept for the next scrape: what the body taught, within the bound.
     assert memo.labels("underscores") == {b'{x="1"}': (("x", "1"),)}
+
+
+# --- blocks read whole (dense) or by their wanted lines only (sparse) ------------------
+
+_HISTOGRAM = (
+    "# HELP x_seconds Time.\n# TYPE x_seconds histogram\n"
+    'x_seconds_bucket{m="a",le="1"} 1\n'
+    'x_seconds_bucket{m="a",v="x_seconds_sum x_seconds_sum",le="+Inf"} 2\n'
+    'x_seconds_sum{m="a"} 1.5\n'
+    'x_seconds_count{m="a"} 2\n'
+    'x_seconds_bucket{m="b",le="+Inf"} 1\n'
+    '  x_seconds_sum{m="b"} 2.5\n'
+    'x_seconds_bucket{m="c",le="+Inf"} 1\n'
+    '{"x_seconds_sum",m="c"} 3.5\n'
+    'x_seconds_sum{m="d",v="x_seconds_sum"} 4.5 1767225600000\n'
+    'x_seconds_sum_more{m="e"} 9\n'
+    "# TYPE z gauge\nz 1\n"
+)
+
+
+def _sums(exp: Exposition, name: str) -> dict[str | None, float]:
+    return {s.label("m"): s.value for s in exp.get(name)}
+
+
+def test_a_histogram_sum_is_found_plain_after_blanks_quoted_and_with_its_name_in_a_label() -> None:
+    # Only `_sum` is wanted in the block: its lines are found by name, not by visiting the
+    # bucket lines. Reading the buckets too (every line visited) must give the same sums.
+    expected = {"a": 1.5, "b": 2.5, "c": 3.5, "d": 4.5}
+    sparse = Scanner(["x_seconds_sum"]).parse(_HISTOGRAM)
+    assert _sums(sparse, "x_seconds_sum") == expected
+    assert sparse.duplicates == 0
+    every_line = Scanner(["x_seconds_sum", "x_seconds_bucket"]).parse(_HISTOGRAM)
+    assert _sums(every_line, "x_seconds_sum") == expected
+    assert sparse.types == {"x_seconds": "histogram"}
+    body = _HISTOGRAM.encode()
+    assert _streamed(body, ["x_seconds_sum"], list(range(7, len(body), 31))) == sparse
+
+
+def test_a_line_repeating_a_wanted_name_is_searched_once() -> None:
+    # A hostile bucket line holding the wanted name 20,000 times: each line is searched up
+    # to its first hit, and nothing is read twice.
+    noise = "x_seconds_sum" * 20_000
+    body = (
+        "# TYPE x_seconds histogram\n"
+        f'x_seconds_bucket{{v="{noise}",le="1"}} 1\n'
+        f'x_seconds_sum{{v="{noise}"}} 5\n'
+        "x_seconds_count 1\n"
+    )
+    exp = Scanner(["x_seconds_sum"]).parse(body)
+    assert [s.value for s in exp.get("x_seconds_sum")] == [5.0]
+    assert exp.duplicates == 0
+
+
+def test_a_sample_after_a_histogram_block_without_its_own_header_is_read() -> None:
+    body = "# TYPE x_seconds histogram\nx_seconds_bucket 1\nx_seconds_sum 2\na 5\n# TYPE z gauge\n"
+    exp = Scanner(["x_seconds_sum", "a"]).parse(body)
+    assert [s.value for s in exp.get("x_seconds_sum")] == [2.0]
+    assert [s.value for s in exp.get("a")] == [5.0]
+
+
+_COUNTER = "# HELP a_total A.\n# TYPE a_total counter\n" + "".join(
+    f'a_total{{i="{i}"}} {i}\n' for i in range(6)
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "values", "duplicates"),
+    [
+        ('a_total{i="9"} 9', [0, 1, 2, 9, 3, 4, 5], 0),  # every line of the common shape
+        ('a_total{i="1"} 7', [0, 1, 2, 3, 4, 5], 1),  # a duplicate
+        ('a_total{i="9"} 9 1767225600000', [0, 1, 2, 9, 3, 4, 5], 0),  # a timestamp
+        ('a_total{i="9",} 9', [0, 1, 2, 9, 3, 4, 5], 0),  # a trailing comma
+        ("a_total 9", [0, 1, 2, 9, 3, 4, 5], 0),  # no labels
+        ('b{i="9"} 9', [0, 1, 2, 3, 4, 5], 0),  # another name
+    ],
+)
+def test_a_counter_block_reads_the_same_whatever_its_lines(
+    line: str, values: list[int], duplicates: int
+) -> None:
+    lines = _COUNTER.splitlines()
+    body = "\n".join([*lines[:5], line, *lines[5:]]) + "\n"
+    exp = Scanner(["a_total"]).parse(body)
+    assert [s.value for s in exp.get("a_total")] == values
+    assert exp.duplicates == duplicates
+    headerless = Scanner(["a_total"]).parse("\n".join([*lines[2:5], line, *lines[5:]]) + "\n")
+    assert headerless.get("a_total") == exp.get("a_total")
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ('a_total{i="9} 9', "unterminated quoted label value"),
+        ('a_total{i="9",i="8"} 9', "duplicate label name 'i'"),
+        ('a_total{i="9"} 1e', "invalid sample value '1e'"),
+    ],
+)
+def test_an_error_in_a_counter_block_names_its_line(line: str, fragment: str) -> None:
+    lines = _COUNTER.splitlines()
+    body = "\n".join([*lines[:5], line, *lines[5:]]) + "\n"
+    with pytest.raises(ParseError, match=fragment) as info:
+        Scanner(["a_total"]).parse(body)
+    assert info.value.line == 6
+
+
+def test_the_series_limit_in_a_counter_block_names_the_line_over_it() -> None:
+    with pytest.raises(ParseError, match="more than max_series_per_family=4") as info:
+        Scanner(["a_total"]).parse(_COUNTER, ParseLimits(max_series_per_family=4))
+    assert info.value.line == 7
