@@ -55,6 +55,7 @@ __all__ = [
     "MAX_REDIRECTS",
     "MAX_TOKEN_BYTES",
     "Fetched",
+    "ReceiveBuffers",
     "ScrapeError",
     "ScrapeReason",
     "ServerScraper",
@@ -208,6 +209,41 @@ def accept_encoding(host: str) -> str:
         return "gzip"
 
 
+RECEIVE_BYTES = 256 * 1024
+"""Size of a shared receive buffer, bytes: a 1.4 MB body in 6 network reads, not 22."""
+
+
+class ReceiveBuffers:
+    """Receive buffers shared by the scrapers of one agent.
+
+    The sampler scrapes its servers in turn on one thread, so one buffer serves them all and
+    stays in the CPU cache; a scrape moved to a thread of its own (a stalled server) takes
+    another. Buffers are kept for the life of the agent: a buffer over glibc's 128 KiB mmap
+    threshold, freed and allocated again, would be page-faulted in at every scrape.
+
+    Args:
+        size: Bytes per buffer.
+        keep: Most free buffers kept (more are left to the garbage collector).
+    """
+
+    def __init__(self, size: int = RECEIVE_BYTES, keep: int = 4) -> None:
+        self.size = size
+        self._keep = keep
+        self._free = [bytearray(size)]  # made up front, as the agent starts
+
+    def take(self) -> bytearray:
+        """A buffer of :attr:`size` bytes for one scrape; give it back after."""
+        try:
+            return self._free.pop()  # atomic: scrapes on other threads may take one too
+        except IndexError:
+            return bytearray(self.size)
+
+    def give(self, buffer: bytearray) -> None:
+        """Give back a buffer :meth:`take` lent."""
+        if len(self._free) < self._keep:
+            self._free.append(buffer)
+
+
 class ServerScraper:
     """Scrapes and reads one server over its own kept-alive connection.
 
@@ -216,6 +252,7 @@ class ServerScraper:
         scrape: Timeouts and limits.
         clock: Monotonic clock for the deadline; the system clock by default (socket waits
             are real time, so production always uses the system clock).
+        buffers: Receive buffers shared with the agent's other scrapers; None = its own.
     """
 
     def __init__(
@@ -223,6 +260,7 @@ class ServerScraper:
         server: ServerSettings,
         scrape: ScrapeSettings,
         clock: Clock | None = None,
+        buffers: ReceiveBuffers | None = None,
     ) -> None:
         self._server = server
         self._scrape = scrape
@@ -232,10 +270,10 @@ class ServerScraper:
         self._tls: ssl.SSLContext | None = None
         self._home: OriginConnection | None = None
         self._opened_elsewhere = 0
-        # Label sets and series keys this server repeats at every scrape, and one receive
+        # Label sets and series keys this server repeats at every scrape, and a lent receive
         # buffer: a scrape allocates no body-sized (nor piece-sized) memory.
         self._memo = ReadMemo()
-        self._buffer = bytearray(PIECE_BYTES)
+        self._buffers = buffers if buffers is not None else ReceiveBuffers(keep=1)
 
     @property
     def name(self) -> str:
@@ -267,6 +305,7 @@ class ServerScraper:
             ScrapeError: On any failure, with its reason.
         """
         streams: list[ExpositionStream] = []
+        buffer = self._buffers.take()
 
         def open_body(content_type: str | None) -> ExpositionStream:
             # The Content-Type tells OpenMetrics (and its name escaping) from the classic text.
@@ -275,16 +314,18 @@ class ServerScraper:
                 self._limits,
                 content_type,
                 memo=self._memo,
-                buffer=self._buffer,
+                buffer=buffer,
             )
             streams.append(stream)
             return stream
 
-        redirected_from = self._fetch(open_body)
         try:
+            redirected_from = self._fetch(open_body)
             return streams[-1].result().reading
         except ExpositionError as exc:
             raise _parse_error(exc, redirected_from) from None
+        finally:
+            self._buffers.give(buffer)
 
     def fetch(self) -> Fetched:
         """Fetch the raw body (decompressed) within the deadline and size limit.

@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import gc
 import gzip
 import io
 import json
@@ -672,6 +673,7 @@ def loop_in_this_process(
             agent.server.start()
             agent.monitor.start()
             agent.sampler.run_cycle()
+            gc.freeze()  # as run_command does once the agent has started
             child.scrape_agent(
                 f"http://127.0.0.1:{agent.port}/metrics", PROMETHEUS_INTERVAL_SECONDS
             )

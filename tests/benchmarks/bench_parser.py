@@ -45,7 +45,6 @@ sys.path.insert(0, str(HERE.parents[1]))
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from agent.readings import ServerReading  # noqa: E402
-from agent.servers.parser import PIECE_BYTES  # noqa: E402
 from agent.servers.profiles import (  # noqa: E402
     PROFILES,
     ExpositionStream,
@@ -53,6 +52,7 @@ from agent.servers.profiles import (  # noqa: E402
     interpret,
     read_exposition,
 )
+from agent.servers.scraper import RECEIVE_BYTES  # noqa: E402
 from agent.simulation.expositions import SimModelCounters, render_exposition  # noqa: E402
 from agent.simulation.servers import CONTENT_TYPE  # noqa: E402
 
@@ -149,13 +149,13 @@ def old_extraction(old: Any) -> Callable[[bytes], object]:
 
 
 def streamed(engine: str) -> Callable[[bytes], ServerReading]:
-    """As a scrape reads: 64 KiB network reads into one reusable buffer, the server's memo."""
+    """As a scrape reads: 256 KiB network reads into one reusable buffer, the server's memo."""
     memo = ReadMemo()
-    buffer = bytearray(PIECE_BYTES)
+    buffer = bytearray(RECEIVE_BYTES)
 
     def read(body: bytes) -> ServerReading:
         stream = ExpositionStream(engine, content_type=CONTENT_TYPE, memo=memo, buffer=buffer)
-        stream.feed(body)  # through space()/commit(), one 64 KiB read at a time
+        stream.feed(body)  # through space()/commit(), one 256 KiB read at a time
         return stream.result().reading
 
     return read

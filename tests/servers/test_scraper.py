@@ -25,6 +25,7 @@ from agent.servers.inspect import inspect_command
 from agent.servers.scraper import (
     ACCEPT,
     MAX_TOKEN_BYTES,
+    ReceiveBuffers,
     ScrapeError,
     ServerScraper,
     accept_encoding,
@@ -670,3 +671,32 @@ def test_a_large_body_is_read_as_it_arrives_without_holding_it(serve: Serve, gzi
         f"m{i}": 1000 + i for i in range(5)
     }
     assert peak < 512 * 1024
+
+
+def test_scrapers_in_turn_share_one_receive_buffer_and_a_failed_scrape_gives_it_back(
+    serve: Serve,
+) -> None:
+    # Two servers with different bodies, scraped in turn through one 4 KiB buffer: each
+    # body is read right through the other's leftovers, and one buffer served both.
+    models = [SimModelCounters(model="m", prompt_tokens=1000)]
+    big = render_exposition("vllm", models, ranks=8, start_time_seconds=1.7e9).encode()
+    assert len(big) > 4096
+    servers = [serve(lambda path: {"body": big}), serve(lambda path: {"body": VLLM})]
+    broken = serve(lambda path: {"body": b"<html>oops</html>\n"})
+    buffers = ReceiveBuffers(size=4096)
+    settings = ScrapeSettings(connect_timeout_seconds=1.0, read_timeout_seconds=2.0)
+
+    def scraper(url: str) -> ServerScraper:
+        config = ServerSettings(name="s", url=url, engine="vllm")
+        return ServerScraper(config, settings, buffers=buffers)
+
+    first, second = (scraper(s.url()) for s in servers)
+    for _ in range(3):
+        assert [m.input_tokens for m in first.scrape().models] == [1000.0]
+        assert second.scrape().models[0].input_tokens == 1_234_567
+    with pytest.raises(ScrapeError, match="HTML"):
+        scraper(broken.url()).scrape()
+    lent = buffers.take()
+    assert len(lent) == 4096
+    assert b"vllm:" in lent  # the one buffer the scrapes used came back
+    assert not any(buffers.take())  # and was the only one kept: the next is a fresh one
