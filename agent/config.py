@@ -9,7 +9,7 @@ The file and the environment are read here, not by pydantic-settings' sources, s
 problem is one line naming its place: a syntax error with its line and column (never a
 snippet of the file, which may hold a password), a variable with its name, bad JSON with its
 position. Only :func:`load_settings` reads (a file, ``os.environ``); validation is pure.
-Every duration has a floor (no busy loop) and a ceiling; URLs are checked as httpx reads them.
+Every duration has a floor (no busy loop) and a ceiling; URLs are checked as the scraper reads them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import httpx
 import yaml
 from pydantic import (
     BaseModel,
@@ -38,6 +37,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.logs import redact
 from agent.readings import PricingInfo
+from agent.urls import parse_http_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,7 +61,7 @@ def _duration(default: float, floor: float, ceiling: float, description: str) ->
 
 
 def check_http_url(value: str) -> None:
-    """Check a URL the way httpx will read it: http or https, a host, a valid port.
+    """Check a URL the way the scraper reads it: http or https, a host, a valid port.
 
     Args:
         value: The URL.
@@ -70,16 +70,7 @@ def check_http_url(value: str) -> None:
         ValueError: Naming what is wrong (the URL itself is not repeated: it may hold a
             password).
     """
-    try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ValueError(f"not a valid URL: {redact(str(exc))}") from None
-    if url.scheme not in ("http", "https"):
-        raise ValueError("must start with http:// or https://, e.g. http://127.0.0.1:8000/metrics")
-    if not url.host:
-        raise ValueError("has no host, e.g. http://127.0.0.1:8000/metrics")
-    if url.port is not None and not 1 <= url.port <= 65535:
-        raise ValueError(f"port {url.port} is not in 1..65535")
+    parse_http_url(value)
 
 
 class GpuSettings(_Section):

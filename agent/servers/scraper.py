@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit
 
 from agent import __version__
 from agent.clock import Clock, SystemClock
@@ -49,6 +49,7 @@ from agent.readings import ServerReading
 from agent.servers.parser import PIECE_BYTES, ExpositionError, ParseLimits
 from agent.servers.profiles import ExpositionStream, ReadMemo
 from agent.servers.transport import DeadlineExceededError, OriginConnection
+from agent.urls import HttpUrl, parse_http_url
 
 __all__ = [
     "ACCEPT",
@@ -116,48 +117,11 @@ class Fetched:
     redirected_from: str | None = None
 
 
-@dataclass(frozen=True)
-class _Url:
-    scheme: str
-    host: str
-    port: int
-    target: str
-    username: str | None
-    password: str | None
-
-    @property
-    def origin(self) -> Origin:
-        return (self.scheme, self.host, self.port)
-
-    def shown(self) -> str:
-        """The URL without user information, for messages."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{self.target}"
-
-    def origin_text(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
-
-
-def _parse_url(url: str) -> _Url:
+def _parse_url(url: str) -> HttpUrl:
     try:
-        parts = urlsplit(url)
-        port = parts.port
+        return parse_http_url(url)
     except ValueError as exc:
         raise ScrapeError("refused", f"invalid URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ScrapeError("refused", "invalid URL: needs http:// or https:// and a host")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target):
-        raise ScrapeError("refused", "invalid URL: spaces or control characters in the path")
-    return _Url(
-        scheme=parts.scheme,
-        host=parts.hostname,
-        port=port if port is not None else (443 if parts.scheme == "https" else 80),
-        target=target,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-    )
 
 
 def scrape_url(server: ServerSettings) -> str:
@@ -404,15 +368,15 @@ class ServerScraper:
 
     # -- pieces ------------------------------------------------------------------------------
 
-    def _connection(self, url: _Url) -> OriginConnection:
+    def _connection(self, url: HttpUrl) -> OriginConnection:
         if self._home is None:
             self._home = self._open(url)
         return self._home
 
-    def _stranger(self, url: _Url) -> OriginConnection:
+    def _stranger(self, url: HttpUrl) -> OriginConnection:
         return self._open(url)
 
-    def _open(self, url: _Url) -> OriginConnection:
+    def _open(self, url: HttpUrl) -> OriginConnection:
         return OriginConnection(
             url.host,
             url.port,
@@ -433,7 +397,7 @@ class ServerScraper:
                 raise ScrapeError("error", f"cannot load ca_file {ca_file}: {problem}") from None
         return self._tls
 
-    def _authorization(self, url: _Url) -> str | None:
+    def _authorization(self, url: HttpUrl) -> str | None:
         token = self._read_token()
         if token is not None:
             return f"Bearer {token}"
@@ -465,12 +429,12 @@ class ServerScraper:
     def _exchange(
         self,
         conn: OriginConnection,
-        url: _Url,
+        url: HttpUrl,
         headers: dict[str, str],
         deadline: float,
         elsewhere: bool,
         open_body: Callable[[str | None], _Sink],
-    ) -> _Url | None:
+    ) -> HttpUrl | None:
         shown = url.shown()
         timeout = self._scrape.read_timeout_seconds
         try:
@@ -501,11 +465,11 @@ class ServerScraper:
         self,
         conn: OriginConnection,
         response: http.client.HTTPResponse,
-        url: _Url,
+        url: HttpUrl,
         elsewhere: bool,
         deadline: float,
         open_body: Callable[[str | None], _Sink],
-    ) -> _Url | None:
+    ) -> HttpUrl | None:
         shown = url.shown()
         status = response.status
         if 100 <= status < 200:
@@ -533,7 +497,7 @@ class ServerScraper:
         return None
 
     def _status_message(
-        self, response: http.client.HTTPResponse, url: _Url, elsewhere: bool
+        self, response: http.client.HTTPResponse, url: HttpUrl, elsewhere: bool
     ) -> str:
         status = response.status
         phrase = "" if elsewhere else f" {_printable(response.reason)}"

@@ -168,7 +168,7 @@ def test_every_duration_has_a_floor_and_a_ceiling(section: str, field: str, valu
 @pytest.mark.parametrize(
     "url", ["HTTP://127.0.0.1:8000/metrics", "Https://h/m", "http://[::1]:8000/metrics"]
 )
-def test_urls_httpx_reads_are_accepted(url: str) -> None:
+def test_urls_the_scraper_reads_are_accepted(url: str) -> None:
     settings = load_settings(None, {"servers": [{"name": "a", "url": url}]}, use_env=False)
     assert settings.servers[0].url == url
 
@@ -181,9 +181,12 @@ def test_urls_httpx_reads_are_accepted(url: str) -> None:
         ("http:///m", "has no host"),
         ("http://h:70000/m", "port 70000 is not in 1..65535"),
         ("127.0.0.1:8000/metrics", "must start with http:// or https://"),
+        ("http://h:0/m", "port 0 is not in 1..65535"),
+        ("http://h:x8/m", "port 'x8' is not a number"),
+        ("http://h/two words", "spaces or control characters in the path"),
     ],
 )
-def test_urls_httpx_cannot_use_are_refused(url: str, reason: str) -> None:
+def test_urls_the_scraper_cannot_use_are_refused(url: str, reason: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(None, {"servers": [{"name": "a", "url": url}]}, use_env=False)
     assert reason in caught.value.lines[0], caught.value.lines
