@@ -4,7 +4,7 @@ Pure module: no I/O, no clock, no threads.
 
 Only the sample names a :class:`Scanner` is built for are parsed. A body is read as it
 arrives, in pieces of whole lines (:class:`ExpositionReader`: the scraper receives each
-64 KiB network read straight into the reader's buffer), so no copy of a 1-2 MB body is ever
+network read straight into the reader's buffer), so no copy of a 1-2 MB body is ever
 held. In each piece the comment lines are found with ``memchr`` on ``#``; they delimit the
 family blocks. A block of an unwanted family is skipped without reading its lines (see
 :class:`ExpositionReader` for when that is safe); in the others one compiled regular
@@ -14,9 +14,11 @@ quoted name ``{"name", ...}``), at ``# HELP``/``# TYPE`` of a wanted family and 
 cannot start an exposition line. Only those lines are decoded and parsed in Python, so
 samples may precede their TYPE line and headerless samples may follow any block. Lines of
 the common shape ``name{labels} value`` are split by the scan itself, and each distinct
-label text is parsed once per server (:class:`ParseMemo`). A 1.4 MB vLLM body with
-thousands of histogram buckets costs about 1.2 ms of CPU, over 100x less than
-prometheus_client (see ``tests/benchmarks/bench_parser.py``).
+label text is parsed once per server (:class:`ParseMemo`). A block of such lines only is
+read by one ``findall``; in a histogram whose ``_sum`` alone is wanted, the ``_sum`` lines
+are found with ``find`` and the buckets never visited. A 1.4 MB vLLM body with thousands of
+histogram buckets costs about 1.1 ms of CPU, over 100x less than prometheus_client (see
+``tests/benchmarks/bench_parser.py``).
 
 Formats and name escaping (:meth:`Scanner.parse` ``content_type``):
 
@@ -45,7 +47,9 @@ Validation policy (what is refused, and where):
   ``bytes.isascii``); they hold for bytes whose lines are never parsed.
 * Lines of the blocks that are scanned (wanted families, headerless samples): a line that
   does not start with ``#``, a metric-name character or ``{`` after optional blanks is
-  refused as "not a Prometheus exposition". The lines of a skipped block are not looked at.
+  refused as "not a Prometheus exposition". The lines of a skipped block are not looked at,
+  nor the lines of a histogram block where only ``_sum``/``_count`` are wanted, besides
+  those holding the wanted names.
 * Lines of wanted families are validated in full: metric name, label names (plain or
   quoted), quoting and escapes of label values (``\\\\``, ``\\"``, ``\\n``; other backslash
   sequences are kept as written, as prometheus_client does; a raw carriage return inside a
@@ -66,8 +70,9 @@ body past its first piece, the byte offset, and the problem.
 
 Why find the blocks rather than scan every line start (as the release before did): the
 vLLM body's 10,700 lines cost the line scan 1.2 ms, while the 166 comment lines that
-delimit its 83 family blocks are found with ``memchr`` in 0.05 ms; the scan then runs over
-the 1,465 lines of the wanted families only. And why not ``bytes.find`` each wanted name:
+delimit its 83 family blocks are found with ``memchr`` in 0.05 ms; the wanted families'
+blocks are then read by a ``findall`` (counters, gauges) or by ``find`` on the ``_sum``
+names (two histograms of 578 lines each). And why not ``bytes.find`` each wanted name:
 one pass per spelling, 4 ms for the 27 spellings of the vLLM profile on a 1.4 MB body.
 
 Work bound (the CPU-time budget): every repeat in these regular expressions is of a single
@@ -76,7 +81,8 @@ nested or adjacent quantifiers matching the same characters; ``tests/servers/
 test_parser.py`` checks this on the compiled patterns). So the engine never gives a run back
 successfully: a match attempt is linear in the bytes it reads, and it keeps no backtracking
 stack that grows with the line. The scan makes one attempt per newline, confined to its
-line; finding comment lines costs one ``memchr`` per ``#`` and, past 64 ``#`` inside lines
+line (the ``findall`` of a block too); ``find`` on a wanted name searches each line up to its
+first hit only; finding comment lines costs one ``memchr`` per ``#`` and, past 64 ``#`` inside lines
 in one piece, one regex attempt per newline; each wanted line is parsed once, in time
 linear in its length, with no regex call holding the GIL for longer than one line. A parse
 is therefore O(body bytes), bounded by ``max_body_bytes`` and ``max_line_bytes``: about 1 ms
@@ -682,9 +688,18 @@ class ExpositionReader:
     ``memchr`` on ``#``; a block of an unwanted family is skipped without reading its lines
     when its last line is still a sample of that family (a sample without HELP/TYPE that
     follows the group is then absent). Otherwise, and in blocks of wanted families, every
-    line start is visited by the line scanner. So a body whose samples come in any order is
-    still read in full, and only a sample of a wanted name inserted between two samples of
-    one unwanted family, which breaks the rule above, can be missed.
+    line start is visited by the line scanner, with two shortcuts that read the same lines:
+
+    - a block whose lines are all wanted ones of the common shape (``name{labels} value``: a
+      counter's or gauge's) is read by one ``findall``; at any other line the block goes
+      back to the line scanner;
+    - in a block where only aggregates are wanted (a histogram's ``_sum``), the lines
+      holding their names are found with ``find``, as for an unwanted block when its last
+      line is still the family's: a bucket line is then never visited, nor checked.
+
+    So a body whose samples come in any order is still read in full, and only a sample of a
+    wanted name inserted between two samples of one skipped family, which breaks the rule
+    above, can be missed.
 
     Errors name the line while it can be counted for free (the first piece, or a body fed
     whole), else the byte offset: counting the lines of every piece would cost a third of
