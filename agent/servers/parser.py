@@ -94,6 +94,7 @@ budget: no clock is read. ``tests/benchmarks/bench_parser.py`` times the hostile
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -437,17 +438,15 @@ def _found(
     a wanted one. Each line is searched up to its first hit only, so the work stays linear
     in the bytes whatever a hostile line repeats.
     """
-    if len(needles) == 1:
-        newlines: Iterable[int] = _lines_holding(raw, pos, end, needles[0])
-    else:
-        newlines = sorted(
-            {at for needle in needles for at in _lines_holding(raw, pos, end, needle)}
-        )
+    newlines = heapq.merge(*(_lines_holding(raw, pos, end, needle) for needle in needles))
     match = compiled.rest.match
+    last = -1
     for newline in newlines:
-        found = match(raw, newline, end)
-        if found is not None:
-            yield found
+        if newline != last:  # a line holding two needles is read once
+            last = newline
+            found = match(raw, newline, end)
+            if found is not None:
+                yield found
 
 
 def _lines_holding(raw: bytes | bytearray, pos: int, end: int, needle: bytes) -> Iterator[int]:
@@ -1075,8 +1074,17 @@ class ExpositionReader:
         """Read the lines ``pos:end`` (no comment among them) of the current family block."""
         if self._scan_block and self._sparse is None:
             dense = self._dense
-            if dense is None or not self._read_dense(raw, pos, end, dense):
+            if dense is None:
                 self._scan(raw, pos, end, self.compiled.rest.finditer(raw, pos, end))
+                return
+            # In windows of whole lines: findall's list stays small whatever the block.
+            while pos < end:
+                stop = end
+                if end - pos > _DENSE_WINDOW:
+                    stop = raw.find(b"\n", pos + _DENSE_WINDOW, end) + 1 or end
+                if not self._read_dense(raw, pos, stop, dense):
+                    self._scan(raw, pos, stop, self.compiled.rest.finditer(raw, pos, stop))
+                pos = stop
         elif self._ends_in_family(raw, pos, end):
             # Skipped, or only the wanted aggregates' lines found (see the class).
             if self._sparse is not None and self._scan_block:
@@ -1148,7 +1156,7 @@ class ExpositionReader:
     def _read_dense(
         self, raw: bytes | bytearray, pos: int, end: int, dense: re.Pattern[bytes]
     ) -> bool:
-        """Read ``raw[pos:end]`` when every line of it is a wanted one of the common shape.
+        """Read the lines ``raw[pos:end]`` when all are wanted ones of the common shape.
 
         One ``findall`` reads all the lines in C: what :meth:`_scan` does line by line, less
         the match objects. From a line whose labels or value do not read, the rest of the
@@ -1302,6 +1310,8 @@ _sample = tuple.__new__
 # A comment line is found by memchr on `#`; past this many `#` inside lines in one piece
 # (OpenMetrics exemplars on every bucket), by the line scan instead.
 _MAX_HASH_MISSES = 64
+# Bytes of a wanted block read by one findall at most (whole lines; a few hundred series).
+_DENSE_WINDOW = 16 * 1024
 # Blank lines looked through at the end of a skipped block before scanning it instead.
 _MAX_TRAILING_BLANKS = 64
 _BLANK_BYTES = frozenset(b" \t\r\n")

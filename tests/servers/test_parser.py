@@ -1097,3 +1097,30 @@ def test_the_series_limit_in_a_counter_block_names_the_line_over_it() -> None:
     with pytest.raises(ParseError, match="more than max_series_per_family=4") as info:
         Scanner(["a_total"]).parse(_COUNTER, ParseLimits(max_series_per_family=4))
     assert info.value.line == 7
+
+
+def test_a_counter_block_larger_than_one_findall_window_is_read_whole() -> None:
+    # 3,000 series (60 KB): read in windows of whole lines; a duplicate across windows is
+    # still one, and an error far in is still named by its line.
+    lines = ["# TYPE a_total counter", *(f'a_total{{i="{i}"}} {i}' for i in range(3000))]
+    body = "\n".join([*lines, 'a_total{i="7"} 1']) + "\n"
+    exp = Scanner(["a_total"]).parse(body)
+    assert [s.value for s in exp.get("a_total")] == [float(i) for i in range(3000)]
+    assert exp.duplicates == 1
+    lines[2500] = 'a_total{i="x} 1'
+    with pytest.raises(ParseError, match="unterminated quoted label value") as info:
+        Scanner(["a_total"]).parse("\n".join(lines) + "\n")
+    assert info.value.line == 2501
+
+
+def test_a_line_holding_two_wanted_aggregates_is_read_once() -> None:
+    body = (
+        "# TYPE x_seconds histogram\n"
+        'x_seconds_bucket{le="+Inf"} 1\n'
+        'x_seconds_sum{v="x_seconds_count"} 2\n'
+        'x_seconds_count{v="x_seconds_sum"} 1\n'
+    )
+    exp = Scanner(["x_seconds_sum", "x_seconds_count"]).parse(body)
+    assert [s.value for s in exp.get("x_seconds_sum")] == [2.0]
+    assert [s.value for s in exp.get("x_seconds_count")] == [1.0]
+    assert exp.duplicates == 0
