@@ -884,8 +884,10 @@ def _sum_counter(
     out = _Counter(exposed=True)
     values = out.values
     by_model = out.series
+    model_labels = profile.model_labels
     for src, s in chosen:
-        model, key = _model_and_key(src.name, s, profile.model_labels, keys)
+        known = keys.get((src.name, s.labels, model_labels))
+        model, key = known or _model_and_key(src.name, s, model_labels, keys)
         value = s.value
         if not 0.0 <= value < math.inf:  # negative, infinite or NaN
             if values.get(model, 0.0) is not None:
@@ -900,8 +902,12 @@ def _sum_counter(
         series = by_model.get(model)
         if series is None:
             series = by_model[model] = []
-        series.append(CounterSeries(kind, key, value))
+        series.append(_new_tuple(CounterSeries, (kind, key, value)))
     return out
+
+
+# Builds a CounterSeries in C (the named tuple's own __new__ is a Python function).
+_new_tuple = tuple.__new__
 
 
 def _model_and_key(
