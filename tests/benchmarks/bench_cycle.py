@@ -109,9 +109,7 @@ def _readings(calls: int) -> dict[str, Iterator[Any]]:
             models = tuple(
                 dataclasses.replace(
                     m,
-                    series=tuple(
-                        dataclasses.replace(s, value=s.value + 97.0 * k) for s in m.series
-                    ),
+                    series=tuple(s._replace(value=s.value + 97.0 * k) for s in m.series),
                 )
                 for m in first.models
             )
