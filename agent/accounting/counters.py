@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 
 from agent.config import AccountingSettings
 from agent.readings import (
@@ -191,6 +192,72 @@ class _Series:
     refused: float | None = None
 
 
+_Ident = tuple[CounterKind, str]
+"""A raw series' identity within its model: (kind, key)."""
+
+_IDENT = attrgetter("kind", "key")
+_VALUE = attrgetter("value")
+_FIELDS = attrgetter(
+    "input_tokens", "output_tokens", "cached_input_tokens", "prefill_seconds", "decode_seconds"
+)
+"""A reading's counter fields, in :data:`COUNTER_KINDS` order."""
+
+
+@dataclass(slots=True)
+class _Plan:
+    """How to count one model's readings while its series layout stays the same.
+
+    A scrape lists the same series in the same order cycle after cycle; the plan keeps what
+    :func:`raw_series` and the sort by identity work out from that layout, so a cycle only
+    reads the values. Built again whenever the layout changes.
+
+    Attributes:
+        layout: The reading's ``(kind, key)`` per listed series, in listed order.
+        idents: The identities counted, sorted: the order :func:`raw_series` then ``sorted``
+            give (a key listed twice once, a kind with no listed series as its field).
+        pick: From the listed values followed by the five counter fields, the value of each
+            of ``idents`` (a key listed twice: its last value).
+        repeated: Position in ``idents`` -> every index of a key listed more than once, in
+            listed order (its last valid value counts).
+        series: Each ident's tracked series, None until tracked.
+    """
+
+    layout: list[_Ident]
+    idents: list[_Ident]
+    pick: itemgetter[tuple[float | None, ...]]
+    repeated: dict[int, list[int]]
+    series: list[_Series | None]
+
+
+def _plan(layout: list[_Ident], known: dict[_Ident, _Series]) -> _Plan:
+    """The counting plan of one model's series layout (see :class:`_Plan`)."""
+    sources: dict[_Ident, list[int]] = {}
+    for i, ident in enumerate(layout):
+        sources.setdefault(ident, []).append(i)
+    listed = {kind for kind, _ in layout}
+    for j, kind in enumerate(COUNTER_KINDS):
+        if kind not in listed:
+            sources[(kind, kind)] = [len(layout) + j]
+    idents = sorted(sources)  # never empty: a kind is listed or is its field
+    indices = [sources[ident][-1] for ident in idents]
+    repeated = {j: sources[ident] for j, ident in enumerate(idents) if len(sources[ident]) > 1}
+    if len(indices) == 1:
+        # itemgetter of one index returns the item, not a 1-tuple: ask for it twice (the
+        # count stops at the end of ``idents``).
+        indices.append(indices[0])
+    series = [known.get(ident) for ident in idents]
+    return _Plan(layout, idents, itemgetter(*indices), repeated, series)
+
+
+def _last_valid(values: list[float | None], indices: list[int] | None) -> float | None:
+    """The last valid of a repeated key's values (None when none is, or not repeated)."""
+    for i in reversed(indices or ()):
+        value = values[i]
+        if value is not None and 0 <= value < math.inf:
+            return value
+    return None
+
+
 @dataclass(slots=True)
 class _Model:
     last_seen: float
@@ -199,6 +266,7 @@ class _Model:
     # A model first seen later is new while watched: every series of it counts from zero.
     baselines: bool
     series: dict[tuple[CounterKind, str], _Series] = field(default_factory=dict)
+    plan: _Plan | None = None
 
 
 @dataclass(slots=True)
@@ -374,8 +442,23 @@ class TokenCounters:
         sums: dict[CounterKind, float] = dict.fromkeys(COUNTER_KINDS, 0.0)
         known = entry.series
         dropped = False
-        for ident, raw in sorted(raw_series(reading).items()):
-            series = known.get(ident)
+        listed = reading.series
+        layout = list(map(_IDENT, listed))
+        plan = entry.plan
+        if plan is None or plan.layout != layout:
+            plan = entry.plan = _plan(layout, known)
+        values = list(map(_VALUE, listed))
+        values.extend(_FIELDS(reading))
+        tracked = plan.series
+        # The series in identity order, each with its value: sorted(raw_series(reading)).
+        for j, (ident, value) in enumerate(zip(plan.idents, plan.pick(values), strict=False)):
+            # Not a number (None, NaN, negative, infinite): not known, nothing counted.
+            if value is None or not 0 <= value < math.inf:
+                value = _last_valid(values, plan.repeated.get(j))
+                if value is None:
+                    continue
+            raw = float(value)
+            series = tracked[j]
             if series is not None and series.refused is None:
                 base = series.base
                 if raw >= base:
@@ -409,6 +492,7 @@ class TokenCounters:
                 base = raw if baseline else 0.0
                 series = _Series(base=base, t=t)
                 entry.series[(kind, key)] = series
+                tracked[j] = series
                 if baseline:
                     continue
             counted, was_reset = self._step(series, kind, raw, t, gpus, model, key, events)
