@@ -467,27 +467,33 @@ class TokenCounters:
             total = 0.0
             for j in range(start, stop):
                 value = picked[j]
+                series = tracked[j]
+                if (
+                    value.__class__ is float
+                    and 0.0 <= value < inf
+                    and series is not None
+                    and series.refused is None
+                ):
+                    base = series.base
+                    if value >= base:
+                        # The common step, as _step takes it: a tracked series, no reset, no
+                        # glitch pending, within the ceiling (same arithmetic: the same
+                        # verdict to the bit).
+                        increase = value - base
+                        elapsed = t - series.t
+                        if elapsed < floor:
+                            elapsed = floor
+                        if increase <= rate * elapsed:
+                            series.base = value
+                            series.t = t
+                            total += increase
+                            continue
                 # Not a number (None, NaN, negative, infinite): not known, nothing counted.
                 if value is None or not 0 <= value < inf:
                     value = _last_valid(values, plan.repeated.get(j))
                     if value is None:
                         continue
-                raw = value if value.__class__ is float else float(value)
-                series = tracked[j]
-                if series is not None and series.refused is None:
-                    base = series.base
-                    if raw >= base:
-                        # The common step, as _step takes it: no reset, no glitch pending,
-                        # within the ceiling (same arithmetic: the same verdict to the bit).
-                        increase = raw - base
-                        elapsed = t - series.t
-                        if elapsed < floor:
-                            elapsed = floor
-                        if increase <= rate * elapsed:
-                            series.base = raw
-                            series.t = t
-                            total += increase
-                            continue
+                raw = float(value)
                 counted, was_reset = self._count_series(
                     state, entry, plan, j, raw, t, gpus, first, model, events
                 )
