@@ -67,8 +67,15 @@ class _Families:
         number = float(value)
         if not math.isfinite(number) or (spec.type == "counter" and number < 0):
             return
-        clean = tuple(v if v.isascii() else _utf8(v) for v in labels)
-        self._samples.setdefault(name, {}).setdefault(clean, number)
+        # Label values are nearly always ASCII: one check for the whole set.
+        if "".join(labels).isascii():
+            clean = tuple(labels)
+        else:
+            clean = tuple(v if v.isascii() else _utf8(v) for v in labels)
+        samples = self._samples.get(name)
+        if samples is None:
+            samples = self._samples[name] = {}
+        samples.setdefault(clean, number)
 
     def families(self) -> Iterator[Metric]:
         """The non-empty families, in catalogue order."""
@@ -114,8 +121,13 @@ class _Families:
                 doc = doc.replace("\\", r"\\").replace("\n", r"\n")
                 head = f"# HELP {layout.sample} {doc}\n# TYPE {layout.sample} {spec.type}\n"
             lines = [head]
+            prefix = labels.prefix
             for label_values, value in samples.items():
-                lines.append(labels.prefix(layout, label_values) + _go(value) + "\n")
+                # _go(value), inlined: run for every sample.
+                text = repr(value)
+                if value > 0 and text.find(".") > 6:
+                    text = _go(value)
+                lines.append(prefix(layout, label_values) + text + "\n")
             out.append((spec.name, "".join(lines)))
         return out
 

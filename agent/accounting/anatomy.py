@@ -223,32 +223,17 @@ class PhaseRegression:
         """
         if self._solved is not None:
             return self._solved
-        best: tuple[float, tuple[int, ...], list[float], list[list[float]]] | None = None
+        best: tuple[float, tuple[int, ...], list[float], list[float]] | None = None
         for active in _ACTIVE_SETS:
-            xx = [[self._xx[i][j] for j in active] for i in active]
-            inverse = _inverse(xx)
-            if inverse is None:
+            solved = _solve(self._xx, self._xy, self._yy, active)
+            if solved is None:
                 continue
-            theta = [
-                sum(inverse[i][j] * self._xy[active[j]] for j in range(len(active)))
-                for i in range(len(active))
-            ]
-            if any(t < 0 for t in theta):
-                continue
-            sse = (
-                self._yy
-                - 2 * sum(t * self._xy[k] for t, k in zip(theta, active, strict=True))
-                + sum(
-                    theta[i] * xx[i][j] * theta[j]
-                    for i in range(len(active))
-                    for j in range(len(active))
-                )
-            )
+            sse, theta, diagonal = solved
             if best is None or sse < best[0]:
-                best = (max(sse, 0.0), active, theta, inverse)
+                best = (max(sse, 0.0), active, theta, diagonal)
         if best is None:
             return None
-        sse, active, theta, inverse = best
+        sse, active, theta, diagonal = best
         variance = sse / max(self._weight - len(active), 1.0)
         rho = min(max(self._rl / self._rr, 0.0), 0.9) if self._rr > 0 else 0.0
         variance *= (1.0 + rho) / (1.0 - rho)
@@ -257,7 +242,7 @@ class PhaseRegression:
         for i, k in enumerate(active):
             full[k] = theta[i]
             if theta[i] > 0:
-                errors[k] = math.sqrt(max(inverse[i][i], 0.0) * variance) / theta[i]
+                errors[k] = math.sqrt(max(diagonal[i], 0.0) * variance) / theta[i]
         self._solved = PhaseCoefficients(
             joules_per_input_token=full[0] / _TOKEN_SCALE,
             joules_per_output_token=full[1] / _TOKEN_SCALE,
@@ -283,30 +268,141 @@ class PhaseRegression:
 _ACTIVE_SETS: tuple[tuple[int, ...], ...] = ((0, 1, 2), (0, 1), (0, 2), (1, 2), (0,), (1,), (2,))
 
 
-def _inverse(m: list[list[float]]) -> list[list[float]] | None:
-    """Inverse of a small symmetric positive semi-definite matrix; None when ill-conditioned."""
-    n = len(m)
-    scale = max((abs(m[i][i]) for i in range(n)), default=0.0)
+def _solve(
+    xx: list[list[float]], xy: list[float], yy: float, active: tuple[int, ...]
+) -> tuple[float, list[float], list[float]] | None:
+    """Least squares on the ``active`` columns of the sufficient statistics, non-negative.
+
+    The block of ``X'WX`` on ``active`` is inverted by Gauss-Jordan elimination with partial
+    pivoting (the first row of largest magnitude), written out for one, two and three
+    columns (8 servers solve 7 blocks every cycle); every sum is ``sum`` over the terms in
+    the textbook order, so the result is that of the loop form to the last bit.
+
+    Args:
+        xx: ``X'WX``, 3 x 3.
+        xy: ``X'Wy``.
+        yy: ``y'Wy``.
+        active: The columns solved for (1 to 3 of 0, 1, 2), in order.
+
+    Returns:
+        ``(sse, theta, diagonal of the block's inverse)``; None when the block is
+        ill-conditioned (a pivot at most 1e-12 of the largest diagonal entry: the columns
+        are nearly collinear) or a coefficient comes out negative.
+    """
+    n = len(active)
+    if n == 1:
+        (k,) = active
+        m = xx[k][k]
+        scale = abs(m)
+        if scale <= 0 or scale <= 1e-12 * scale:
+            return None
+        inv = 1.0 / m
+        t = sum((inv * xy[k],))
+        if t < 0:
+            return None
+        return yy - 2 * sum((t * xy[k],)) + sum((t * m * t,)), [t], [inv]
+    if n == 2:
+        k0, k1 = active
+        a, b, c, d = xx[k0][k0], xx[k0][k1], xx[k1][k0], xx[k1][k1]
+        scale = max(abs(a), abs(d))
+        if scale <= 0:
+            return None
+        # [[a, b | 1, 0], [c, d | 0, 1]]; row 0 is r, row 1 is q once the pivot is up.
+        if abs(c) > abs(a):
+            r0, r1, r2, r3, q0, q1, q2, q3 = c, d, 0.0, 1.0, a, b, 1.0, 0.0
+        else:
+            r0, r1, r2, r3, q0, q1, q2, q3 = a, b, 1.0, 0.0, c, d, 0.0, 1.0
+        if abs(r0) <= 1e-12 * scale:
+            return None
+        r1, r2, r3 = r1 / r0, r2 / r0, r3 / r0
+        if q0 != 0.0:
+            q1, q2, q3 = q1 - q0 * r1, q2 - q0 * r2, q3 - q0 * r3
+        if abs(q1) <= 1e-12 * scale:
+            return None
+        q2, q3 = q2 / q1, q3 / q1
+        if r1 != 0.0:
+            r2, r3 = r2 - r1 * q2, r3 - r1 * q3
+        y0, y1 = xy[k0], xy[k1]
+        t0 = sum((r2 * y0, r3 * y1))
+        t1 = sum((q2 * y0, q3 * y1))
+        if t0 < 0 or t1 < 0:
+            return None
+        sse = (
+            yy
+            - 2 * sum((t0 * y0, t1 * y1))
+            + sum((t0 * a * t0, t0 * b * t1, t1 * c * t0, t1 * d * t1))
+        )
+        return sse, [t0, t1], [r2, q3]
+    k0, k1, k2 = active
+    (a00, a01, a02), (a10, a11, a12), (a20, a21, a22) = (
+        (xx[i][k0], xx[i][k1], xx[i][k2]) for i in active
+    )
+    scale = max(abs(a00), abs(a11), abs(a22))
     if scale <= 0:
         return None
-    a = [row[:] + [1.0 if i == j else 0.0 for j in range(n)] for i, row in enumerate(m)]
-    for col in range(n):
-        # The first row of largest magnitude (as max() picks it), without a call per row.
-        pivot, largest = col, abs(a[col][col])
-        for r in range(col + 1, n):
-            if abs(a[r][col]) > largest:
-                pivot, largest = r, abs(a[r][col])
-        # A pivot this small against the diagonal means the columns are (nearly) collinear.
-        if abs(a[pivot][col]) <= 1e-12 * scale:
-            return None
-        a[col], a[pivot] = a[pivot], a[col]
-        p = a[col][col]
-        a[col] = [v / p for v in a[col]]
-        for r in range(n):
-            if r != col and a[r][col] != 0.0:
-                f = a[r][col]
-                a[r] = [v - f * w for v, w in zip(a[r], a[col], strict=True)]
-    return [row[n:] for row in a]
+    # Rows r, q, s of [A | I]; the left columns a pivot has cleared are never read again.
+    r = (a00, a01, a02, 1.0, 0.0, 0.0)
+    q = (a10, a11, a12, 0.0, 1.0, 0.0)
+    s = (a20, a21, a22, 0.0, 0.0, 1.0)
+    pivot, largest = 0, abs(a00)
+    if abs(a10) > largest:
+        pivot, largest = 1, abs(a10)
+    if abs(a20) > largest:
+        pivot, largest = 2, abs(a20)
+    if pivot == 1:
+        r, q = q, r
+    elif pivot == 2:
+        r, s = s, r
+    if largest <= 1e-12 * scale:
+        return None
+    p = r[0]
+    r1, r2, r3, r4, r5 = r[1] / p, r[2] / p, r[3] / p, r[4] / p, r[5] / p
+    f, q1, q2, q3, q4, q5 = q
+    if f != 0.0:
+        q1, q2, q3, q4, q5 = q1 - f * r1, q2 - f * r2, q3 - f * r3, q4 - f * r4, q5 - f * r5
+    f, s1, s2, s3, s4, s5 = s
+    if f != 0.0:
+        s1, s2, s3, s4, s5 = s1 - f * r1, s2 - f * r2, s3 - f * r3, s4 - f * r4, s5 - f * r5
+    if abs(s1) > abs(q1):
+        q1, q2, q3, q4, q5, s1, s2, s3, s4, s5 = s1, s2, s3, s4, s5, q1, q2, q3, q4, q5
+    if abs(q1) <= 1e-12 * scale:
+        return None
+    q2, q3, q4, q5 = q2 / q1, q3 / q1, q4 / q1, q5 / q1
+    if r1 != 0.0:
+        r2, r3, r4, r5 = r2 - r1 * q2, r3 - r1 * q3, r4 - r1 * q4, r5 - r1 * q5
+    if s1 != 0.0:
+        s2, s3, s4, s5 = s2 - s1 * q2, s3 - s1 * q3, s4 - s1 * q4, s5 - s1 * q5
+    if abs(s2) <= 1e-12 * scale:
+        return None
+    s3, s4, s5 = s3 / s2, s4 / s2, s5 / s2
+    if r2 != 0.0:
+        r3, r4, r5 = r3 - r2 * s3, r4 - r2 * s4, r5 - r2 * s5
+    if q2 != 0.0:
+        q3, q4, q5 = q3 - q2 * s3, q4 - q2 * s4, q5 - q2 * s5
+    y0, y1, y2 = xy[k0], xy[k1], xy[k2]
+    t0 = sum((r3 * y0, r4 * y1, r5 * y2))
+    t1 = sum((q3 * y0, q4 * y1, q5 * y2))
+    t2 = sum((s3 * y0, s4 * y1, s5 * y2))
+    if t0 < 0 or t1 < 0 or t2 < 0:
+        return None
+    sse = (
+        yy
+        - 2 * sum((t0 * y0, t1 * y1, t2 * y2))
+        + sum(
+            (
+                t0 * a00 * t0,
+                t0 * a01 * t1,
+                t0 * a02 * t2,
+                t1 * a10 * t0,
+                t1 * a11 * t1,
+                t1 * a12 * t2,
+                t2 * a20 * t0,
+                t2 * a21 * t1,
+                t2 * a22 * t2,
+            )
+        )
+    )
+    return sse, [t0, t1, t2], [r3, q4, s5]
 
 
 @dataclass(slots=True)

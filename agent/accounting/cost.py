@@ -55,7 +55,8 @@ class CostModel:
         Returns:
             kWh x PUE x price per kWh, in the configured currency.
         """
-        return self.facility_kwh(joules) * self.pricing.electricity_per_kwh
+        # facility_kwh(joules) * price, written out (run for every model every cycle).
+        return joules / JOULES_PER_KWH * self.pricing.pue * self.pricing.electricity_per_kwh
 
     def carbon_grams(self, joules: float) -> float | None:
         """Carbon emitted for GPU energy.
@@ -66,9 +67,10 @@ class CostModel:
         Returns:
             kWh x PUE x g CO2e per kWh, g; None when no carbon intensity is configured.
         """
-        if not self.carbon_enabled:
+        intensity = self.pricing.carbon_g_per_kwh
+        if not intensity > 0:  # carbon_enabled
             return None
-        return self.facility_kwh(joules) * self.pricing.carbon_g_per_kwh
+        return joules / JOULES_PER_KWH * self.pricing.pue * intensity
 
     def hourly_rate(self, gpu_name: str) -> float:
         """Hourly rate of a GPU model.

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 
 from agent.config import AccountingSettings
 from agent.readings import (
@@ -191,6 +192,81 @@ class _Series:
     refused: float | None = None
 
 
+_Ident = tuple[CounterKind, str]
+"""A raw series' identity within its model: (kind, key)."""
+
+_IDENT = attrgetter("kind", "key")
+_VALUE = attrgetter("value")
+_FIELDS = attrgetter(
+    "input_tokens", "output_tokens", "cached_input_tokens", "prefill_seconds", "decode_seconds"
+)
+"""A reading's counter fields, in :data:`COUNTER_KINDS` order."""
+
+
+@dataclass(slots=True)
+class _Plan:
+    """How to count one model's readings while its series layout stays the same.
+
+    A scrape lists the same series in the same order cycle after cycle; the plan keeps what
+    :func:`raw_series` and the sort by identity work out from that layout, so a cycle only
+    reads the values. Built again whenever the layout changes.
+
+    Attributes:
+        layout: The reading's ``(kind, key)`` per listed series, in listed order.
+        idents: The identities counted, sorted: the order :func:`raw_series` then ``sorted``
+            give (a key listed twice once, a kind with no listed series as its field).
+        pick: From the listed values followed by the five counter fields, the value of each
+            of ``idents`` (a key listed twice: its last value).
+        repeated: Position in ``idents`` -> every index of a key listed more than once, in
+            listed order (its last valid value counts).
+        segments: ``(kind, start, stop)``: the positions in ``idents`` of each kind listed
+            (sorted identities group by kind).
+        series: Each ident's tracked series, None until tracked.
+    """
+
+    layout: list[_Ident]
+    idents: list[_Ident]
+    pick: itemgetter[tuple[float | None, ...]]
+    repeated: dict[int, list[int]]
+    segments: list[tuple[CounterKind, int, int]]
+    series: list[_Series | None]
+
+
+def _plan(layout: list[_Ident], known: dict[_Ident, _Series]) -> _Plan:
+    """The counting plan of one model's series layout (see :class:`_Plan`)."""
+    sources: dict[_Ident, list[int]] = {}
+    for i, ident in enumerate(layout):
+        sources.setdefault(ident, []).append(i)
+    listed = {kind for kind, _ in layout}
+    for j, kind in enumerate(COUNTER_KINDS):
+        if kind not in listed:
+            sources[(kind, kind)] = [len(layout) + j]
+    idents = sorted(sources)  # never empty: a kind is listed or is its field
+    indices = [sources[ident][-1] for ident in idents]
+    repeated = {j: sources[ident] for j, ident in enumerate(idents) if len(sources[ident]) > 1}
+    if len(indices) == 1:
+        # itemgetter of one index returns the item, not a 1-tuple: ask for it twice (the
+        # count stops at the end of ``idents``).
+        indices.append(indices[0])
+    segments: list[tuple[CounterKind, int, int]] = []
+    for j, (kind, _) in enumerate(idents):
+        if segments and segments[-1][0] == kind:
+            segments[-1] = (kind, segments[-1][1], j + 1)
+        else:
+            segments.append((kind, j, j + 1))
+    series = [known.get(ident) for ident in idents]
+    return _Plan(layout, idents, itemgetter(*indices), repeated, segments, series)
+
+
+def _last_valid(values: list[float | None], indices: list[int] | None) -> float | None:
+    """The last valid of a repeated key's values (None when none is, or not repeated)."""
+    for i in reversed(indices or ()):
+        value = values[i]
+        if value is not None and 0 <= value < math.inf:
+            return value
+    return None
+
+
 @dataclass(slots=True)
 class _Model:
     last_seen: float
@@ -199,6 +275,7 @@ class _Model:
     # A model first seen later is new while watched: every series of it counts from zero.
     baselines: bool
     series: dict[tuple[CounterKind, str], _Series] = field(default_factory=dict)
+    plan: _Plan | None = None
 
 
 @dataclass(slots=True)
@@ -372,48 +449,57 @@ class TokenCounters:
         entry = state.models[model]
         entry.last_seen = t
         sums: dict[CounterKind, float] = dict.fromkeys(COUNTER_KINDS, 0.0)
-        known = entry.series
         dropped = False
-        for ident, raw in sorted(raw_series(reading).items()):
-            series = known.get(ident)
-            if series is not None and series.refused is None:
-                base = series.base
-                if raw >= base:
-                    # The common step, as _step takes it: no reset, no glitch pending, within
-                    # the ceiling (same arithmetic, so the same verdict to the last bit).
-                    kind = ident[0]
-                    increase = raw - base
-                    elapsed = t - series.t
-                    if elapsed < MIN_GUARD_INTERVAL_SECONDS:
-                        elapsed = MIN_GUARD_INTERVAL_SECONDS
-                    if increase <= rates[kind] * elapsed:
-                        series.base = raw
-                        series.t = t
-                        sums[kind] += increase
+        listed = reading.series
+        layout = list(map(_IDENT, listed))
+        plan = entry.plan
+        if plan is None or plan.layout != layout:
+            plan = entry.plan = _plan(layout, entry.series)
+        values = list(map(_VALUE, listed))
+        values.extend(_FIELDS(reading))
+        picked = plan.pick(values)
+        tracked = plan.series
+        inf = math.inf
+        floor = MIN_GUARD_INTERVAL_SECONDS
+        # The series in identity order, each with its value: sorted(raw_series(reading)).
+        for kind, start, stop in plan.segments:
+            rate = rates[kind]
+            total = 0.0
+            for j in range(start, stop):
+                value = picked[j]
+                series = tracked[j]
+                if (
+                    value.__class__ is float
+                    and 0.0 <= value < inf
+                    and series is not None
+                    and series.refused is None
+                ):
+                    base = series.base
+                    if value >= base:
+                        # The common step, as _step takes it: a tracked series, no reset, no
+                        # glitch pending, within the ceiling (same arithmetic: the same
+                        # verdict to the bit).
+                        increase = value - base
+                        elapsed = t - series.t
+                        if elapsed < floor:
+                            elapsed = floor
+                        if increase <= rate * elapsed:
+                            series.base = value
+                            series.t = t
+                            total += increase
+                            continue
+                # Not a number (None, NaN, negative, infinite): not known, nothing counted.
+                if value is None or not 0 <= value < inf:
+                    value = _last_valid(values, plan.repeated.get(j))
+                    if value is None:
                         continue
-            kind, key = ident
-            if series is None:
-                if len(entry.series) >= self._limits.max_series_per_model:
-                    state.forgetful = True
-                    events.drop("too_many_series", model, f"{kind}:{key}")
-                    continue
-                baseline = first or entry.baselines
-                if baseline and raw > self._rate(kind) * gpus * MAX_UPTIME_SECONDS:
-                    events.add(
-                        "implausible",
-                        model=model,
-                        series=f"{kind}:{key}",
-                        detail=f"baseline {raw:.6g} is more than a lifetime can hold; not used",
-                    )
-                    continue
-                base = raw if baseline else 0.0
-                series = _Series(base=base, t=t)
-                entry.series[(kind, key)] = series
-                if baseline:
-                    continue
-            counted, was_reset = self._step(series, kind, raw, t, gpus, model, key, events)
-            sums[kind] += counted
-            dropped |= was_reset
+                raw = float(value)
+                counted, was_reset = self._count_series(
+                    state, entry, plan, j, raw, t, gpus, first, model, events
+                )
+                total += counted
+                dropped |= was_reset
+            sums[kind] = total
         return (
             TokenDelta(
                 input_tokens=sums["input"],
@@ -424,6 +510,47 @@ class TokenCounters:
             ),
             dropped,
         )
+
+    def _count_series(
+        self,
+        state: _ServerState,
+        entry: _Model,
+        plan: _Plan,
+        j: int,
+        raw: float,
+        t: float,
+        gpus: int,
+        first: bool,
+        model: str,
+        events: _Events,
+    ) -> tuple[float, bool]:
+        """One series' value, past the common step: tracking, baseline, reset, glitch.
+
+        Returns:
+            ``(counted, was a reset)``.
+        """
+        kind, key = plan.idents[j]
+        series = plan.series[j]
+        if series is None:
+            if len(entry.series) >= self._limits.max_series_per_model:
+                state.forgetful = True
+                events.drop("too_many_series", model, f"{kind}:{key}")
+                return 0.0, False
+            baseline = first or entry.baselines
+            if baseline and raw > self._rate(kind) * gpus * MAX_UPTIME_SECONDS:
+                events.add(
+                    "implausible",
+                    model=model,
+                    series=f"{kind}:{key}",
+                    detail=f"baseline {raw:.6g} is more than a lifetime can hold; not used",
+                )
+                return 0.0, False
+            series = _Series(base=raw if baseline else 0.0, t=t)
+            entry.series[(kind, key)] = series
+            plan.series[j] = series
+            if baseline:
+                return 0.0, False
+        return self._step(series, kind, raw, t, gpus, model, key, events)
 
     def _step(
         self,

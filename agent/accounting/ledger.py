@@ -206,7 +206,7 @@ class Ledger:
 
         for key in keys_before:
             if key in self._accounts:  # not a model retired in this advance
-                interval.setdefault(key, IntervalDelta())
+                interval.setdefault(key, _NO_DELTA)
         self._window.add(t, dt, interval)
         return self._totals(parts)
 
@@ -221,6 +221,7 @@ class Ledger:
     ) -> dict[str, ServerObservation]:
         by_name = {s.name: s for s in servers}
         observations: dict[str, ServerObservation] = {}
+        accounts = self._accounts
         for name in sorted(by_name.keys() | assignment.keys()):
             gpus = len(set(assignment.get(name, ())))
             obs = self._tokens.observe(name, by_name.get(name), t, gpus)
@@ -230,10 +231,14 @@ class Ledger:
                 retired = self._accounts.pop((name, model), None)
                 if retired is not None:
                     self._accounts.setdefault((name, OTHER_MODEL), _Account()).absorb(retired)
+            # An account is made once (not a spare one per model per cycle for setdefault).
             for model in obs.models:
-                self._accounts.setdefault((name, model), _Account())
+                if (name, model) not in accounts:
+                    accounts[(name, model)] = _Account()
             for model, delta in obs.deltas.items():
-                account = self._accounts.setdefault((name, model), _Account())
+                account = accounts.get((name, model))
+                if account is None:
+                    account = accounts[(name, model)] = _Account()
                 if not _all_finite(
                     account.input_tokens + delta.input_tokens,
                     account.output_tokens + delta.output_tokens,
@@ -359,11 +364,11 @@ class Ledger:
                 account.carbon_grams += self._cost.carbon_grams(joules) or 0.0
                 if idle:
                     account.idle_energy_joules += joules
-                phase = phases.get(model, PhaseDelta())
+                phase = phases.get(model, _NO_PHASE)
                 split = self._book_phases(
                     account, server, phase, joules, energy_cost + hardware_cost
                 )
-                tokens = interval.get(key, IntervalDelta())
+                tokens = interval.get(key, _NO_DELTA)
                 interval[key] = IntervalDelta(
                     input_tokens=tokens.input_tokens,
                     output_tokens=tokens.output_tokens,
@@ -409,7 +414,7 @@ class Ledger:
         models = []
         for key in sorted(self._accounts):
             a = self._accounts[key]
-            r = ratios.get(key, WindowRatios())
+            r = ratios.get(key, _NO_RATIOS)
             models.append(
                 ModelTotals(
                     server=key[0],
@@ -481,11 +486,17 @@ class Ledger:
         return tuple(fits)
 
 
+_NO_DELTA = IntervalDelta()
+_NO_PHASE = PhaseDelta()
+_NO_RATIOS = WindowRatios()
+"""Shared empty values (frozen), not one built per key per cycle."""
+
+
 def _phase_delta(obs: ServerObservation, model: str) -> PhaseDelta:
     """One model's interval as the input/output split reads it (empty when not known)."""
     delta = obs.deltas.get(model) if obs.tokens_known else None
     if delta is None:
-        return PhaseDelta()
+        return _NO_PHASE
     timed = delta.prefill_seconds > 0 or delta.decode_seconds > 0
     return PhaseDelta(
         input_tokens=delta.input_tokens,
@@ -496,8 +507,9 @@ def _phase_delta(obs: ServerObservation, model: str) -> PhaseDelta:
     )
 
 
-def _all_finite(*values: float) -> bool:
-    return all(math.isfinite(v) for v in values)
+def _all_finite(a: float, b: float, c: float) -> bool:
+    isfinite = math.isfinite
+    return isfinite(a) and isfinite(b) and isfinite(c)
 
 
 def _check_unique(what: str, values: Iterable[str]) -> None:

@@ -10,10 +10,12 @@ zeros and never a tiny leftover that would blow a ratio up.
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import reduce
+from itertools import repeat
 from operator import add
 
 Key = tuple[str, str]
@@ -89,6 +91,19 @@ _Row = tuple[float, float, float, float, float, float, float, float, float, floa
 interval was not split)."""
 
 _NOT_SPLIT = (0.0,) * 6
+
+_SUM_IS_SEQUENTIAL = sys.version_info < (3, 12)
+"""``sum`` of floats adds one at a time, left to right, up to Python 3.11 (from 3.12 it
+compensates the rounding, Neumaier-style, and gives other bits)."""
+
+
+def _column_sums(rows: list[_Row]) -> Iterator[float]:
+    """Each column of ``rows`` added from 0.0, first row first, one addition at a time."""
+    columns: Iterable[tuple[float, ...]] = zip(*rows, strict=True)
+    if _SUM_IS_SEQUENTIAL:
+        # The same additions in C, with no call per addition: 3-4x faster than reduce.
+        return map(sum, columns, repeat(0.0))
+    return map(reduce, repeat(add), columns, repeat(0.0))
 
 
 def _row(duration_seconds: float, d: IntervalDelta) -> _Row:
@@ -178,11 +193,8 @@ class RatioWindow:
                 else:
                     rows.append(row)
         # Each column added oldest interval first from 0.0, one addition at a time: exactly
-        # the sums of a loop (``sum`` of floats is compensated from Python 3.12).
-        return {
-            key: _ratios(*(reduce(add, column, 0.0) for column in zip(*rows, strict=True)))
-            for key, rows in by_key.items()
-        }
+        # the sums of a loop.
+        return {key: _ratios(*_column_sums(rows)) for key, rows in by_key.items()}
 
 
 def _ratios(
@@ -206,25 +218,18 @@ def _ratios(
     has_energy = joules > 0
     attributed = gpu_seconds > 0
     has_time = seconds > 0
-    return WindowRatios(
-        *map(
-            _finite,
-            (
-                output_tokens / joules if has_output and has_energy else None,
-                joules / output_tokens if has_output and has_energy else None,
-                cost / output_tokens * 1e6 if has_output and attributed else None,
-                input_tokens / seconds if has_time else None,
-                output_tokens / seconds if has_time else None,
-                joules / seconds if has_time and attributed else None,
-                per(input_joules, split_input_tokens),
-                per(output_joules, split_output_tokens),
-                per(input_cost, split_input_tokens, 1e6),
-                per(output_cost, split_output_tokens, 1e6),
-            ),
-        )
+    ratios = (
+        output_tokens / joules if has_output and has_energy else None,
+        joules / output_tokens if has_output and has_energy else None,
+        cost / output_tokens * 1e6 if has_output and attributed else None,
+        input_tokens / seconds if has_time else None,
+        output_tokens / seconds if has_time else None,
+        joules / seconds if has_time and attributed else None,
+        per(input_joules, split_input_tokens),
+        per(output_joules, split_output_tokens),
+        per(input_cost, split_input_tokens, 1e6),
+        per(output_cost, split_output_tokens, 1e6),
     )
-
-
-def _finite(v: float | None) -> float | None:
-    """Drop a value that overflowed (denormal denominators): None, never Inf or NaN."""
-    return v if v is not None and math.isfinite(v) else None
+    # A value that overflowed (denormal denominators) is None, never Inf or NaN.
+    isfinite = math.isfinite
+    return WindowRatios(*[v if v is None or isfinite(v) else None for v in ratios])

@@ -322,6 +322,54 @@ def test_gpus_are_polled_between_cycles_only_when_power_is_integrated(
         assert gpus.polls >= cycles + 10
 
 
+class CountingGpus(FakeGpus):
+    """Counts the loop's questions; its GPU goes down at the poll numbered ``down_at``."""
+
+    def __init__(self, down_at: int | None = None) -> None:
+        super().__init__(up=True, counter=True)
+        self.down_at = down_at
+        self.asked = 0
+
+    def poll(self) -> tuple[GpuStatus, ...]:
+        if self.polls + 1 == self.down_at:
+            self.up = False
+        return super().poll()
+
+    def counters_cover_energy(self) -> bool:
+        self.asked += 1
+        return super().counters_cover_energy()
+
+
+def test_the_loop_sleeps_to_the_next_cycle_while_counters_cover_the_energy() -> None:
+    # The GPU ticks between cycles would poll nothing: the thread does not wake for them
+    # (10 ticks per cycle here), it asks once per cycle.
+    gpus = CountingGpus()
+    sampler, _, _ = make({}, clock=SystemClock(), gpus=gpus, interval=0.2, gpu_interval=0.02)
+    sampler.run_cycle()
+    sampler.start()
+    SystemClock().sleep(0.5)
+    sampler.stop()
+    sampler.close()
+    cycles = gpus.polls  # one poll per cycle, none between
+    assert 3 <= cycles <= 4
+    assert gpus.asked <= cycles + 1, f"{gpus.asked} wake-ups for {cycles} cycles"
+
+
+def test_polls_between_cycles_resume_after_the_cycle_that_finds_a_gpu_down() -> None:
+    gpus = CountingGpus(down_at=3)  # the by-hand cycle, the loop's first, then down
+    sampler, _, _ = make({}, clock=SystemClock(), gpus=gpus, interval=0.2, gpu_interval=0.02)
+    sampler.run_cycle()
+    sampler.start()
+    deadline = SystemClock().monotonic() + 5
+    while gpus.polls < 3 and SystemClock().monotonic() < deadline:
+        SystemClock().sleep(0.005)
+    SystemClock().sleep(0.15)  # within the cycle after the one that found the GPU down
+    sampler.stop()
+    sampler.close()
+    assert not gpus.up
+    assert gpus.polls >= 3 + 4, "the 1 s polls (here 0.02 s) are back at once"
+
+
 def test_accounting_events_are_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     ledger = EnergyLedger(
         events=(
