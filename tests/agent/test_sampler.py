@@ -302,6 +302,16 @@ def test_joules_of_polls_between_cycles_reach_the_ledger_once() -> None:
     assert ledger.booked_joules == gpus.polls, "every poll's joules, once"
 
 
+def _loop_briefly(gpus: FakeGpus) -> None:
+    """A cycle by hand, then the loop for 0.5 s: cycles every 0.2 s, GPU ticks every 0.02 s."""
+    sampler, _, _ = make({}, clock=SystemClock(), gpus=gpus, interval=0.2, gpu_interval=0.02)
+    sampler.run_cycle()
+    sampler.start()
+    SystemClock().sleep(0.5)
+    sampler.stop()
+    sampler.close()
+
+
 @pytest.mark.parametrize(("counter", "up"), [(True, True), (False, True), (True, False)])
 def test_gpus_are_polled_between_cycles_only_when_power_is_integrated(
     counter: bool, up: bool
@@ -309,12 +319,7 @@ def test_gpus_are_polled_between_cycles_only_when_power_is_integrated(
     # Counter deltas are exact at any spacing; power integration (or a GPU down) needs the
     # polls between cycles.
     gpus = FakeGpus(up=up, counter=counter)
-    sampler, _, _ = make({}, clock=SystemClock(), gpus=gpus, interval=0.2, gpu_interval=0.02)
-    sampler.run_cycle()
-    sampler.start()
-    SystemClock().sleep(0.5)
-    sampler.stop()
-    sampler.close()
+    _loop_briefly(gpus)
     cycles = 1 + 2  # the one by hand, then one at once and one 0.2 s later (0.4 s: maybe a 4th)
     if counter and up:
         assert cycles <= gpus.polls <= cycles + 1  # one poll per cycle, none between
@@ -344,12 +349,7 @@ def test_the_loop_sleeps_to_the_next_cycle_while_counters_cover_the_energy() -> 
     # The GPU ticks between cycles would poll nothing: the thread does not wake for them
     # (10 ticks per cycle here), it asks once per cycle.
     gpus = CountingGpus()
-    sampler, _, _ = make({}, clock=SystemClock(), gpus=gpus, interval=0.2, gpu_interval=0.02)
-    sampler.run_cycle()
-    sampler.start()
-    SystemClock().sleep(0.5)
-    sampler.stop()
-    sampler.close()
+    _loop_briefly(gpus)
     cycles = gpus.polls  # one poll per cycle, none between
     assert 3 <= cycles <= 4
     assert gpus.asked <= cycles + 1, f"{gpus.asked} wake-ups for {cycles} cycles"
