@@ -539,7 +539,7 @@ def run_command(args: argparse.Namespace, log: logging.Logger) -> int:
         _log_start(agent, log)
         # What is alive now (modules, settings, the first cycle's memos) lives as long as the
         # process: out of the collector's full passes, which would walk its 60,000 objects
-        # every few minutes for nothing (12 ms each, bench_overhead.py).
+        # every few minutes for nothing (12 ms each at 8 GPUs x 8 servers, 0.13 ms after).
         gc.freeze()
 
         def reload() -> None:

@@ -61,6 +61,9 @@ def parse_http_url(text: str) -> HttpUrl:
         ValueError: Naming what is wrong; never repeating the URL, which may hold a
             password.
     """
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in text):
+        # urlsplit would drop a tab or newline silently and ask for another path.
+        raise ValueError("spaces or control characters in the URL (percent-encode them)")
     try:
         parts = urlsplit(text)
     except ValueError as exc:  # an unclosed IPv6 bracket
@@ -79,8 +82,6 @@ def parse_http_url(text: str) -> HttpUrl:
     if port == 0:
         raise ValueError("port 0 is not in 1..65535")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target):
-        raise ValueError("spaces or control characters in the path (percent-encode them)")
     return HttpUrl(
         scheme=parts.scheme,
         host=parts.hostname,

@@ -83,8 +83,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = PIECE_BYTES
 _USER_AGENT = f"tokenergy/{__version__}"
 
-Origin = tuple[str, str, int]
-
 
 class ScrapeError(Exception):
     """One failed scrape.

@@ -183,7 +183,7 @@ def test_urls_the_scraper_reads_are_accepted(url: str) -> None:
         ("127.0.0.1:8000/metrics", "must start with http:// or https://"),
         ("http://h:0/m", "port 0 is not in 1..65535"),
         ("http://h:x8/m", "port 'x8' is not a number"),
-        ("http://h/two words", "spaces or control characters in the path"),
+        ("http://h/two words", "spaces or control characters in the URL"),
     ],
 )
 def test_urls_the_scraper_cannot_use_are_refused(url: str, reason: str) -> None:
