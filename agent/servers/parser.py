@@ -438,7 +438,11 @@ def _found(
     a wanted one. Each line is searched up to its first hit only, so the work stays linear
     in the bytes whatever a hostile line repeats.
     """
-    newlines = heapq.merge(*(_lines_holding(raw, pos, end, needle) for needle in needles))
+    newlines: Iterable[int]
+    if len(needles) == 1:  # the common case: no merge
+        newlines = _lines_holding(raw, pos, end, needles[0])
+    else:
+        newlines = heapq.merge(*(_lines_holding(raw, pos, end, needle) for needle in needles))
     match = compiled.rest.match
     last = -1
     for newline in newlines:
