@@ -63,13 +63,13 @@ MODEL_STEM = "neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8-dynamic"
 ACCEPT_OPENMETRICS = "application/openmetrics-text;version=1.0.0"
 
 
-def _cpu_ms(
-    fn: Callable[[], object], n: int, batches: int = 5, before: Callable[[], object] | None = None
-) -> float:
-    """Process CPU ms per call of ``fn``, the least of ``batches``.
+def cpu_per_call(
+    fn: Callable[[], object], n: int, batches: int, before: Callable[[], object] | None = None
+) -> list[float]:
+    """Process CPU s per call of ``fn`` (every thread of this process), one figure per batch.
 
-    The least batch is the one least disturbed by other jobs on a shared host. ``before``,
-    given, runs untimed before each call.
+    ``before``, given, runs untimed ahead of each call. Standard library only:
+    ``bench_overhead.py`` loads it by path, and this script runs beside a baseline tree.
     """
     per = []
     for _ in range(batches):
@@ -81,7 +81,17 @@ def _cpu_ms(
             fn()
             used += time.process_time() - t0
         per.append(used / n)
-    return min(per) * 1e3
+    return per
+
+
+def _cpu_ms(
+    fn: Callable[[], object], n: int, batches: int = 5, before: Callable[[], object] | None = None
+) -> float:
+    """Process CPU ms per call of ``fn``, the least of ``batches``.
+
+    The least batch is the one least disturbed by other jobs on a shared host.
+    """
+    return min(cpu_per_call(fn, n, batches, before)) * 1e3
 
 
 def _readings(calls: int) -> dict[str, Iterator[Any]]:
