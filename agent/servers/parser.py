@@ -98,7 +98,9 @@ import heapq
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import AnyStr, NamedTuple
+from itertools import repeat
+from operator import add
+from typing import AnyStr, NamedTuple, cast
 
 from agent.config import ScrapeSettings
 
@@ -181,6 +183,7 @@ class ParseLimits:
 DEFAULT_LIMITS = ParseLimits()
 
 Labels = tuple[tuple[str, str], ...]
+_Head = tuple[bytes, Labels]  # a line's name as spelled, and its parsed labels
 
 
 class Sample(NamedTuple):
@@ -358,8 +361,16 @@ _RAW_BLANKS_RE = re.compile(rb"[ \t]*")
 _NON_BLANK_RE = re.compile(rb"\S")
 # Family blocks: the name of a HELP/TYPE/UNIT line, a comment line after the line scan, the
 # sample name at the start of a line.
-_META_RE = re.compile(rb'#[ \t]+(?:HELP|TYPE|UNIT)[ \t]+(?:"([^"\n]*)"|([^ \t\r\n"]+))')
+# The next HELP, TYPE or UNIT line of the same family, as clients write it (one space
+# apart), optional: a whole header is one step. Any other next line is a step of its own.
+_SAME_META = rb'(?:# (?:HELP|TYPE|UNIT) (?:"\1"|\2(?=[ \t\r\n]))[^\n]*\n)?'
+_META_RE = re.compile(
+    rb'#[ \t]+(?:HELP|TYPE|UNIT)[ \t]+(?:"([^"\n]*)"[^\n]*|([^ \t\r\n"]+)(?:[ \t\r"][^\n]*)?)\n'
+    + _SAME_META
+    + _SAME_META
+)
 _COMMENT_RE = re.compile(rb"\n[ \t]*#")
+_NOT_IN_VALUE = re.compile(rb"[\t\r#_]")
 _LINE_NAME_RE = re.compile(rb"[a-zA-Z_:][a-zA-Z0-9_:]*(?=[ \t{\r\n])")
 _VALUES_CODE_RE = re.compile(r"_(?:_|([0-9a-fA-F]{1,6})_)")
 
@@ -467,6 +478,23 @@ def _lines_holding(raw: bytes | bytearray, pos: int, end: int, needle: bytes) ->
         at = find(needle, line_end, end)
 
 
+def _holding(
+    raw: bytes | bytearray, newline: int, end: int, needle: bytes
+) -> list[bytes | bytearray]:
+    """The lines of ``raw[newline + 1:end]`` holding ``needle``, each with its newline.
+
+    Each line is searched up to its first hit only (linear, as :func:`_lines_holding`).
+    """
+    find = raw.find
+    lines: list[bytes | bytearray] = []
+    at = find(needle, newline, end)
+    while at >= 0:
+        line_end = find(b"\n", at, end) + 1  # a piece ends with a newline
+        lines.append(raw[raw.rfind(b"\n", newline, at) + 1 : line_end])
+        at = find(needle, line_end, end)
+    return lines
+
+
 def _nth_line(raw: bytes | bytearray, pos: int, index: int) -> int:
     """Start of the line ``index`` (from 0) of the lines from ``pos``."""
     for _ in range(index):
@@ -497,12 +525,19 @@ class _Compiled:
     # Family keys (see _family_key) whose blocks are read; None: every block is (the
     # `dots` and `values` escapings spell names in ways the keys do not follow).
     wanted_keys: frozenset[bytes] | None
-    # Family key -> what its only wanted lines hold (see _sparse_needles), for the keys
+    # Family key -> what its only wanted lines hold (see _needles), for the keys
     # whose wanted names are all aggregates (`_sum`, `_count`) of a histogram or summary:
     # a few lines of a large block, found with `find` (see ExpositionReader).
     sparse: Mapping[bytes, tuple[bytes, ...]]
-    # Family key -> its wanted names' lines of the common shape, at line starts: a block
-    # of those lines only (a counter's or gauge's) is read with one findall.
+    # Family key -> what the lines of all its wanted names hold, where each is long enough
+    # to search for: a block of the key that is no wanted name's family (`x_created`,
+    # which prometheus_client writes as a family of its own beside a wanted `x_total`) is
+    # read by those, as a sparse block.
+    needles: Mapping[bytes, tuple[bytes, ...]]
+    # Wanted names' families as block names (`:` read as `_`); None when not keyed.
+    block_names: frozenset[bytes] | None
+    # Family key -> its wanted names' lines of the common shape (labels optional), at line
+    # starts: a block of those lines only (a counter's or gauge's) is read with one findall.
     dense: Mapping[bytes, re.Pattern[bytes]]
 
 
@@ -510,10 +545,11 @@ class ParseMemo:
     """What the parser derived from one server's bytes, kept across that server's scrapes.
 
     A server writes the same label sets and family names at every scrape: each label text
-    is parsed, and each family name reduced to its key, once per server rather than once
-    per scrape. Only results of pure functions of the bytes are kept, so a memo never
-    changes what a body reads as. Each table is cleared when it holds more than
-    ``max_entries`` after a parse (a server whose label sets churn).
+    is parsed, each family name reduced to its key, and each line head ``name{labels}``
+    of a wanted block matched, once per server rather than once per scrape. Only results
+    of pure functions of the bytes are kept, so a memo never changes what a body reads as.
+    Each table is cleared when it holds more than ``max_entries`` after a parse (a server
+    whose label sets churn).
 
     Args:
         max_entries: Largest size of one table kept between scrapes.
@@ -522,6 +558,7 @@ class ParseMemo:
     def __init__(self, max_entries: int = 10_000) -> None:
         self.max_entries = max_entries
         self._labels: dict[str, dict[bytes, Labels]] = {}
+        self._heads: dict[tuple[str, re.Pattern[bytes]], dict[bytes, _Head]] = {}
         self.family_keys: dict[bytes, bytes] = {}
 
     def labels(self, escaping: str) -> dict[bytes, Labels]:
@@ -531,11 +568,25 @@ class ParseMemo:
             table = self._labels[escaping] = {}
         return table
 
+    def heads(self, escaping: str, pattern: re.Pattern[bytes]) -> dict[bytes, _Head]:
+        """Line head ``name{labels}`` -> (name, parsed labels), under one escaping scheme.
+
+        Only heads that ``pattern`` (a block's findall pattern, see ``_Compiled.dense``)
+        matched, and whose labels parsed, are put in.
+        """
+        table = self._heads.get((escaping, pattern))
+        if table is None:
+            table = self._heads[escaping, pattern] = {}
+        return table
+
     def trim(self) -> None:
         """Clear the tables that grew past ``max_entries``."""
         for table in self._labels.values():
             if len(table) > self.max_entries:
                 table.clear()
+        for heads in self._heads.values():
+            if len(heads) > self.max_entries:
+                heads.clear()
         if len(self.family_keys) > self.max_entries:
             self.family_keys.clear()
 
@@ -597,7 +648,12 @@ class Scanner:
         ]
         inner = rb"(?:" + rb"|".join(branches) + rb")"
         keyed = escaping not in ("dots", "values")
-        sparse = _sparse_needles(samples) if keyed else {}
+        needles = _needles(samples) if keyed else {}
+        sparse = {
+            key: found
+            for key, found in needles.items()
+            if all(n.endswith(_SPARSE_SUFFIXES) for n in self.names if _key(n) == key)
+        }
         return _Compiled(
             first=re.compile(inner),
             rest=re.compile(rb"\n" + inner),
@@ -614,12 +670,15 @@ class Scanner:
             if keyed
             else None,
             sparse=sparse,
+            needles=needles,
+            block_names=frozenset(f.replace(":", "_").encode() for f in families)
+            if keyed
+            else None,
             dense={
                 key: re.compile(
-                    rb"(?m)^(" + _trie(names) + rb")(\{[^}\n]*\}) ([^ \t\r\n#_][^ \t\n#_]*)$"
+                    rb"(?m)^(" + _trie(names) + rb")(\{[^}\n]*\})? ([^ \t\r\n#_][^ \t\n#_]*)$"
                 )
                 for key, names in _by_key(spellings).items()
-                if key not in sparse
             }
             if keyed
             else {},
@@ -693,12 +752,19 @@ class ExpositionReader:
     follows the group is then absent). Otherwise, and in blocks of wanted families, every
     line start is visited by the line scanner, with two shortcuts that read the same lines:
 
-    - a block whose lines are all wanted ones of the common shape (``name{labels} value``: a
-      counter's or gauge's) is read by one ``findall``; at any other line the block goes
-      back to the line scanner;
+    - a block whose lines are all wanted ones of the common shape (``name{labels} value``,
+      labels optional: a counter's or gauge's) is read by one ``findall``; at any other
+      line the block goes back to the line scanner;
     - in a block where only aggregates are wanted (a histogram's ``_sum``), the lines
       holding their names are found with ``find``, as for an unwanted block when its last
-      line is still the family's: a bucket line is then never visited, nor checked.
+      line is still the family's: a bucket line is then never visited, nor checked. So is
+      a block of a wanted name's family key that is no wanted name's family
+      (prometheus_client writes ``x_created`` as a family of its own beside ``x_total``).
+
+    Lines that read as they are (one name, labels and values that read, no duplicate) are
+    read in C, and from a server's second scrape on without the regex: a line whose head
+    ``name{labels}`` the memo has seen is split at its last space (see :class:`ParseMemo`).
+    A family's HELP, TYPE and UNIT lines, one after the other, are taken in one step.
 
     So a body whose samples come in any order is still read in full, and only a sample of a
     wanted name inserted between two samples of one skipped family, which breaks the rule
@@ -746,6 +812,7 @@ class ExpositionReader:
         self._memo = memo if memo is not None else ParseMemo()
         self._memo.trim()  # also after a scrape that failed before close()
         self.label_cache = self._memo.labels(escaping)
+        self.label_cache[b""] = ()  # a line without labels (see _Compiled.dense)
         self._keys = self._memo.family_keys
         self.raw: bytes | bytearray = b""  # the piece being read: its first _end bytes
         self._end = 0
@@ -1024,20 +1091,25 @@ class ExpositionReader:
                 self._block(raw, pos, comment)
             if comment >= end:
                 return
-            line_end = find(b"\n", comment, end)
             at = comment if raw[comment] == _HASH else _end(blanks(raw, comment))
-            meta = meta_match(raw, at, line_end)
+            meta = meta_match(raw, at, end)
             if meta is not None:
                 family = meta.group(2)
                 if family is None:
                     family = meta.group(1)  # a quoted name
                 if family != self._block_family:
                     self._new_block(family)
-                if self._scan_block:
-                    match = self.compiled.first.match(raw, comment, end)
-                    if match is not None:
-                        self._line(comment, match)  # HELP or TYPE of a wanted family
-            elif (
+                pos = meta.end()
+                if self._scan_block:  # HELP and TYPE of a wanted family
+                    first = self.compiled.first.match
+                    while comment < pos:
+                        match = first(raw, comment, end)
+                        if match is not None:
+                            self._line(comment, match)
+                        comment = find(b"\n", comment, end) + 1
+                continue
+            line_end = find(b"\n", comment, end)
+            if (
                 at == comment
                 and self.fmt != "text"
                 and raw.startswith(b"# EOF", comment)
@@ -1061,7 +1133,11 @@ class ExpositionReader:
         wanted = compiled.wanted_keys
         self._scan_block = scan = wanted is None or key in wanted or name in wanted
         if scan:  # else never looked at (see _block)
-            self._sparse = compiled.sparse.get(key)
+            sparse = compiled.sparse.get(key)
+            blocks = compiled.block_names
+            if sparse is None and blocks is not None and name not in blocks:
+                sparse = compiled.needles.get(key)  # no wanted name's family (see _Compiled)
+            self._sparse = sparse
             self._dense = compiled.dense.get(key) or compiled.dense.get(name)
 
     def _key_of(self, name: bytes) -> bytes:
@@ -1092,7 +1168,7 @@ class ExpositionReader:
         elif self._ends_in_family(raw, pos, end):
             # Skipped, or only the wanted aggregates' lines found (see the class).
             if self._sparse is not None and self._scan_block:
-                self._scan(raw, pos, end, _found(raw, pos, end, self._sparse, self.compiled))
+                self._read_sparse(raw, pos, end)
         else:
             self._scan(raw, pos, end, self.compiled.rest.finditer(raw, pos, end))
 
@@ -1169,8 +1245,10 @@ class ExpositionReader:
         Returns:
             False, with nothing read, when a line is of another kind.
         """
-        found = dense.findall(raw, pos, end)
-        if len(found) != raw.count(b"\n", pos, end):
+        found = self._read_clean(raw, pos, end, dense)
+        if found is None:
+            return True
+        if not found:
             return False
         cache_get = self.label_cache.get
         seen_get = self.seen.get
@@ -1194,6 +1272,126 @@ class ExpositionReader:
             else:
                 known.add(labels)
                 series[spelling].append(_sample(Sample, (labels, value)))
+        return True
+
+    def _read_clean(
+        self, raw: bytes | bytearray, pos: int, end: int, dense: re.Pattern[bytes]
+    ) -> list[tuple[bytes, bytes, bytes]] | None:
+        """Read the lines ``raw[pos:end]`` in C when all are wanted ones, read as they are.
+
+        Read as they are: of the common shape, one name, labels and values that read, no
+        duplicate, under the limit (a server's every scrape but its first).
+
+        Returns:
+            None when read. Otherwise, with nothing read: the findall's matches when all the
+            lines are of the common shape, else an empty list.
+        """
+        heads = self._memo.heads(self.escaping, dense)
+        if heads and self._read_known(raw, pos, end, heads):
+            return None
+        found: list[tuple[bytes, bytes, bytes]] = dense.findall(raw, pos, end)
+        if len(found) != raw.count(b"\n", pos, end):
+            return []
+        spellings, texts, numbers = zip(*found, strict=True)
+        sets = list(map(self.label_cache.get, texts))
+        if None not in sets:
+            label_sets = cast(list[Labels], sets)
+            if self._add_all(spellings, label_sets, numbers):
+                # Bounded as the label sets are: trimmed after the parse (ParseMemo.trim).
+                pairs = zip(spellings, label_sets, strict=True)
+                heads.update(zip(map(add, spellings, texts), pairs, strict=True))
+                return None
+        return found
+
+    def _read_sparse(self, raw: bytes | bytearray, pos: int, end: int) -> None:
+        """Read the wanted lines of ``raw[pos:end]``, a block that ends in its family.
+
+        Those lines are the ones holding the block's needles (see ``_Compiled.sparse``):
+        gathered and read in C by :meth:`_read_clean` when they read as they are, else
+        visited one by one. The block's first line is read either way, as :meth:`_scan`
+        reads it.
+        """
+        needles = self._sparse
+        assert needles is not None
+        dense = self._dense
+        if dense is not None and len(needles) == 1:
+            needle = needles[0]
+            first_end = raw.find(b"\n", pos, end)
+            if raw.find(needle, pos, first_end) < 0:  # else in body order, below
+                lines = b"".join(_holding(raw, first_end, end, needle))
+                if not lines or self._read_clean(lines, 0, len(lines), dense) is None:
+                    first = self.compiled.first.match(raw, pos, end)
+                    if first is not None:
+                        self._line(pos, first)
+                    return
+        self._scan(raw, pos, end, _found(raw, pos, end, needles, self.compiled))
+
+    def _read_known(
+        self,
+        raw: bytes | bytearray,
+        pos: int,
+        end: int,
+        heads: dict[bytes, _Head],
+    ) -> bool:
+        """Read the lines ``raw[pos:end]`` when each is a ``name{labels}`` seen before.
+
+        A server writes the same heads at every scrape, with new values: a split and a
+        lookup per line read them without the regex. ``heads`` holds only heads that the
+        block's findall pattern matched and whose labels parsed, so a line read here is one
+        that :meth:`_read_dense` would read the same way.
+
+        Returns:
+            False, with nothing read, when a line is not one of those.
+        """
+        lines = bytes(raw[pos:end]).split(b"\n")
+        lines.pop()  # after the last newline
+        texts, _, numbers = zip(*map(bytes.rpartition, lines, repeat(b" ")), strict=True)
+        known = list(map(heads.get, texts))
+        # A value the findall pattern would refuse (float() takes `1_0` and blanks) or
+        # CRLF (the findall reads those).
+        if None in known or _NOT_IN_VALUE.search(b" ".join(numbers)) is not None:
+            return False
+        spellings, labels = zip(*known, strict=True)
+        return self._add_all(spellings, labels, numbers)
+
+    def _add_all(
+        self,
+        spellings: tuple[bytes, ...],
+        labels: list[Labels] | tuple[Labels, ...],
+        numbers: tuple[bytes, ...],
+    ) -> bool:
+        """Add the series of a block's lines in C, in the common case.
+
+        The common case: one name, all values read, no duplicate, under the limit.
+
+        Returns:
+            False, with nothing added, in any other case (the caller reads line by line).
+        """
+        spelling = spellings[0]
+        if spellings.count(spelling) != len(spellings):
+            return False
+        try:
+            values = list(map(float, numbers))  # a trailing \r is stripped
+        except ValueError:
+            return False
+        new = set(labels)
+        if len(new) != len(labels):
+            return False
+        known = self.seen.get(spelling)
+        if known is None:
+            if len(new) > self.max_series:
+                return False
+            self.seen[spelling] = new
+            self.series[spelling] = list(
+                map(_sample, repeat(Sample), zip(labels, values, strict=True))
+            )
+        else:
+            if not known.isdisjoint(new) or len(known) + len(new) > self.max_series:
+                return False
+            known |= new
+            self.series[spelling].extend(
+                map(_sample, repeat(Sample), zip(labels, values, strict=True))
+            )
         return True
 
     def _new_labels(self, text: bytes) -> Labels | None:
@@ -1350,8 +1548,8 @@ _SPARSE_SUFFIXES = ("_sum", "_count", "_gsum", "_gcount")
 _MIN_NEEDLE = 8  # shorter: hits in label values would cost more than the line scan
 
 
-def _sparse_needles(samples: Mapping[str, tuple[str, ...]]) -> dict[bytes, tuple[bytes, ...]]:
-    """Family key -> what the lines of its wanted names hold, where those are all aggregates.
+def _needles(samples: Mapping[str, tuple[str, ...]]) -> dict[bytes, tuple[bytes, ...]]:
+    """Family key -> what the lines of its wanted names hold, where each is long enough.
 
     A histogram's block holds a ``_sum`` line per label set among a dozen or more
     ``_bucket`` lines: where only aggregates are wanted, ``find`` on their names reads the
@@ -1361,21 +1559,25 @@ def _sparse_needles(samples: Mapping[str, tuple[str, ...]]) -> dict[bytes, tuple
     Args:
         samples: Wanted name -> its spellings.
     """
-    sparse: dict[bytes, tuple[bytes, ...]] = {}
+    found: dict[bytes, tuple[bytes, ...]] = {}
     for key, names in _by_key(samples).items():
-        needles = tuple(dict.fromkeys(_common_end(samples[name]).encode() for name in names))
-        if all(name.endswith(_SPARSE_SUFFIXES) for name in names) and all(
-            len(needle) >= _MIN_NEEDLE for needle in needles
-        ):
-            sparse[key] = needles
-    return sparse
+        ends = {_common_end(samples[name]).encode() for name in names}
+        # A line holding `vllm_x_sum` holds `x_sum`: one search for both.
+        needles = tuple(sorted(e for e in ends if not any(o != e and o in e for o in ends)))
+        if all(len(needle) >= _MIN_NEEDLE for needle in needles):
+            found[key] = needles
+    return found
+
+
+def _key(name: str) -> bytes:
+    return _family_key(name.encode())
 
 
 def _by_key(names: Iterable[str]) -> dict[bytes, list[str]]:
     """``names`` grouped by family key (see :func:`_family_key`)."""
     by_key: dict[bytes, list[str]] = {}
     for name in names:
-        by_key.setdefault(_family_key(name.encode()), []).append(name)
+        by_key.setdefault(_key(name), []).append(name)
     return by_key
 
 

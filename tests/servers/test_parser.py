@@ -538,6 +538,8 @@ def _first(items: list[Any], rest: list[list[Any]]) -> frozenset[int]:
         return frozenset().union(*(_first(list(alt), following) for alt in arg[1]))
     if op in (c.AT, c.ASSERT, c.ASSERT_NOT):
         return _first(items[1:], rest)
+    if op is c.GROUPREF:
+        return _ALPHABET  # a backreference may start with anything
     raise AssertionError(f"unexpected op {op}")
 
 
@@ -988,7 +990,8 @@ def test_the_memo_stays_bounded_by_a_body_of_many_families() -> None:
     exp = reader.close()
     assert [s.value for s in exp.get("a")] == [2.0]
     # Kept for the next scrape: what the body taught, within the bound.
-    assert memo.labels("underscores") == {b'{x="1"}': (("x", "1"),)}
+    # (and no labels: read as none, whatever the body)
+    assert memo.labels("underscores") == {b'{x="1"}': (("x", "1"),), b"": ()}
 
 
 # --- blocks read whole (dense) or by their wanted lines only (sparse) ------------------
@@ -1124,3 +1127,218 @@ def test_a_line_holding_two_wanted_aggregates_is_read_once() -> None:
     assert [s.value for s in exp.get("x_seconds_sum")] == [2.0]
     assert [s.value for s in exp.get("x_seconds_count")] == [1.0]
     assert exp.duplicates == 0
+
+
+# --- what a server's memo keeps across scrapes (heads of lines read before) ---------------
+
+# What a next scrape may write in place of a value: values that read, values the fast
+# paths must refuse exactly as the line scanner does, timestamps, blanks, CRLF.
+_NEXT_VALUES = st.sampled_from(
+    ["7", "-0.5", "NaN", "+Inf", "1e3", "1_0", "", "#", "2\t", "3 1767225600000", "4\r", " 5"]
+)
+
+
+@st.composite
+def _next_scrape(draw: st.DrawFn, body: str) -> str:
+    """``body`` as the same server writes it later: some values changed, some lines repeated."""
+    lines = body.split("\n")
+    out: list[str] = []
+    for line in lines[:-1]:
+        if line and not line.startswith("#") and draw(st.booleans()):
+            head, _, _ = line.rpartition(" ")
+            line = f"{head} {draw(_NEXT_VALUES)}"
+        out.append(line)
+        if draw(st.integers(0, 9)) == 0:
+            out.append(line)  # a duplicate
+    return "\n".join(out) + "\n"
+
+
+def _read_with(memo: ParseMemo, names: list[str], body: bytes, piece: int) -> Exposition:
+    reader = Scanner(names).reader(memo=memo)
+    for at in range(0, len(body), piece):
+        reader.feed(body[at : at + piece])
+    return reader.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_expositions(), st.data())
+def test_a_warm_memo_reads_what_a_fresh_one_reads(
+    case: tuple[str, dict[str, list[tuple[dict[str, str], float]]]], data: st.DataObject
+) -> None:
+    # Two scrapes teach the memo the body's label sets and line heads; the third body,
+    # with values changed (some to what must be refused) and lines repeated, must read as
+    # it reads with nothing learned: same series, same duplicates, same error.
+    text, truth = case
+    names = sorted(truth) or ["unused"]
+    sums = [n for n in names if n.endswith(("_sum", "_count"))]
+    wanted = data.draw(st.sampled_from([names, sums or names]))
+    later = data.draw(_next_scrape(text)).encode()
+    piece = data.draw(st.sampled_from([7, 64, 1 << 20]))
+    memo = ParseMemo()
+    for _ in range(2):
+        _outcome(lambda: _read_with(memo, wanted, text.encode(), piece))
+    fresh = _outcome(lambda: Scanner(wanted).parse(later))
+    warm = _outcome(lambda: _read_with(memo, wanted, later, piece))
+    assert warm == fresh or (piece < 1 << 20 and warm[0] == fresh[0] == "error")
+
+
+def test_a_warm_memo_refuses_a_value_the_line_scanner_refuses() -> None:
+    body = "# TYPE a_total counter\n" + "".join(f'a_total{{i="{i}"}} {i}\n' for i in range(4))
+    memo = ParseMemo()
+    for _ in range(3):  # the last scrapes read by the heads learned
+        exp = _read_with(memo, ["a_total"], body.encode(), 1 << 20)
+        assert [s.value for s in exp.get("a_total")] == [0.0, 1.0, 2.0, 3.0]
+    for value, problem in [("1_0", "invalid sample value '1_0'"), ("5\t", None)]:
+        later = body.replace('a_total{i="2"} 2', f'a_total{{i="2"}} {value}').encode()
+        fresh = _outcome(lambda b=later: Scanner(["a_total"]).parse(b))
+        warm = _outcome(lambda b=later: _read_with(memo, ["a_total"], b, 1 << 20))
+        assert warm == fresh
+        if problem is not None:
+            assert fresh == ("error", problem)
+
+
+def test_the_heads_a_memo_keeps_stay_bounded() -> None:
+    # 60 label sets under two names of one family key: 120 heads, more than the memo keeps.
+    memo = ParseMemo(max_entries=100)
+    body = (
+        "# TYPE x_total counter\n"
+        + "".join(f'x_total{{i="{i}"}} {i}\n' for i in range(60))
+        + "# TYPE x_created gauge\n"
+        + "".join(f'x_created{{i="{i}"}} 1.7e9\n' for i in range(60))
+    )
+    for _ in range(3):
+        exp = _read_with(memo, ["x_total", "x_created"], body.encode(), 1 << 20)
+        assert (len(exp.get("x_total")), len(exp.get("x_created"))) == (60, 60)
+        assert memo.labels("underscores")  # 60 label sets: kept
+        assert all(len(table) <= 100 for table in memo._heads.values())
+
+
+def _error_line(parse: Any) -> int | None:
+    try:
+        parse()
+    except ParseError as exc:
+        return exc.line
+    return None
+
+
+_OM_COUNTER = (
+    "# TYPE x counter\n"
+    + "".join(f'x_total{{i="{i}"}} {i}\nx_created{{j="{i}"}} 1.7e9\n' for i in range(3))
+    + "# EOF\n"
+)
+_SUM_FIRST = (
+    "# TYPE x_seconds histogram\n"
+    'x_seconds_sum{m="a"} 1\n'
+    'x_seconds_bucket{m="a",le="+Inf"} 1\n'
+    'x_seconds_sum{m="b"} 2\n'
+    'x_seconds_sum{m="c"} 3\n'
+    'x_seconds_bucket{m="c",le="+Inf"} 1\n'
+)
+_COUNTER_LINES = _COUNTER.splitlines()
+
+
+def _counter_with(line: str) -> str:
+    return "\n".join([*_COUNTER_LINES[:5], line, *_COUNTER_LINES[5:]]) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("clean", "names", "later", "limits"),
+    [
+        *(
+            (_COUNTER, ["a_total"], _counter_with(line), None)
+            for line in [
+                'a_total{i="1"} 7',  # a duplicate
+                'a_total{i="9"} 9 1767225600000',
+                'a_total{i="9",} 9',
+                "a_total 9",
+                'b{i="9"} 9',
+                'a_total{i="9} 9',
+                'a_total{i="9",i="8"} 9',
+                'a_total{i="9"} 1e',
+                'a_total{i="0"} 1_0',
+            ]
+        ),
+        (_COUNTER, ["a_total"], _COUNTER, ParseLimits(max_series_per_family=4)),
+        (_OM_COUNTER, ["x_total", "x_created"], _OM_COUNTER, None),  # two names, one block
+        (_SUM_FIRST, ["x_seconds_sum"], _SUM_FIRST.replace("} 3", "} 4"), None),
+        *(
+            (_SUM_FIRST, ["x_seconds_sum", "z"], _SUM_FIRST.replace("x_seconds_sum{m=", f, 1), None)
+            for f in ("z{m=", "!{m=")  # the block's first line: another name, not a name
+        ),
+        (_HISTOGRAM, ["x_seconds_sum"], _HISTOGRAM.replace("1.5", "1_5"), None),
+        (_HISTOGRAM, ["x_seconds_sum"], _HISTOGRAM, ParseLimits(max_series_per_family=2)),
+    ],
+)
+def test_a_warm_memo_reads_each_case_as_a_fresh_one(
+    clean: str, names: list[str], later: str, limits: ParseLimits | None
+) -> None:
+    # The fast paths run only on what a memo has learned: warm it with the clean body, then
+    # read the case as a scrape reads it, and as a fresh reader reads it.
+    memo = ParseMemo()
+    for _ in range(2):
+        assert _outcome(lambda: _read_with(memo, names, clean.encode(), 1 << 20))[0] == "ok"
+
+    def warm() -> Exposition:
+        reader = Scanner(names).reader(limits or ParseLimits(), memo=memo, whole=True)
+        reader.read_whole(later.encode())
+        return reader.close()
+
+    def fresh() -> Exposition:
+        return Scanner(names).parse(later, limits or ParseLimits())
+
+    assert _outcome(warm) == _outcome(fresh)
+    assert _error_line(warm) == _error_line(fresh)
+
+
+# --- a family's HELP, TYPE and UNIT lines read in one step --------------------------------
+
+
+def test_a_header_of_a_longer_name_is_not_taken_for_the_same_family() -> None:
+    # `a` is a prefix of `ab_total`: the TYPE line is another family's, read as such.
+    body = "# HELP a skipped\n# TYPE ab_total counter\nab_total 1\n"
+    exp = Scanner(["ab_total"]).parse(body)
+    assert exp.types == {"ab_total": "counter"}
+    assert exp.helps == {}
+    assert [s.value for s in exp.get("ab_total")] == [1.0]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "# HELP x_seconds Time.\n# TYPE x_seconds histogram\n# UNIT x_seconds seconds\n",
+        '# HELP "x_seconds" Time.\n# TYPE "x_seconds" histogram\n',
+        "# HELP x_seconds Time.\n#  TYPE x_seconds histogram\n",  # two steps: two spaces
+        "#\tHELP x_seconds Time.\n# TYPE x_seconds\thistogram\n",
+        "  # HELP x_seconds Time.\n# TYPE x_seconds histogram\n",
+    ],
+)
+def test_every_line_of_a_wanted_header_is_read(header: str) -> None:
+    body = header + 'x_seconds_bucket{le="+Inf"} 1\nx_seconds_sum 2\nx_seconds_count 1\n'
+    exp = Scanner(["x_seconds_sum"]).parse(body)
+    assert exp.types == {"x_seconds": "histogram"}
+    assert exp.helps == {"x_seconds": "Time."}
+    assert [s.value for s in exp.get("x_seconds_sum")] == [2.0]
+
+
+# --- `x_created` written as a family of its own beside a wanted `x_total` -----------------
+
+
+def test_a_wanted_sample_inside_a_created_block_is_read() -> None:
+    # prometheus_client's text format writes `x_created` as a gauge family after `x_total`;
+    # its block is read by the wanted names, so an `x_total` line in it still counts, and
+    # the `x_created` lines (not wanted) do not.
+    body = (
+        "# HELP x_total X.\n# TYPE x_total counter\n"
+        'x_total{m="a"} 1\n'
+        "# HELP x_created X.\n# TYPE x_created gauge\n"
+        'x_created{m="a"} 1.7e9\n'
+        'x_total{m="b"} 2\n'
+        'x_created{m="b"} 1.7e9\n'
+        "# TYPE z gauge\nz 1\n"
+    )
+    exp = Scanner(["x_total"]).parse(body)
+    assert [(s.label("m"), s.value) for s in exp.get("x_total")] == [("a", 1.0), ("b", 2.0)]
+    assert set(exp.samples) == {"x_total"}
+    assert exp.types == {"x_total": "counter"}
+    both = Scanner(["x_total", "x_created"]).parse(body)
+    assert [s.value for s in both.get("x_created")] == [1.7e9, 1.7e9]
