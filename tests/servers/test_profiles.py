@@ -10,12 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.readings import TokenReading
-from agent.servers.parser import ParseError
+from agent.servers.parser import ParseError, Scanner
 from agent.servers.profiles import (
     ENGINE_NAMES,
     PROFILES,
     ExpositionError,
+    ReadMemo,
     UnknownEngineError,
+    interpret,
     read_exposition,
     read_exposition_detailed,
 )
@@ -567,3 +569,22 @@ def test_empty_body_is_one_clear_error() -> None:
     for body in (b"", b"\n  \n", ""):
         with pytest.raises(ParseError, match=r"^empty body"):
             read_exposition(body)
+
+
+def test_a_servers_series_memo_never_takes_one_label_set_for_another() -> None:
+    # Bodies parsed afresh build new label sets, whose memory Python reuses as soon as the
+    # old ones are freed: a memo keyed by identity that did not keep its label sets alive
+    # would hand one model's entry to the next model's series.
+    memo = ReadMemo()
+    for i in range(40):
+        body = (
+            f'vllm:prompt_tokens_total{{model_name="m{i}",engine="0"}} {i}\n'
+            f'vllm:generation_tokens_total{{model_name="m{i}",engine="0"}} {2 * i}\n'
+        )
+        exp = Scanner(PROFILES["vllm"][0].names).parse(body)  # no parse memo: new objects
+        (m,) = interpret(exp, PROFILES["vllm"][0], memo.series_keys).reading.models
+        assert (m.model, m.input_tokens, m.output_tokens) == (f"m{i}", i, 2 * i)
+        assert {s.key for s in m.series} == {
+            'vllm:prompt_tokens_total{engine="0"}',
+            'vllm:generation_tokens_total{engine="0"}',
+        }
