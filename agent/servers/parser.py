@@ -478,23 +478,6 @@ def _lines_holding(raw: bytes | bytearray, pos: int, end: int, needle: bytes) ->
         at = find(needle, line_end, end)
 
 
-def _holding(
-    raw: bytes | bytearray, newline: int, end: int, needle: bytes
-) -> list[bytes | bytearray]:
-    """The lines of ``raw[newline + 1:end]`` holding ``needle``, each with its newline.
-
-    Each line is searched up to its first hit only (linear, as :func:`_lines_holding`).
-    """
-    find = raw.find
-    lines: list[bytes | bytearray] = []
-    at = find(needle, newline, end)
-    while at >= 0:
-        line_end = find(b"\n", at, end) + 1  # a piece ends with a newline
-        lines.append(raw[raw.rfind(b"\n", newline, at) + 1 : line_end])
-        at = find(needle, line_end, end)
-    return lines
-
-
 def _nth_line(raw: bytes | bytearray, pos: int, index: int) -> int:
     """Start of the line ``index`` (from 0) of the lines from ``pos``."""
     for _ in range(index):
@@ -1318,7 +1301,10 @@ class ExpositionReader:
             needle = needles[0]
             first_end = raw.find(b"\n", pos, end)
             if raw.find(needle, pos, first_end) < 0:  # else in body order, below
-                lines = b"".join(_holding(raw, first_end, end, needle))
+                lines = b"".join(
+                    raw[newline + 1 : raw.find(b"\n", newline + 1, end) + 1]
+                    for newline in _lines_holding(raw, first_end, end, needle)
+                )
                 if not lines or self._read_clean(lines, 0, len(lines), dense) is None:
                     first = self.compiled.first.match(raw, pos, end)
                     if first is not None:
@@ -1382,16 +1368,13 @@ class ExpositionReader:
             if len(new) > self.max_series:
                 return False
             self.seen[spelling] = new
-            self.series[spelling] = list(
-                map(_sample, repeat(Sample), zip(labels, values, strict=True))
-            )
-        else:
-            if not known.isdisjoint(new) or len(known) + len(new) > self.max_series:
-                return False
+            series = self.series[spelling] = []
+        elif known.isdisjoint(new) and len(known) + len(new) <= self.max_series:
             known |= new
-            self.series[spelling].extend(
-                map(_sample, repeat(Sample), zip(labels, values, strict=True))
-            )
+            series = self.series[spelling]
+        else:
+            return False
+        series.extend(map(_sample, repeat(Sample), zip(labels, values, strict=True)))
         return True
 
     def _new_labels(self, text: bytes) -> Labels | None:

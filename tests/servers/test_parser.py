@@ -869,9 +869,13 @@ _FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _streamed(
-    body: bytes, names: list[str], cuts: list[int], content_type: str | None = None
+    body: bytes,
+    names: list[str],
+    cuts: list[int],
+    content_type: str | None = None,
+    memo: ParseMemo | None = None,
 ) -> Exposition:
-    reader = Scanner(names).reader(ParseLimits(), content_type)
+    reader = Scanner(names).reader(ParseLimits(), content_type, memo=memo)
     last = 0
     for cut in sorted(set(cuts)):
         reader.feed(body[last:cut])
@@ -934,6 +938,19 @@ def test_real_bodies_read_the_same_in_pieces(path: Path, piece: int) -> None:
     streamed = _outcome(lambda: _streamed(body, names, list(range(piece, len(body), piece))))
     assert streamed == whole
     assert whole[0] == "ok" and whole[1][0]  # every real body has series of some profile
+
+
+@pytest.mark.parametrize("path", _real_bodies(), ids=lambda p: p.name)
+def test_real_bodies_read_the_same_by_a_warm_memo(path: Path) -> None:
+    # A server's third scrape reads its lines by the heads its memo learned: the same
+    # series as a fresh read of the captured body, in 256 KiB pieces as a scrape feeds them.
+    body = path.read_bytes()
+    names = [n for profiles in PROFILES.values() for p in profiles for n in p.names]
+    memo = ParseMemo()
+    for _ in range(3):
+        warm = _outcome(lambda: _read_with(memo, names, body, 256 * 1024))
+    assert warm == _outcome(lambda: Scanner(names).parse(body))
+    assert any(memo._heads.values())  # the heads path ran on this body
 
 
 def test_a_sample_after_an_unwanted_block_without_its_own_header_is_read() -> None:
@@ -1154,10 +1171,7 @@ def _next_scrape(draw: st.DrawFn, body: str) -> str:
 
 
 def _read_with(memo: ParseMemo, names: list[str], body: bytes, piece: int) -> Exposition:
-    reader = Scanner(names).reader(memo=memo)
-    for at in range(0, len(body), piece):
-        reader.feed(body[at : at + piece])
-    return reader.close()
+    return _streamed(body, names, list(range(piece, len(body), piece)), memo=memo)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
