@@ -17,7 +17,7 @@ the common shape ``name{labels} value`` are split by the scan itself, and each d
 label text is parsed once per server (:class:`ParseMemo`). A block of such lines only is
 read by one ``findall``; in a histogram whose ``_sum`` alone is wanted, the ``_sum`` lines
 are found with ``find`` and the buckets never visited. A 1.4 MB vLLM body with thousands of
-histogram buckets costs about 1.1 ms of CPU, over 100x less than prometheus_client (see
+histogram buckets costs about 0.7 ms of CPU, over 100x less than prometheus_client (see
 ``tests/benchmarks/bench_parser.py``).
 
 Formats and name escaping (:meth:`Scanner.parse` ``content_type``):
@@ -184,6 +184,11 @@ DEFAULT_LIMITS = ParseLimits()
 
 Labels = tuple[tuple[str, str], ...]
 _Head = tuple[bytes, Labels]  # a line's name as spelled, and its parsed labels
+# A family block: its key, its name (`:` read as `_`), whether it is read, its needles
+# (read sparse) and its findall pattern (read dense); see ExpositionReader._new_block.
+_BlockInfo = tuple[bytes, bytes, bool, tuple[bytes, ...] | None, re.Pattern[bytes] | None]
+# One HELP or TYPE line: True for TYPE, the family as spelled, the text.
+_Meta = tuple[bool, str, str]
 
 
 class Sample(NamedTuple):
@@ -497,6 +502,10 @@ class _Compiled:
     rest: re.Pattern[bytes]  # searched: every other line start, after its b"\n"
     samples: Mapping[str, tuple[str, ...]]  # wanted name -> spellings, preferred first
     families: Mapping[str, tuple[str, ...]]  # wanted family -> spellings
+    # The same, inverted: a spelling -> (name, rank in the name's spellings) of each name
+    # spelled so (`vllm_x` spells both `vllm:x` and `vllm_x`).
+    sample_owners: Mapping[bytes, tuple[tuple[str, int], ...]]
+    family_owners: Mapping[str, tuple[tuple[str, int], ...]]
     # Group numbers; a match's lastindex (the group that closed last) says the line kind.
     # Groups 1..quoted-1 are sample lines, four per first character of the wanted
     # spellings: label text and value of the common shape, or the rest of the line.
@@ -527,10 +536,12 @@ class _Compiled:
 class ParseMemo:
     """What the parser derived from one server's bytes, kept across that server's scrapes.
 
-    A server writes the same label sets and family names at every scrape: each label text
-    is parsed, each family name reduced to its key, and each line head ``name{labels}``
-    of a wanted block matched, once per server rather than once per scrape. Only results
-    of pure functions of the bytes are kept, so a memo never changes what a body reads as.
+    A server writes the same label sets, families and HELP/TYPE lines at every scrape: each
+    label text is parsed, each family name reduced to its key and to how its block is read,
+    each wanted family's HELP and TYPE lines read, and each line head ``name{labels}`` of a
+    wanted block matched, once per server rather than once per scrape. Only results of pure
+    functions of the bytes (and of the scanner, which keys the tables) are kept, so a memo
+    never changes what a body reads as.
     Each table is cleared when it holds more than ``max_entries`` after a parse (a server
     whose label sets churn).
 
@@ -542,6 +553,8 @@ class ParseMemo:
         self.max_entries = max_entries
         self._labels: dict[str, dict[bytes, Labels]] = {}
         self._heads: dict[tuple[str, re.Pattern[bytes]], dict[bytes, _Head]] = {}
+        self._blocks: dict[tuple[str, re.Pattern[bytes]], dict[bytes, _BlockInfo]] = {}
+        self._metas: dict[tuple[str, re.Pattern[bytes]], dict[bytes, tuple[_Meta, ...]]] = {}
         self.family_keys: dict[bytes, bytes] = {}
 
     def labels(self, escaping: str) -> dict[bytes, Labels]:
@@ -562,14 +575,33 @@ class ParseMemo:
             table = self._heads[escaping, pattern] = {}
         return table
 
+    def blocks(self, escaping: str, pattern: re.Pattern[bytes]) -> dict[bytes, _BlockInfo]:
+        """Family name (of a HELP/TYPE/UNIT line) -> how its block is read, for one scanner.
+
+        ``pattern`` is the scanner's first-line pattern (``_Compiled.first``): what a block
+        is depends on the names the scanner wants.
+        """
+        table = self._blocks.get((escaping, pattern))
+        if table is None:
+            table = self._blocks[escaping, pattern] = {}
+        return table
+
+    def metas(self, escaping: str, pattern: re.Pattern[bytes]) -> dict[bytes, tuple[_Meta, ...]]:
+        """A wanted family's HELP/TYPE/UNIT lines (their bytes) -> what they read as."""
+        table = self._metas.get((escaping, pattern))
+        if table is None:
+            table = self._metas[escaping, pattern] = {}
+        return table
+
     def trim(self) -> None:
         """Clear the tables that grew past ``max_entries``."""
         for table in self._labels.values():
             if len(table) > self.max_entries:
                 table.clear()
-        for heads in self._heads.values():
-            if len(heads) > self.max_entries:
-                heads.clear()
+        for tables in (self._heads, self._blocks, self._metas):
+            for kept in tables.values():
+                if len(kept) > self.max_entries:
+                    kept.clear()
         if len(self.family_keys) > self.max_entries:
             self.family_keys.clear()
 
@@ -642,6 +674,10 @@ class Scanner:
             rest=re.compile(rb"\n" + inner),
             samples=samples,
             families=families,
+            sample_owners={
+                spelling.encode(): owners for spelling, owners in _owners(samples).items()
+            },
+            family_owners=_owners(families),
             quoted=quoted,
             meta=quoted + 1,
             family=quoted + 2,
@@ -747,7 +783,9 @@ class ExpositionReader:
     Lines that read as they are (one name, labels and values that read, no duplicate) are
     read in C, and from a server's second scrape on without the regex: a line whose head
     ``name{labels}`` the memo has seen is split at its last space (see :class:`ParseMemo`).
-    A family's HELP, TYPE and UNIT lines, one after the other, are taken in one step.
+    A family's HELP, TYPE and UNIT lines, one after the other, are taken in one step; how a
+    family's block is read, and what a wanted family's HELP and TYPE lines say, are looked
+    up in the memo by their bytes: a body's 80-odd families cost a dictionary lookup each.
 
     So a body whose samples come in any order is still read in full, and only a sample of a
     wanted name inserted between two samples of one skipped family, which breaks the rule
@@ -797,6 +835,8 @@ class ExpositionReader:
         self.label_cache = self._memo.labels(escaping)
         self.label_cache[b""] = ()  # a line without labels (see _Compiled.dense)
         self._keys = self._memo.family_keys
+        self._blocks = self._memo.blocks(escaping, compiled.first)
+        self._metas = self._memo.metas(escaping, compiled.first)
         self.raw: bytes | bytearray = b""  # the piece being read: its first _end bytes
         self._end = 0
         self._size = 0  # bytes fed so far
@@ -1071,7 +1111,10 @@ class ExpositionReader:
                 misses += 1
                 search = find(b"\n", hit, end) + 1 or end
             if comment > pos:
-                self._block(raw, pos, comment)
+                if self._scan_block:
+                    self._block(raw, pos, comment)
+                elif not self._ends_in_family(raw, pos, comment):
+                    self._scan(raw, pos, comment, self.compiled.rest.finditer(raw, pos, comment))
             if comment >= end:
                 return
             at = comment if raw[comment] == _HASH else _end(blanks(raw, comment))
@@ -1084,12 +1127,13 @@ class ExpositionReader:
                     self._new_block(family)
                 pos = meta.end()
                 if self._scan_block:  # HELP and TYPE of a wanted family
-                    first = self.compiled.first.match
-                    while comment < pos:
-                        match = first(raw, comment, end)
-                        if match is not None:
-                            self._line(comment, match)
-                        comment = find(b"\n", comment, end) + 1
+                    lines = bytes(raw[comment:pos])
+                    metas = self._metas.get(lines)
+                    if metas is None:
+                        self._read_metas(raw, comment, pos, lines)
+                    else:
+                        for is_type, name, text in metas:
+                            (self.types if is_type else self.helps).setdefault(name, text)
                 continue
             line_end = find(b"\n", comment, end)
             if (
@@ -1105,23 +1149,44 @@ class ExpositionReader:
 
     def _new_block(self, family: bytes) -> None:
         """Enter the block of ``family`` (named by a HELP, TYPE or UNIT line)."""
+        info = self._blocks.get(family)
+        if info is None:
+            info = self._block_info(family)
+            if len(self._blocks) < self._memo.max_entries:
+                self._blocks[family] = info
         self._block_family = family
+        self._block_key, self._block_name, self._scan_block, self._sparse, self._dense = info
+
+    def _block_info(self, family: bytes) -> _BlockInfo:
+        """How the block of ``family`` is read (kept in the memo: a pure function of it)."""
         key = self._keys.get(family)
         if key is None:
             key = self._key_of(family)
-        self._block_key = key
         # `x_total` of a histogram has samples `x_total_bucket`, `x_total_created`.
-        self._block_name = name = family.replace(b":", b"_")
+        name = family.replace(b":", b"_")
         compiled = self.compiled
         wanted = compiled.wanted_keys
-        self._scan_block = scan = wanted is None or key in wanted or name in wanted
-        if scan:  # else never looked at (see _block)
-            sparse = compiled.sparse.get(key)
-            blocks = compiled.block_names
-            if sparse is None and blocks is not None and name not in blocks:
-                sparse = compiled.needles.get(key)  # no wanted name's family (see _Compiled)
-            self._sparse = sparse
-            self._dense = compiled.dense.get(key) or compiled.dense.get(name)
+        if not (wanted is None or key in wanted or name in wanted):
+            return key, name, False, None, None  # never looked at (see _block)
+        sparse = compiled.sparse.get(key)
+        blocks = compiled.block_names
+        if sparse is None and blocks is not None and name not in blocks:
+            sparse = compiled.needles.get(key)  # no wanted name's family (see _Compiled)
+        return key, name, True, sparse, compiled.dense.get(key) or compiled.dense.get(name)
+
+    def _read_metas(self, raw: bytes | bytearray, pos: int, end: int, lines: bytes) -> None:
+        """Read the HELP/TYPE lines ``raw[pos:end]`` of a wanted family; memo them by ``lines``."""
+        first = self.compiled.first.match
+        found: list[_Meta] = []
+        while pos < end:
+            match = first(raw, pos, end)
+            if match is not None:
+                meta = self._line(pos, match)
+                if meta is not None:
+                    found.append(meta)
+            pos = raw.find(b"\n", pos, end) + 1
+        if len(self._metas) < self._memo.max_entries:
+            self._metas[lines] = tuple(found)
 
     def _key_of(self, name: bytes) -> bytes:
         """The family key of ``name``, kept in the memo while it has room.
@@ -1158,10 +1223,11 @@ class ExpositionReader:
     def _ends_in_family(self, raw: bytes | bytearray, pos: int, end: int) -> bool:
         """Whether the last non-blank line of ``raw[pos:end]`` is a sample of the block's family."""
         last_end = end - 1
-        for _ in range(_MAX_TRAILING_BLANKS):
-            if last_end <= pos or raw[last_end - 1] not in _BLANK_BYTES:
-                break
-            last_end -= 1
+        if last_end > pos and raw[last_end - 1] in _BLANK_BYTES:  # blank lines or blanks
+            for _ in range(_MAX_TRAILING_BLANKS):
+                if last_end <= pos or raw[last_end - 1] not in _BLANK_BYTES:
+                    break
+                last_end -= 1
         start = raw.rfind(b"\n", pos, last_end) + 1 or pos
         name = _LINE_NAME_RE.match(raw, start, last_end + 1)
         if name is None:
@@ -1386,8 +1452,12 @@ class ExpositionReader:
         self.label_cache[text] = parsed[0]
         return parsed[0]
 
-    def _line(self, start: int, match: re.Match[bytes]) -> None:
-        """Read the line starting at ``start`` that ``match`` stopped at."""
+    def _line(self, start: int, match: re.Match[bytes]) -> _Meta | None:
+        """Read the line starting at ``start`` that ``match`` stopped at.
+
+        Returns:
+            What a HELP or TYPE line reads as (kept in ``types`` or ``helps`` too), else None.
+        """
         raw = self.raw
         compiled = self.compiled
         group = match.lastindex or 0
@@ -1395,7 +1465,7 @@ class ExpositionReader:
         if group == compiled.odd:
             odd = raw[start : start + 1]
             if odd in b"\x0b\x0c":
-                return  # whitespace, as prometheus_client reads it
+                return None  # whitespace, as prometheus_client reads it
             if odd not in b" \t":
                 end = raw.find(b"\n", start)
                 raise self._fail(
@@ -1407,28 +1477,30 @@ class ExpositionReader:
             # Leading blanks (rare): match again after them; the line starts at `start`.
             name_at = _end(_RAW_BLANKS_RE.match(raw, start))
             if name_at >= self._end or raw[name_at] in b"\r\n":
-                return
+                return None
             relocated = compiled.first.match(raw, name_at)
             if relocated is None:
-                return
+                return None
             group, match = relocated.lastindex or 0, relocated
             if group == compiled.odd:
-                return  # `\v`/`\f` after blanks: prometheus_client strips those too
+                return None  # `\v`/`\f` after blanks: prometheus_client strips those too
         if group == compiled.eof:
-            return  # comment lines are read by _comment; never reached from a block
+            return None  # comment lines are read by _comment; never reached from a block
         if group == compiled.family:
-            self._read_meta(start, match)
-        else:
-            self._read_sample(start, name_at, match, group)
+            return self._read_meta(start, match)
+        self._read_sample(start, name_at, match, group)
+        return None
 
-    def _read_meta(self, start: int, match: re.Match[bytes]) -> None:
+    def _read_meta(self, start: int, match: re.Match[bytes]) -> _Meta:
         raw = self.raw
         end = raw.find(b"\n", start)
         line = raw[start : end if end >= 0 else self._end].decode("utf-8")
         compiled = self.compiled
         kind = match.group(compiled.meta).decode("ascii")
-        family = match.group(compiled.family).decode("utf-8")
-        _read_meta(line, kind, family, self.types, self.helps)
+        family = match.group(compiled.family)
+        meta = _read_meta(line, kind, family.decode("utf-8"))
+        (self.types if meta[0] else self.helps).setdefault(meta[1], meta[2])
+        return meta
 
     def _read_sample(self, start: int, name_at: int, match: re.Match[bytes], group: int) -> None:
         raw = self.raw
@@ -1465,24 +1537,52 @@ class ExpositionReader:
         self.series[spelling].append(_sample(Sample, (labels, value)))
 
     def _result(self) -> Exposition:
+        """The series, TYPEs and HELPs found, under the names asked for.
+
+        Where several spellings of one name were found, the first in its spellings' order
+        wins (the others are not merged in). Visits what was found, not every name wanted.
+        """
+        owners = self.compiled.sample_owners
         samples: dict[str, tuple[Sample, ...]] = {}
-        if self.series:
-            for name, spellings in self.compiled.samples.items():
-                for spelling in spellings:
-                    found = self.series.get(spelling.encode("utf-8"))
-                    if found:
+        ranks: dict[str, int] = {}
+        for spelling, found in self.series.items():
+            if found:
+                for name, rank in owners.get(spelling, ()):
+                    if rank < ranks.get(name, _LAST):
+                        ranks[name] = rank
                         samples[name] = tuple(found)
-                        break
-        types: dict[str, str] = {}
-        helps: dict[str, str] = {}
-        for family, spellings in self.compiled.families.items():
-            kind = next((self.types[s] for s in spellings if s in self.types), None)
-            if kind is not None:
-                types[family] = kind
-            text = next((self.helps[s] for s in spellings if s in self.helps), None)
-            if text is not None:
-                helps[family] = text
-        return Exposition(samples=samples, types=types, helps=helps, duplicates=self.duplicates)
+        return Exposition(
+            samples=samples,
+            types=_by_owner(self.types, self.compiled.family_owners),
+            helps=_by_owner(self.helps, self.compiled.family_owners),
+            duplicates=self.duplicates,
+        )
+
+
+_LAST = 1 << 30  # a rank after every spelling's
+
+
+def _owners(spelled: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[tuple[str, int], ...]]:
+    """Spelling -> (name, rank of the spelling among the name's) for every name spelled so."""
+    owners: dict[str, list[tuple[str, int]]] = {}
+    for name, spellings in spelled.items():
+        for rank, spelling in enumerate(spellings):
+            owners.setdefault(spelling, []).append((name, rank))
+    return {spelling: tuple(found) for spelling, found in owners.items()}
+
+
+def _by_owner(
+    found: Mapping[str, str], owners: Mapping[str, tuple[tuple[str, int], ...]]
+) -> dict[str, str]:
+    """``found`` (by spelling) under the names asked for, the best-ranked spelling winning."""
+    out: dict[str, str] = {}
+    ranks: dict[str, int] = {}
+    for spelling, value in found.items():
+        for name, rank in owners.get(spelling, ()):
+            if rank < ranks.get(name, _LAST):
+                ranks[name] = rank
+                out[name] = value
+    return out
 
 
 PIECE_BYTES = 64 * 1024
@@ -1630,16 +1730,14 @@ def _utf8_error(raw: bytes | bytearray, size: int) -> int | None:
     return None
 
 
-def _read_meta(
-    line: str, kind: str, family: str, types: dict[str, str], helps: dict[str, str]
-) -> None:
+def _read_meta(line: str, kind: str, family: str) -> _Meta:
+    """What a HELP or TYPE line of ``family`` says: (is a TYPE, family, the text)."""
     parts = line.split(None, 3)
     rest = parts[3] if len(parts) > 3 else ""
     if kind == "TYPE":
-        types.setdefault(family, rest.strip())
-    else:
-        rest = rest.rstrip("\r")  # CRLF line ends
-        helps.setdefault(family, _unescape(rest, quotes=False))
+        return True, family, rest.strip()
+    rest = rest.rstrip("\r")  # CRLF line ends
+    return False, family, _unescape(rest, quotes=False)
 
 
 def _parse_sample(

@@ -51,6 +51,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import reduce
+from itertools import chain, repeat
+from operator import add, attrgetter
 from types import MappingProxyType
 
 from agent.readings import CounterKind, CounterSeries, ServerReading, TokenReading
@@ -602,8 +605,9 @@ _SeriesKeys = dict[tuple[str, Labels, tuple[str, ...]], tuple[str, str]]
 class ReadMemo:
     """What reading one server's bodies derived, kept across its scrapes by the scraper.
 
-    Parsed label sets and family keys (:class:`~agent.servers.parser.ParseMemo`) and each
-    series' key text: a server repeats them at every scrape. Bounded like the parse memo.
+    Parsed label sets and family keys (:class:`~agent.servers.parser.ParseMemo`), each
+    series' model and key text, and which series each candidate chose from the last body's
+    label sets: a server repeats them at every scrape. Bounded like the parse memo.
 
     Args:
         max_entries: Largest size of one table kept between scrapes.
@@ -613,6 +617,9 @@ class ReadMemo:
         self.parse = ParseMemo(max_entries)
         self.max_entries = max_entries
         self.series_keys: _SeriesKeys = {}
+        # What each candidate chose from the series of the last body (see _pick): one entry
+        # per candidate of the profiles, so bounded by them.
+        self.picks: dict[int, _Pick] = {}
 
     def trim(self) -> None:
         """Clear the tables that grew past ``max_entries``."""
@@ -701,15 +708,14 @@ class ExpositionStream:
         if self._reader.blank:
             raise ParseError("empty body: no metrics at all")
         engine = self._engine
-        keys = self._memo.series_keys
         if engine == "auto":
-            return interpret(exp, detect_engine(exp), keys)
+            return interpret(exp, detect_engine(exp), self._memo)
         best = _best(exp, PROFILES[engine])
         if not best:
             raise UnknownEngineError(
                 f"no {engine} metrics found; looked for " + _looked_for(PROFILES[engine])
             )
-        return interpret(exp, best[0], keys)
+        return interpret(exp, best[0], self._memo)
 
 
 def read_exposition(
@@ -924,6 +930,140 @@ def _model_and_key(
     return known
 
 
+@dataclass(frozen=True, slots=True)
+class _Pick:
+    """The series one candidate chose from a body, by their labels (see :func:`_pick`).
+
+    Attributes:
+        profile: The profile read with (its model labels, replica labels...).
+        candidate: The candidate.
+        excluded: Per source, whether its HELP text excluded it.
+        sizes: Per source, its number of series.
+        labels: The label sets of every series of the candidate's sources, in order.
+        index: Positions (in ``labels``) of the chosen series, in the order chosen; None
+            when every series is chosen, in order.
+        groups: Per model, in the order first chosen: the model, the positions of its
+            series among the chosen ones, and their series keys.
+    """
+
+    profile: EngineProfile
+    candidate: tuple[Source, ...]
+    excluded: tuple[bool, ...]
+    sizes: tuple[int, ...]
+    labels: tuple[Labels, ...]
+    index: tuple[int, ...] | None
+    groups: tuple[tuple[str, tuple[int, ...], tuple[str, ...]], ...]
+
+
+_labels_of = attrgetter("labels")
+_value_of = attrgetter("value")
+
+
+def _pick(
+    exp: Exposition, profile: EngineProfile, candidate: tuple[Source, ...], memo: ReadMemo
+) -> tuple[_Pick, list[float]] | None:
+    """The candidate's chosen series and their values, in the order :func:`_chosen` gives.
+
+    What a candidate chooses (label filters, replica de-duplication) and each series' model
+    and key depend on the series' label sets only. A server repeats them at every scrape,
+    as the same objects (the parse memo's), so the choice of the last body is reused when
+    the label sets are those of the last body: compared by identity first, in C.
+
+    Returns:
+        None when the candidate chooses no series.
+    """
+    sources = [exp.get(src.name) for src in candidate]
+    samples = sources[0] if len(sources) == 1 else tuple(s for found in sources for s in found)
+    if not samples:
+        return None
+    excluded = tuple(_help_excluded(exp, src) for src in candidate)
+    sizes = tuple(map(len, sources))
+    labels = tuple(map(_labels_of, samples))
+    pick = memo.picks.get(id(candidate))
+    if (
+        pick is None
+        or pick.candidate is not candidate
+        or pick.profile is not profile
+        or pick.excluded != excluded
+        or pick.sizes != sizes
+        or pick.labels != labels
+    ):
+        pick = memo.picks[id(candidate)] = _new_pick(
+            exp, profile, candidate, sources, excluded, sizes, labels, memo.series_keys
+        )
+    if not pick.groups:
+        return None
+    values = list(map(_value_of, samples))
+    if pick.index is not None:
+        values = [values[i] for i in pick.index]
+    return pick, values
+
+
+def _new_pick(
+    exp: Exposition,
+    profile: EngineProfile,
+    candidate: tuple[Source, ...],
+    sources: list[tuple[Sample, ...]],
+    excluded: tuple[bool, ...],
+    sizes: tuple[int, ...],
+    labels: tuple[Labels, ...],
+    keys: _SeriesKeys,
+) -> _Pick:
+    """What ``candidate`` chooses from ``sources`` (its sources' series), as _chosen does."""
+    index: list[int] = []
+    groups: dict[str, tuple[list[int], list[str]]] = {}
+    offset = 0
+    for src, found in zip(candidate, sources, strict=True):
+        # Sources may share a name (SGLang's realtime input by `mode`): positions per source.
+        at = {id(s): offset + i for i, s in enumerate(found)}
+        for s in _select(exp, src, profile):
+            model, key = _model_and_key(src.name, s, profile.model_labels, keys)
+            positions, series_keys = groups.setdefault(model, ([], []))
+            positions.append(len(index))
+            series_keys.append(key)
+            index.append(at[id(s)])
+        offset += len(found)
+    return _Pick(
+        profile=profile,
+        candidate=candidate,
+        excluded=excluded,
+        sizes=sizes,
+        labels=labels,
+        index=None if index == list(range(len(labels))) else tuple(index),
+        groups=tuple((m, tuple(p), tuple(k)) for m, (p, k) in groups.items()),
+    )
+
+
+def _counter_of(
+    exp: Exposition,
+    profile: EngineProfile,
+    candidate: tuple[Source, ...],
+    kind: CounterKind,
+    what: str,
+    warnings: list[str],
+    memo: ReadMemo,
+) -> _Counter | None:
+    """The candidate's counter per model, or None when it chooses no series."""
+    picked = _pick(exp, profile, candidate, memo)
+    if picked is None:
+        return None
+    pick, values = picked
+    # Every value valid (NaN fails the first test, a negative one the second): summed per
+    # model in C, in the order _sum_counter adds them (the same sums, to the bit).
+    if not (math.fsum(values) < math.inf and min(values) >= 0.0):
+        return _sum_counter(
+            profile, _chosen(exp, profile, candidate), kind, what, warnings, memo.series_keys
+        )
+    out = _Counter(exposed=True)
+    for model, positions, series_keys in pick.groups:
+        own = [values[i] for i in positions]
+        out.values[model] = reduce(add, own, 0.0)
+        out.series[model] = list(
+            map(_new_tuple, repeat(CounterSeries), zip(repeat(kind), series_keys, own))
+        )
+    return out
+
+
 def _counter_field(
     exp: Exposition,
     profile: EngineProfile,
@@ -931,32 +1071,31 @@ def _counter_field(
     kind: CounterKind,
     what: str,
     warnings: list[str],
-    keys: _SeriesKeys,
+    memo: ReadMemo,
 ) -> _Counter:
     """A counter per model from the first candidate present (see the module docstring)."""
     for candidate in candidates:
-        chosen = _chosen(exp, profile, candidate)
-        if chosen:
-            return _sum_counter(profile, chosen, kind, what, warnings, keys)
+        counter = _counter_of(exp, profile, candidate, kind, what, warnings, memo)
+        if counter is not None:
+            return counter
     return _Counter(exposed=_declared(exp, (s for cand in candidates for s in cand)))
 
 
 def _input_fields(
-    exp: Exposition, profile: EngineProfile, warnings: list[str], keys: _SeriesKeys
+    exp: Exposition, profile: EngineProfile, warnings: list[str], memo: ReadMemo
 ) -> tuple[_Counter, _Counter]:
     """Input tokens from the first family present, and cached tokens from that family."""
     for family in profile.input_tokens:
-        chosen = _chosen(exp, profile, family.sources)
-        if chosen:
-            inputs = _sum_counter(profile, chosen, "input", "input tokens", warnings, keys)
+        inputs = _counter_of(exp, profile, family.sources, "input", "input tokens", warnings, memo)
+        if inputs is not None:
             cached = _counter_field(
-                exp, profile, family.cached, "cached", "cached input tokens", warnings, keys
+                exp, profile, family.cached, "cached", "cached input tokens", warnings, memo
             )
             return inputs, cached
     for family in profile.input_tokens:
         if _declared(exp, family.sources):
             cached = _counter_field(
-                exp, profile, family.cached, "cached", "cached input tokens", warnings, keys
+                exp, profile, family.cached, "cached", "cached input tokens", warnings, memo
             )
             return _Counter(exposed=True), cached
     return _Counter(), _Counter()
@@ -967,21 +1106,20 @@ def _gauge_field(
     profile: EngineProfile,
     candidates: Candidates,
     combine: Callable[[list[float]], float],
-    keys: _SeriesKeys,
+    memo: ReadMemo,
 ) -> dict[str, float]:
+    """A gauge per model from the first candidate present; invalid series are ignored."""
     for candidate in candidates:
-        chosen = [(src, s) for src in candidate for s in _select(exp, src, profile)]
-        if not chosen:
+        picked = _pick(exp, profile, candidate, memo)
+        if picked is None:
             continue
-        values: dict[str, list[float]] = {}
-        for src, s in chosen:
-            model = _model_and_key(src.name, s, profile.model_labels, keys)[0]
-            bucket = values.get(model)
-            if bucket is None:
-                bucket = values[model] = []
-            if 0.0 <= s.value < math.inf:
-                bucket.append(s.value)
-        return {m: combine(v) for m, v in values.items() if v}
+        pick, values = picked
+        out: dict[str, float] = {}
+        for model, positions, _ in pick.groups:
+            valid = [v for v in (values[i] for i in positions) if 0.0 <= v < math.inf]
+            if valid:
+                out[model] = combine(valid)
+        return out
     return {}
 
 
@@ -1018,26 +1156,28 @@ def _no_tokens_warning(profile: EngineProfile) -> str:
 def interpret(
     exp: Exposition,
     profile: EngineProfile,
-    series_keys: _SeriesKeys | None = None,
+    memo: ReadMemo | None = None,
 ) -> ExpositionResult:
     """Apply one profile to a scanned exposition.
 
     Args:
         exp: The exposition, scanned for at least the profile's names.
         profile: The engine profile.
-        series_keys: Memo of each series' model and :func:`series_key`, kept across a
-            server's scrapes (:class:`ReadMemo`); None = computed afresh.
+        memo: The server's memo (each series' model and :func:`series_key`, and what each
+            candidate chose from the last body's label sets), kept across its scrapes;
+            None = computed afresh.
 
     Returns:
         The reading and warnings (see the module docstring for the rules).
     """
     warnings: list[str] = []
-    keys: _SeriesKeys = series_keys if series_keys is not None else {}
+    if memo is None:
+        memo = ReadMemo()
     if exp.duplicates:
         warnings.append(f"{exp.duplicates} duplicate series dropped (the first one is kept)")
-    inputs, cached = _input_fields(exp, profile, warnings, keys)
+    inputs, cached = _input_fields(exp, profile, warnings, memo)
     outputs = _counter_field(
-        exp, profile, profile.output_tokens, "output", "output tokens", warnings, keys
+        exp, profile, profile.output_tokens, "output", "output tokens", warnings, memo
     )
     prefill = _counter_field(
         exp,
@@ -1046,15 +1186,15 @@ def interpret(
         "prefill_seconds",
         "prefill seconds",
         warnings,
-        keys,
+        memo,
     )
     decode = _counter_field(
-        exp, profile, profile.decode_seconds, "decode_seconds", "decode seconds", warnings, keys
+        exp, profile, profile.decode_seconds, "decode_seconds", "decode seconds", warnings, memo
     )
     counters = (inputs, cached, outputs, prefill, decode)
-    running = _gauge_field(exp, profile, profile.requests_running, _sum, keys)
-    waiting = _gauge_field(exp, profile, profile.requests_waiting, _sum, keys)
-    kv = _gauge_field(exp, profile, profile.kv_cache_usage, _mean, keys)
+    running = _gauge_field(exp, profile, profile.requests_running, _sum, memo)
+    waiting = _gauge_field(exp, profile, profile.requests_waiting, _sum, memo)
+    kv = _gauge_field(exp, profile, profile.kv_cache_usage, _mean, memo)
 
     models = dict.fromkeys([*(m for c in counters for m in c.values), *running, *waiting, *kv])
     if not profile.model_labels and not models:
@@ -1074,7 +1214,7 @@ def interpret(
             kv_cache_usage_ratio=kv.get(model),
             prefill_seconds=prefill.value(model),
             decode_seconds=decode.value(model),
-            series=tuple(s for c in counters for s in c.series_of(model)),
+            series=tuple(chain.from_iterable(c.series_of(model) for c in counters)),
         )
         for model in sorted(models)
     )

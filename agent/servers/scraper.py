@@ -229,6 +229,8 @@ class ServerScraper:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._limits = ParseLimits.from_settings(scrape)
         self._url_text = scrape_url(server)
+        # The configured URL, parsed, and its Accept-Encoding: the same at every scrape.
+        self._url: tuple[HttpUrl, str] | None = None
         self._tls: ssl.SSLContext | None = None
         self._home: OriginConnection | None = None
         self._opened_elsewhere = 0
@@ -324,16 +326,21 @@ class ServerScraper:
         """
         timeout = self._scrape.read_timeout_seconds
         deadline = self._clock.monotonic() + timeout
-        url = configured = _parse_url(self._url_text)
+        if self._url is None:
+            parsed = _parse_url(self._url_text)
+            self._url = parsed, accept_encoding(parsed.host)
+        url = configured = self._url[0]
+        home_encoding = self._url[1]
         home = url.origin
         auth = self._authorization(url)
         if self._clock.monotonic() > deadline:
             raise ScrapeError("timeout", f"reading the bearer token file took over {timeout} s")
         for _ in range(MAX_REDIRECTS + 1):
             same = url.origin == home
+            encoding = home_encoding if url is configured else accept_encoding(url.host)
             headers = {
                 "Accept": ACCEPT,
-                "Accept-Encoding": accept_encoding(url.host),
+                "Accept-Encoding": encoding,
                 "User-Agent": _USER_AGENT,
             }
             if auth is not None and same:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.readings import TokenReading
@@ -15,6 +17,8 @@ from agent.servers.profiles import (
     ENGINE_NAMES,
     PROFILES,
     ExpositionError,
+    ExpositionResult,
+    ExpositionStream,
     ReadMemo,
     UnknownEngineError,
     interpret,
@@ -582,9 +586,77 @@ def test_a_servers_series_memo_never_takes_one_label_set_for_another() -> None:
             f'vllm:generation_tokens_total{{model_name="m{i}",engine="0"}} {2 * i}\n'
         )
         exp = Scanner(PROFILES["vllm"][0].names).parse(body)  # no parse memo: new objects
-        (m,) = interpret(exp, PROFILES["vllm"][0], memo.series_keys).reading.models
+        (m,) = interpret(exp, PROFILES["vllm"][0], memo).reading.models
         assert (m.model, m.input_tokens, m.output_tokens) == (f"m{i}", i, 2 * i)
         assert {s.key for s in m.series} == {
             'vllm:prompt_tokens_total{engine="0"}',
             'vllm:generation_tokens_total{engine="0"}',
         }
+
+
+_MEMO_BODIES = {
+    str(p.relative_to(FIXTURES)): p.read_bytes()
+    for p in sorted(FIXTURES.glob("*.prom")) + sorted((FIXTURES / "real").glob("*.prom"))
+}
+
+
+def _variant(body: bytes, kind: int) -> bytes:
+    """The body as a server may serve it next.
+
+    The same body, its rank 0 relabelled, its first sample NaN, without its first sample,
+    or with prefix-cache hits counted in tokens rather than blocks (HELP text).
+    """
+    if kind == 4:
+        return body.replace(b"number of cached blocks", b"number of cached tokens")
+    if kind == 1:
+        return body.replace(b'engine="0"', b'engine="7"').replace(b'tp_rank="0"', b'tp_rank="5"')
+    lines = body.split(b"\n")
+    first = next((i for i, line in enumerate(lines) if line and not line.startswith(b"#")), None)
+    if first is None or kind == 0:
+        return body
+    if kind == 2:
+        head, _, _ = lines[first].rpartition(b" ")
+        lines[first] = head + b" NaN"
+    else:
+        del lines[first]
+    return b"\n".join(lines)
+
+
+def _outcome(read: Callable[[], ExpositionResult]) -> object:
+    try:
+        return read()
+    except ExpositionError as exc:
+        return (type(exc), str(exc))
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(sorted(_MEMO_BODIES)), st.integers(0, 4)),
+        min_size=1,
+        max_size=8,
+    ),
+    st.sampled_from(["auto", "vllm", "sglang"]),
+)
+# Two sources of one candidate with the same label sets (llama.cpp's input is evaluated +
+# cached tokens, neither labelled): which source a series came from is part of the choice.
+@example([("llamacpp.prom", 0), ("real/llamacpp_server_cpu_tiny_model.prom", 3)], "auto")
+# The HELP text decides whether vLLM 0.8's prefix-cache hits are tokens.
+@example([("vllm_v08_blocks.prom", 0), ("vllm_v08_blocks.prom", 4)], "vllm")
+@settings(max_examples=80, deadline=None)
+def test_a_servers_memo_reads_every_body_as_a_fresh_read_does(
+    bodies: list[tuple[str, int]], engine: str
+) -> None:
+    # One server's memo across bodies that change shape: label sets, invalid values and
+    # missing series must be read as a fresh read of the same body reads them.
+    memo = ReadMemo()
+
+    def with_memo(body: bytes) -> ExpositionResult:
+        stream = ExpositionStream(engine, memo=memo, whole=True)
+        stream.feed_whole(body)
+        return stream.result()
+
+    for index, kind in bodies:
+        body = _variant(_MEMO_BODIES[index], kind)
+        fresh = _outcome(partial(read_exposition_detailed, body, engine))
+        for _ in range(2):  # the second read finds the first's choices in the memo
+            assert _outcome(partial(with_memo, body)) == fresh
