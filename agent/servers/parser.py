@@ -100,7 +100,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import add
-from typing import AnyStr, NamedTuple, cast
+from typing import Any, AnyStr, NamedTuple, cast
 
 from agent.config import ScrapeSettings
 
@@ -543,14 +543,19 @@ class ParseMemo:
     functions of the bytes (and of the scanner, which keys the tables) are kept, so a memo
     never changes what a body reads as.
     Each table is cleared when it holds more than ``max_entries`` after a parse (a server
-    whose label sets churn).
+    whose label sets churn), and every table when their keys hold more than ``max_bytes``
+    in all (a server whose lines are long as well: 10,000 label texts of 256 KiB would be
+    2.5 GB).
 
     Args:
         max_entries: Largest size of one table kept between scrapes.
+        max_bytes: Most bytes of keys kept between scrapes, all tables together.
     """
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 4 * 1024 * 1024) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries = 0  # entries at the last trim: the keys are weighed only after growth
         self._labels: dict[str, dict[bytes, Labels]] = {}
         self._heads: dict[tuple[str, re.Pattern[bytes]], dict[bytes, _Head]] = {}
         self._blocks: dict[tuple[str, re.Pattern[bytes]], dict[bytes, _BlockInfo]] = {}
@@ -594,16 +599,33 @@ class ParseMemo:
         return table
 
     def trim(self) -> None:
-        """Clear the tables that grew past ``max_entries``."""
-        for table in self._labels.values():
+        """Clear the tables that grew past ``max_entries``; all of them past ``max_bytes``."""
+        tables = self._tables()
+        entries = 0
+        for table in tables:
             if len(table) > self.max_entries:
                 table.clear()
-        for tables in (self._heads, self._blocks, self._metas):
-            for kept in tables.values():
-                if len(kept) > self.max_entries:
-                    kept.clear()
-        if len(self.family_keys) > self.max_entries:
-            self.family_keys.clear()
+            entries += len(table)
+        if entries != self._entries:  # something was added (or cleared): weigh the keys
+            if sum(sum(map(len, table)) for table in tables) > self.max_bytes:
+                for table in tables:
+                    table.clear()
+                entries = 0
+            self._entries = entries
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the keys held, all tables together."""
+        return sum(sum(map(len, table)) for table in self._tables())
+
+    def _tables(self) -> list[dict[bytes, Any]]:
+        return [
+            self.family_keys,
+            *self._labels.values(),
+            *self._heads.values(),
+            *self._blocks.values(),
+            *self._metas.values(),
+        ]
 
 
 class Scanner:

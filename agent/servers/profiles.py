@@ -611,21 +611,30 @@ class ReadMemo:
 
     Args:
         max_entries: Largest size of one table kept between scrapes.
+        max_bytes: Most bytes of text kept between scrapes in the parse memo's keys, and
+            again in the series keys.
     """
 
-    def __init__(self, max_entries: int = 10_000) -> None:
-        self.parse = ParseMemo(max_entries)
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 4 * 1024 * 1024) -> None:
+        self.parse = ParseMemo(max_entries, max_bytes)
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.series_keys: _SeriesKeys = {}
+        self._series_entries = 0  # at the last trim: the keys are weighed only after growth
         # What each candidate chose from the series of the last body (see _pick): one entry
         # per candidate of the profiles, so bounded by them.
         self.picks: dict[int, _Pick] = {}
 
     def trim(self) -> None:
-        """Clear the tables that grew past ``max_entries``."""
+        """Clear the tables that grew past ``max_entries`` or ``max_bytes``."""
         self.parse.trim()
-        if len(self.series_keys) > self.max_entries:
-            self.series_keys.clear()
+        keys = self.series_keys
+        if len(keys) > self.max_entries:
+            keys.clear()
+        if len(keys) != self._series_entries:
+            if sum(len(key) for _, key in keys.values()) > self.max_bytes:
+                keys.clear()
+            self._series_entries = len(keys)
 
 
 class ExpositionStream:

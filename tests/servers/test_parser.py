@@ -1011,6 +1011,26 @@ def test_the_memo_stays_bounded_by_a_body_of_many_families() -> None:
     assert memo.labels("underscores") == {b'{x="1"}': (("x", "1"),), b"": ()}
 
 
+def test_the_memo_stays_bounded_in_bytes_when_long_lines_churn() -> None:
+    # A server whose every scrape brings new long label sets, HELP texts and family names:
+    # kept whole up to 10,000 entries a table, such keys would be gigabytes.
+    memo = ParseMemo(max_bytes=200_000)
+    held = []
+    for scrape in range(40):
+        pad = f"{scrape:04d}" + "x" * 20_000
+        body = (
+            f"# HELP a {pad}\n# TYPE a gauge\n"
+            + "".join(f'a{{k="{pad}{i}"}} {i}\n' for i in range(3))
+            + f"# TYPE f_{pad} gauge\nf_{pad} 1\n"
+        ).encode()
+        exp = _read_with(memo, ["a"], body, 4096)
+        assert [s.value for s in exp.get("a")] == [0.0, 1.0, 2.0]
+        assert exp.helps == {"a": pad}
+        held.append(memo.held_bytes)
+    assert max(held) <= 200_000 + 2 * len(body)
+    assert held.count(0) < len(held)  # remembered between scrapes while under the bound
+
+
 # --- blocks read whole (dense) or by their wanted lines only (sparse) ------------------
 
 _HISTOGRAM = (

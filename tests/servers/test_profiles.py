@@ -660,3 +660,18 @@ def test_a_servers_memo_reads_every_body_as_a_fresh_read_does(
         fresh = _outcome(partial(read_exposition_detailed, body, engine))
         for _ in range(2):  # the second read finds the first's choices in the memo
             assert _outcome(partial(with_memo, body)) == fresh
+
+
+def test_a_servers_series_keys_stay_bounded_in_bytes_when_label_sets_churn() -> None:
+    memo = ReadMemo(max_bytes=100_000)
+    for scrape in range(30):
+        pad = f"{scrape}" + "x" * 10_000
+        body = (
+            f'vllm:prompt_tokens_total{{model_name="m",engine="{pad}"}} 1\n'
+            f'vllm:generation_tokens_total{{model_name="m",engine="{pad}"}} 2\n'
+        ).encode()
+        stream = ExpositionStream("vllm", memo=memo)
+        stream.feed(body)
+        (m,) = stream.result().reading.models
+        assert (m.input_tokens, m.output_tokens) == (1, 2)
+        assert sum(len(key) for _, key in memo.series_keys.values()) <= 100_000 + 2 * len(body)
