@@ -500,10 +500,8 @@ class _Compiled:
 
     first: re.Pattern[bytes]  # matched at offset 0 (the first line)
     rest: re.Pattern[bytes]  # searched: every other line start, after its b"\n"
-    samples: Mapping[str, tuple[str, ...]]  # wanted name -> spellings, preferred first
-    families: Mapping[str, tuple[str, ...]]  # wanted family -> spellings
-    # The same, inverted: a spelling -> (name, rank in the name's spellings) of each name
-    # spelled so (`vllm_x` spells both `vllm:x` and `vllm_x`).
+    # A spelling -> (name, rank in the name's spellings, preferred first) of each wanted
+    # name spelled so (`vllm_x` spells both `vllm:x` and `vllm_x`); families likewise.
     sample_owners: Mapping[bytes, tuple[tuple[str, int], ...]]
     family_owners: Mapping[str, tuple[tuple[str, int], ...]]
     # Group numbers; a match's lastindex (the group that closed last) says the line kind.
@@ -607,7 +605,7 @@ class ParseMemo:
                 table.clear()
             entries += len(table)
         if entries != self._entries:  # something was added (or cleared): weigh the keys
-            if sum(sum(map(len, table)) for table in tables) > self.max_bytes:
+            if self.held_bytes > self.max_bytes:
                 for table in tables:
                     table.clear()
                 entries = 0
@@ -694,8 +692,6 @@ class Scanner:
         return _Compiled(
             first=re.compile(inner),
             rest=re.compile(rb"\n" + inner),
-            samples=samples,
-            families=families,
             sample_owners={
                 spelling.encode(): owners for spelling, owners in _owners(samples).items()
             },
@@ -1135,7 +1131,7 @@ class ExpositionReader:
             if comment > pos:
                 if self._scan_block:
                     self._block(raw, pos, comment)
-                elif not self._ends_in_family(raw, pos, comment):
+                elif not self._ends_in_family(raw, pos, comment):  # a headerless sample after it
                     self._scan(raw, pos, comment, self.compiled.rest.finditer(raw, pos, comment))
             if comment >= end:
                 return
@@ -1221,26 +1217,29 @@ class ExpositionReader:
         return key
 
     def _block(self, raw: bytes | bytearray, pos: int, end: int) -> None:
-        """Read the lines ``pos:end`` (no comment among them) of the current family block."""
-        if self._scan_block and self._sparse is None:
-            dense = self._dense
-            if dense is None:
+        """Read the lines ``pos:end`` (no comment among them) of a wanted family's block.
+
+        A skipped family's block is checked by :meth:`_read_lines` itself (a call less for
+        each of a body's 60-odd skipped blocks).
+        """
+        if self._sparse is not None:
+            if self._ends_in_family(raw, pos, end):
+                self._read_sparse(raw, pos, end)  # the wanted aggregates' lines (see the class)
+            else:
                 self._scan(raw, pos, end, self.compiled.rest.finditer(raw, pos, end))
-                return
-            # In windows of whole lines: findall's list stays small whatever the block.
-            while pos < end:
-                stop = end
-                if end - pos > _DENSE_WINDOW:
-                    stop = raw.find(b"\n", pos + _DENSE_WINDOW, end) + 1 or end
-                if not self._read_dense(raw, pos, stop, dense):
-                    self._scan(raw, pos, stop, self.compiled.rest.finditer(raw, pos, stop))
-                pos = stop
-        elif self._ends_in_family(raw, pos, end):
-            # Skipped, or only the wanted aggregates' lines found (see the class).
-            if self._sparse is not None and self._scan_block:
-                self._read_sparse(raw, pos, end)
-        else:
+            return
+        dense = self._dense
+        if dense is None:
             self._scan(raw, pos, end, self.compiled.rest.finditer(raw, pos, end))
+            return
+        # In windows of whole lines: findall's list stays small whatever the block.
+        while pos < end:
+            stop = end
+            if end - pos > _DENSE_WINDOW:
+                stop = raw.find(b"\n", pos + _DENSE_WINDOW, end) + 1 or end
+            if not self._read_dense(raw, pos, stop, dense):
+                self._scan(raw, pos, stop, self.compiled.rest.finditer(raw, pos, stop))
+            pos = stop
 
     def _ends_in_family(self, raw: bytes | bytearray, pos: int, end: int) -> bool:
         """Whether the last non-blank line of ``raw[pos:end]`` is a sample of the block's family."""
